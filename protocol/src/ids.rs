@@ -75,7 +75,12 @@ mod tests {
 
     #[test]
     fn device_id_matches_the_spec_vector() {
-        let id = device_id("Mozilla/5.0 (Linux; Android 14)", "203.0.113.7", PROJECT, "salt-2026-11-28");
+        let id = device_id(
+            "Mozilla/5.0 (Linux; Android 14)",
+            "203.0.113.7",
+            PROJECT,
+            "salt-2026-11-28",
+        );
         assert_eq!(id, "72d7f5f4540b1fda0f596584f039e6d2");
     }
 
@@ -84,6 +89,9 @@ mod tests {
         let t = 1_764_288_010_000;
         let mine = session_id(PROJECT, DEVICE, t);
         assert_ne!(mine, session_id(PROJECT, "gw-0001-sensor-08", t));
-        assert_ne!(mine, session_id("00000000-0000-4000-8000-000000000000", DEVICE, t));
+        assert_ne!(
+            mine,
+            session_id("00000000-0000-4000-8000-000000000000", DEVICE, t)
+        );
     }
 }

@@ -33,7 +33,11 @@ pub fn parse_timestamp_str(s: &str) -> Option<i64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_millis());
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
             return Some(t.and_utc().timestamp_millis());
         }
@@ -76,14 +80,23 @@ mod tests {
     fn reads_every_accepted_form() {
         let t = 1_764_237_600_000; // 2025-11-27T10:00:00Z
         assert_eq!(parse_timestamp(&json!("2025-11-27T10:00:00.000Z")), Some(t));
-        assert_eq!(parse_timestamp(&json!("2025-11-27T12:00:00+02:00")), Some(t));
+        assert_eq!(
+            parse_timestamp(&json!("2025-11-27T12:00:00+02:00")),
+            Some(t)
+        );
         assert_eq!(parse_timestamp(&json!("2025-11-27T10:00:00")), Some(t));
         assert_eq!(parse_timestamp(&json!("2025-11-27 10:00:00.000")), Some(t));
-        assert_eq!(parse_timestamp(&json!("2025-11-27 12:00:00+02:00")), Some(t));
+        assert_eq!(
+            parse_timestamp(&json!("2025-11-27 12:00:00+02:00")),
+            Some(t)
+        );
         assert_eq!(parse_timestamp(&json!(t)), Some(t));
         assert_eq!(parse_timestamp(&json!(t.to_string())), Some(t));
         assert_eq!(parse_timestamp(&json!(t as f64)), Some(t));
-        assert_eq!(parse_timestamp(&json!("2025-11-27")), Some(t - 10 * 3_600_000));
+        assert_eq!(
+            parse_timestamp(&json!("2025-11-27")),
+            Some(t - 10 * 3_600_000)
+        );
     }
 
     #[test]

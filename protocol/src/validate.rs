@@ -2,9 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::limits::{
-    MAX_EVENT_BYTES, MAX_EVENT_NAME_CHARS, MAX_ID_CHARS, MAX_PROPERTY_DEPTH,
-};
+use crate::limits::{MAX_EVENT_BYTES, MAX_EVENT_NAME_CHARS, MAX_ID_CHARS, MAX_PROPERTY_DEPTH};
 use crate::time::parse_timestamp;
 
 /// Property holding the event's capture time.
@@ -104,7 +102,9 @@ pub struct ValidEvent {
 /// against the client. Returns the error text for the `rejected` list on failure.
 pub fn validate_event(row: Value, sent_len: usize) -> Result<ValidEvent, String> {
     if sent_len > MAX_EVENT_BYTES {
-        let compact = serde_json::to_vec(&row).map(|v| v.len()).unwrap_or(usize::MAX);
+        let compact = serde_json::to_vec(&row)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if compact > MAX_EVENT_BYTES {
             return Err(format!("event larger than {} KiB", MAX_EVENT_BYTES / 1024));
         }
@@ -136,7 +136,9 @@ pub fn validate_event(row: Value, sent_len: usize) -> Result<ValidEvent, String>
         Some(_) => return Err("properties must be an object".to_owned()),
     };
     if depth(&properties) > MAX_PROPERTY_DEPTH {
-        return Err(format!("properties nest deeper than {MAX_PROPERTY_DEPTH} levels"));
+        return Err(format!(
+            "properties nest deeper than {MAX_PROPERTY_DEPTH} levels"
+        ));
     }
     let timestamp = match properties.remove(TIMESTAMP) {
         None => None,
@@ -202,12 +204,23 @@ pub fn validate_event(row: Value, sent_len: usize) -> Result<ValidEvent, String>
             };
             match group_ids {
                 Some(group_ids) => Action::AssignGroup { group_ids },
-                None => return Err("groupIds must be a non-empty array of non-empty strings".to_owned()),
+                None => {
+                    return Err("groupIds must be a non-empty array of non-empty strings".to_owned());
+                }
             }
         }
     };
 
-    Ok(ValidEvent { action, profile_id, properties, timestamp, device_id, session_id, insert_id, ip })
+    Ok(ValidEvent {
+        action,
+        profile_id,
+        properties,
+        timestamp,
+        device_id,
+        session_id,
+        insert_id,
+        ip,
+    })
 }
 
 fn track(payload: &Map<String, Value>) -> Result<Action, String> {
@@ -217,7 +230,9 @@ fn track(payload: &Map<String, Value>) -> Result<Action, String> {
     };
     let chars = name.chars().count();
     if chars == 0 || chars > MAX_EVENT_NAME_CHARS {
-        return Err(format!("name must be 1 to {MAX_EVENT_NAME_CHARS} characters"));
+        return Err(format!(
+            "name must be 1 to {MAX_EVENT_NAME_CHARS} characters"
+        ));
     }
     if name.contains(['\r', '\n']) {
         return Err("name must not contain line breaks".to_owned());
@@ -233,7 +248,10 @@ fn track(payload: &Map<String, Value>) -> Result<Action, String> {
         },
         Some(_) => return Err("groups must be null or an array of non-empty strings".to_owned()),
     };
-    Ok(Action::Track { name: name.clone(), groups })
+    Ok(Action::Track {
+        name: name.clone(),
+        groups,
+    })
 }
 
 fn identify(payload: &Map<String, Value>) -> Result<Action, String> {
@@ -256,10 +274,19 @@ fn identify(payload: &Map<String, Value>) -> Result<Action, String> {
     {
         return Err("avatar must be an http(s) URL".to_owned());
     }
-    Ok(Action::Identify { first_name: text("firstName")?, last_name: text("lastName")?, email, avatar })
+    Ok(Action::Identify {
+        first_name: text("firstName")?,
+        last_name: text("lastName")?,
+        email,
+        avatar,
+    })
 }
 
-fn special_id(properties: &Map<String, Value>, key: &str, trim: bool) -> Result<Option<String>, String> {
+fn special_id(
+    properties: &Map<String, Value>,
+    key: &str,
+    trim: bool,
+) -> Result<Option<String>, String> {
     match properties.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
@@ -307,7 +334,9 @@ pub fn looks_like_email(s: &str) -> bool {
 /// An absolute `http://` or `https://` URL with a host.
 pub fn is_http_url(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
-    let rest = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"));
     match rest {
         Some(rest) => {
             let host = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -350,7 +379,13 @@ mod tests {
             "properties": {"temp": 21.5, "__timestamp": "2026-11-27T10:00:00.000Z",
                 "__deviceId": "  dev-1 ", "__sessionId": "s1", "__insertId": "i1", "__ip": "203.0.113.7"}}}))
         .expect("valid");
-        assert_eq!(ev.action, Action::Track { name: "reading".into(), groups: vec!["g1".into()] });
+        assert_eq!(
+            ev.action,
+            Action::Track {
+                name: "reading".into(),
+                groups: vec!["g1".into()]
+            }
+        );
         assert_eq!(ev.profile_id.as_deref(), Some("42"));
         assert_eq!(ev.timestamp.map(|t| t.ms), Some(1_795_773_600_000));
         assert_eq!(ev.device_id.as_deref(), Some("dev-1"));
@@ -363,9 +398,18 @@ mod tests {
 
     #[test]
     fn type_rules() {
-        assert_eq!(check(json!({"type": "alias", "payload": {}})).unwrap_err(), "Alias is not supported");
-        assert_eq!(check(json!({"type": "page", "payload": {}})).unwrap_err(), "unsupported type");
-        assert_eq!(check(json!({"payload": {}})).unwrap_err(), "unsupported type");
+        assert_eq!(
+            check(json!({"type": "alias", "payload": {}})).unwrap_err(),
+            "Alias is not supported"
+        );
+        assert_eq!(
+            check(json!({"type": "page", "payload": {}})).unwrap_err(),
+            "unsupported type"
+        );
+        assert_eq!(
+            check(json!({"payload": {}})).unwrap_err(),
+            "unsupported type"
+        );
         assert!(check(json!({"type": "track"})).is_err());
         assert!(check(json!([1])).is_err());
     }
@@ -379,9 +423,15 @@ mod tests {
         }
         assert!(check(track_named(&"x".repeat(81))).is_err());
         assert!(check(json!({"type": "track", "payload": {"name": 5}})).is_err());
-        assert!(check(json!({"type": "track", "payload": {"name": "a", "properties": [1]}})).is_err());
-        assert!(check(json!({"type": "track", "payload": {"name": "a", "profileId": ""}})).is_err());
-        assert!(check(json!({"type": "track", "payload": {"name": "a", "profileId": true}})).is_err());
+        assert!(
+            check(json!({"type": "track", "payload": {"name": "a", "properties": [1]}})).is_err()
+        );
+        assert!(
+            check(json!({"type": "track", "payload": {"name": "a", "profileId": ""}})).is_err()
+        );
+        assert!(
+            check(json!({"type": "track", "payload": {"name": "a", "profileId": true}})).is_err()
+        );
         assert!(check(json!({"type": "track", "payload": {"name": "a", "groups": null}})).is_ok());
         assert!(check(json!({"type": "track", "payload": {"name": "a", "groups": [""]}})).is_err());
         assert!(check(json!({"type": "track", "payload": {"name": "a", "groups": "g"}})).is_err());
@@ -390,30 +440,62 @@ mod tests {
     #[test]
     fn profile_rules() {
         let identify = |payload: Value| check(json!({"type": "identify", "payload": payload}));
-        assert!(identify(json!({"profileId": "u1", "email": "a@b.co", "avatar": "https://x.io/a.png"})).is_ok());
+        assert!(
+            identify(json!({"profileId": "u1", "email": "a@b.co", "avatar": "https://x.io/a.png"}))
+                .is_ok()
+        );
         assert!(identify(json!({"email": "a@b.co"})).is_err());
         assert!(identify(json!({"profileId": "u1", "email": "not-an-email"})).is_err());
         assert!(identify(json!({"profileId": "u1", "avatar": "ftp://x.io/a.png"})).is_err());
         let inc = |payload: Value| check(json!({"type": "increment", "payload": payload}));
         let ok = inc(json!({"profileId": "u1", "property": "visits"})).expect("valid");
-        assert_eq!(ok.action, Action::Increment { property: "visits".into(), delta: 1.0 });
+        assert_eq!(
+            ok.action,
+            Action::Increment {
+                property: "visits".into(),
+                delta: 1.0
+            }
+        );
         assert!(inc(json!({"profileId": "u1", "property": "visits", "value": 0})).is_err());
         assert!(inc(json!({"profileId": "u1", "property": "visits", "value": -2})).is_err());
         assert!(inc(json!({"profileId": "u1", "property": ""})).is_err());
         assert!(inc(json!({"property": "visits"})).is_err());
-        let dec = check(json!({"type": "decrement", "payload": {"profileId": "u1", "property": "p", "value": 2}}));
-        assert_eq!(dec.expect("valid").action, Action::Increment { property: "p".into(), delta: -2.0 });
-        assert!(check(json!({"type": "group", "payload": {"id": "g", "type": "company", "name": "Acme"}})).is_ok());
-        assert!(check(json!({"type": "group", "payload": {"id": "g", "type": "", "name": "Acme"}})).is_err());
+        let dec = check(
+            json!({"type": "decrement", "payload": {"profileId": "u1", "property": "p", "value": 2}}),
+        );
+        assert_eq!(
+            dec.expect("valid").action,
+            Action::Increment {
+                property: "p".into(),
+                delta: -2.0
+            }
+        );
+        assert!(
+            check(
+                json!({"type": "group", "payload": {"id": "g", "type": "company", "name": "Acme"}})
+            )
+            .is_ok()
+        );
+        assert!(
+            check(json!({"type": "group", "payload": {"id": "g", "type": "", "name": "Acme"}}))
+                .is_err()
+        );
         assert!(check(json!({"type": "assign_group", "payload": {"groupIds": ["g"]}})).is_ok());
         assert!(check(json!({"type": "assign_group", "payload": {"groupIds": []}})).is_err());
-        assert!(check(json!({"type": "assign_group", "payload": {"groupIds": ["g", ""]}})).is_err());
+        assert!(
+            check(json!({"type": "assign_group", "payload": {"groupIds": ["g", ""]}})).is_err()
+        );
     }
 
     #[test]
     fn special_property_rules() {
-        let with = |props: Value| check(json!({"type": "track", "payload": {"name": "a", "properties": props}}));
-        assert_eq!(with(json!({"__timestamp": "soon"})).unwrap_err(), "invalid __timestamp");
+        let with = |props: Value| {
+            check(json!({"type": "track", "payload": {"name": "a", "properties": props}}))
+        };
+        assert_eq!(
+            with(json!({"__timestamp": "soon"})).unwrap_err(),
+            "invalid __timestamp"
+        );
         assert!(with(json!({"__deviceId": "   "})).is_err());
         assert!(with(json!({"__deviceId": "d".repeat(65)})).is_err());
         assert!(with(json!({"__deviceId": "d".repeat(64)})).is_ok());
@@ -426,14 +508,19 @@ mod tests {
     #[test]
     fn size_and_depth_limits() {
         let big = "x".repeat(MAX_EVENT_BYTES);
-        assert!(check(json!({"type": "track", "payload": {"name": "a", "properties": {"b": big}}})).is_err());
+        assert!(
+            check(json!({"type": "track", "payload": {"name": "a", "properties": {"b": big}}}))
+                .is_err()
+        );
         let mut nested = json!(1);
         for _ in 0..15 {
             nested = json!({"n": nested});
         }
-        let ok = json!({"type": "track", "payload": {"name": "a", "properties": {"n": nested.clone()}}});
+        let ok =
+            json!({"type": "track", "payload": {"name": "a", "properties": {"n": nested.clone()}}});
         assert!(check(ok).is_ok(), "16 levels are allowed");
-        let too_deep = json!({"type": "track", "payload": {"name": "a", "properties": {"n": {"n": nested}}}});
+        let too_deep =
+            json!({"type": "track", "payload": {"name": "a", "properties": {"n": {"n": nested}}}});
         assert!(check(too_deep).is_err());
     }
 }

@@ -1,0 +1,152 @@
+//! The Backfill ingestion server.
+//!
+//! # Layout
+//! - [`config`]: the typed configuration `main` builds from flags and environment.
+//! - [`api`]: routes, handlers and middleware; [`body`] reads and decodes request bodies.
+//! - [`ingest`]: validation, time rules and id derivation of rows, and the `202` summary.
+//! - [`auth`]: project credentials and the registry that checks them.
+//! - [`store`]: the [`store::Store`] trait and its embedded SQLite implementation.
+//! - [`state`], [`metrics`], [`clock`], [`error`]: what the handlers share.
+//!
+//! [`start`] opens the store, binds the listener and serves in the background; `main` and the
+//! end-to-end tests use it alike.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod body;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod state;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use crate::api::app;
+pub use crate::auth::NewProject;
+use crate::clock::Clock;
+pub use crate::config::Config;
+use crate::metrics::Metrics;
+pub use crate::state::AppState;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{Store, StoreError};
+
+/// Name of the embedded database file inside the data directory.
+pub const DATABASE_FILE: &str = "backfill.db";
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Opens the embedded store in `config.data_dir`.
+pub fn open_embedded(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let options = SqliteOptions {
+        clock,
+        commit_latency: Some(Arc::clone(&metrics.commit_latency)),
+    };
+    Ok(Arc::new(SqliteStore::open(
+        &config.data_dir.join(DATABASE_FILE),
+        options,
+    )?))
+}
+
+/// A server running in the background.
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// A project created on first start (no project configured, none stored).
+    pub created_project: Option<NewProject>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes in-flight requests and waits for the store's writer.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Starts a server for `config` with the embedded store (or `store`, when given) and `clock`.
+pub async fn start(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    store: Option<Arc<dyn Store>>,
+) -> Result<RunningServer, StartError> {
+    let metrics = Arc::new(Metrics::default());
+    let store = match store {
+        Some(store) => store,
+        None => open_embedded(config, Arc::clone(&clock), &metrics)?,
+    };
+    let created_project = auth::bootstrap(store.as_ref(), &config.projects).await?;
+    let only = (!config.projects.is_empty())
+        .then(|| config.projects.iter().map(|p| p.client_id).collect());
+    let state = AppState::new(store, clock, metrics, config.max_event_age_days, only).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(state, listener, async {
+        let _ = rx.await;
+    }));
+    Ok(RunningServer {
+        addr,
+        created_project,
+        shutdown: Some(tx),
+        task,
+    })
+}

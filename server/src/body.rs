@@ -1,0 +1,129 @@
+//! Reading request bodies: the size limit on the raw stream and on the decoded bytes.
+
+use std::io::Read;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use backfill_protocol::limits::MAX_BODY_BYTES;
+use http_body_util::BodyExt;
+
+use crate::error::ApiError;
+
+/// A request body's `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// No encoding.
+    Identity,
+    /// `gzip` (or `x-gzip`).
+    Gzip,
+    /// `zstd`.
+    Zstd,
+}
+
+impl Encoding {
+    /// Reads the `Content-Encoding` header; an unknown one is `415`.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+            return Ok(Encoding::Identity);
+        };
+        let text = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        match text.as_str() {
+            "" | "identity" => Ok(Encoding::Identity),
+            "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+            "zstd" => Ok(Encoding::Zstd),
+            _ => Err(ApiError::UnsupportedEncoding(text)),
+        }
+    }
+}
+
+/// Reads the raw body, refusing it as soon as it passes `limit` bytes (or declares more).
+pub async fn read_raw(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let mut body = body;
+    let mut out = Vec::with_capacity(declared.map_or(64 * 1024, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > limit {
+                return Err(ApiError::TooLarge { limit });
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes `raw`, refusing output past `limit` bytes without producing more than `limit + 1`.
+pub fn decode(raw: Vec<u8>, encoding: Encoding, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let cap = limit as u64 + 1;
+    let mut out = Vec::new();
+    let result = match encoding {
+        Encoding::Identity => return Ok(raw),
+        Encoding::Gzip => flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .take(cap)
+            .read_to_end(&mut out),
+        Encoding::Zstd => zstd::stream::read::Decoder::new(raw.as_slice())
+            .and_then(|d| d.take(cap).read_to_end(&mut out)),
+    };
+    result.map_err(|e| {
+        ApiError::BadRequest(format!("the body is not valid {encoding:?} data: {e}"))
+    })?;
+    if out.len() > limit {
+        return Err(ApiError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+/// Reads and decodes a request body under the contract's 10 MiB limit.
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+    let encoding = Encoding::from_headers(headers)?;
+    let raw = read_raw(headers, body, MAX_BODY_BYTES).await?;
+    if encoding == Encoding::Identity {
+        return Ok(raw);
+    }
+    tokio::task::spawn_blocking(move || decode(raw, encoding, MAX_BODY_BYTES))
+        .await
+        .map_err(|_| ApiError::Unavailable)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).expect("write");
+        enc.finish().expect("finish")
+    }
+
+    #[test]
+    fn decodes_within_the_limit_and_refuses_past_it() {
+        let data = vec![b'a'; 1000];
+        assert_eq!(
+            decode(gzip(&data), Encoding::Gzip, 1000).expect("fits"),
+            data
+        );
+        assert!(matches!(
+            decode(gzip(&data), Encoding::Gzip, 999),
+            Err(ApiError::TooLarge { .. })
+        ));
+        let z = zstd::bulk::compress(&data, 1).expect("zstd");
+        assert_eq!(decode(z.clone(), Encoding::Zstd, 1000).expect("fits"), data);
+        assert!(matches!(
+            decode(z, Encoding::Zstd, 999),
+            Err(ApiError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode(b"not gzip".to_vec(), Encoding::Gzip, 1000),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+}

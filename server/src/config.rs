@@ -1,0 +1,118 @@
+//! Typed server configuration, parsed once at the edge (`main`) and passed down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use backfill_protocol::limits::{
+    DEFAULT_MAX_EVENT_AGE_DAYS, MAX_MAX_EVENT_AGE_DAYS, MIN_MAX_EVENT_AGE_DAYS,
+};
+use uuid::Uuid;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Age window in days (1 to 90).
+    pub max_event_age_days: u32,
+    /// Projects to accept; when empty, the store's projects (one is created on first start).
+    pub projects: Vec<ProjectCredential>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./backfill-data"),
+            max_event_age_days: DEFAULT_MAX_EVENT_AGE_DAYS,
+            projects: Vec::new(),
+        }
+    }
+}
+
+/// Checks an age window given in days.
+pub fn parse_max_event_age_days(days: u32) -> Result<u32, String> {
+    if (MIN_MAX_EVENT_AGE_DAYS..=MAX_MAX_EVENT_AGE_DAYS).contains(&days) {
+        Ok(days)
+    } else {
+        Err(format!(
+            "the age window must be a whole number of days from {MIN_MAX_EVENT_AGE_DAYS} to {MAX_MAX_EVENT_AGE_DAYS}, not {days}"
+        ))
+    }
+}
+
+/// A project's client id and secret, as given by `--project <client-id>:<secret>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProjectCredential {
+    /// The project's client id.
+    pub client_id: Uuid,
+    /// The project's secret, in clear; only its hash is stored.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ProjectCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectCredential")
+            .field("client_id", &self.client_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl FromStr for ProjectCredential {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (id, secret) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| "a project is given as <client-id>:<secret>".to_owned())?;
+        let client_id =
+            Uuid::parse_str(id).map_err(|_| format!("project client id {id:?} is not a UUID"))?;
+        if secret.is_empty() {
+            return Err(format!("project {client_id} has an empty secret"));
+        }
+        Ok(Self {
+            client_id,
+            secret: secret.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_project_credentials() {
+        let p: ProjectCredential = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f:s3cr:et"
+            .parse()
+            .expect("valid");
+        assert_eq!(p.secret, "s3cr:et");
+        assert!(
+            !format!("{p:?}").contains("s3cr"),
+            "secrets never reach logs"
+        );
+        assert!("nope:secret".parse::<ProjectCredential>().is_err());
+        assert!(
+            "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f:"
+                .parse::<ProjectCredential>()
+                .is_err()
+        );
+        assert!(
+            "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f"
+                .parse::<ProjectCredential>()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn age_window_is_one_to_ninety_days() {
+        assert_eq!(parse_max_event_age_days(7), Ok(7));
+        assert!(parse_max_event_age_days(0).is_err());
+        assert!(parse_max_event_age_days(91).is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! The server's one error type and its single mapping to HTTP.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use backfill_protocol::wire::ErrorBody;
+
+use crate::store::StoreError;
+
+/// Seconds a client should wait before retrying after a `503`.
+pub const STORE_RETRY_AFTER_SECS: u32 = 5;
+
+/// Everything a request can fail with, grouped by what the client should do.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    // --- Do not retry as is: fix the request.
+    /// Missing or bad credentials (`401`).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A malformed envelope or query (`400`).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing at this path or with this id (`404`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The body, decoded, is over the limit (`413`).
+    #[error("request body larger than {limit} bytes after decoding; split the batch")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A `Content-Encoding` the server cannot decode (`415`).
+    #[error("unsupported Content-Encoding {0:?}; send identity, gzip or zstd")]
+    UnsupportedEncoding(String),
+
+    // --- Retry later.
+    /// Too many requests (`429`).
+    #[error("rate limited; retry after {retry_after} s")]
+    RateLimited {
+        /// Seconds to wait.
+        retry_after: u32,
+    },
+    /// The store cannot commit now (`503`); the request changed nothing.
+    #[error("storage unavailable; retry later")]
+    Unavailable,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        // The cause is logged where it happened; the client only learns that it may retry.
+        tracing::error!(error = %e, "store failure");
+        ApiError::Unavailable
+    }
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            ApiError::Unavailable => Some(STORE_RETRY_AFTER_SECS),
+            _ => None,
+        }
+    }
+}
+
+/// The JSON error body for `status` with `message`.
+pub fn error_body(status: StatusCode, message: String) -> ErrorBody {
+    ErrorBody {
+        status: status.as_u16(),
+        error: status.canonical_reason().unwrap_or("Error").to_owned(),
+        message,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let retry_after = self.retry_after();
+        let mut response = (status, Json(error_body(status, self.to_string()))).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,397 @@
+//! From a decoded request body to the rows a store writes, and from the store's outcomes to the
+//! `202` answer. Pure and synchronous: the handlers run it on a blocking thread.
+
+use backfill_protocol::ids;
+use backfill_protocol::limits::{
+    FUTURE_TOLERANCE_MS, MAX_BATCH_EVENTS, SKEW_THRESHOLD_MS, max_event_age_ms,
+};
+use backfill_protocol::time::parse_timestamp;
+use backfill_protocol::validate::{Action, CLIENT_TIMESTAMP, ValidEvent, validate_event};
+use backfill_protocol::wire::{BatchResponse, RejectReason, Rejection};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::store::{NewEvent, PreparedRow, RowAction, RowOutcome};
+
+/// What the server knows about a request besides its body.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    /// The project's client id (used in the id derivations).
+    pub client_id: String,
+    /// When the server read the request, epoch ms.
+    pub receive_ms: i64,
+    /// The `User-Agent`, if any; without one, events without `__deviceId` are server events.
+    pub user_agent: Option<String>,
+    /// The client's IP as the server sees it.
+    pub ip: String,
+    /// The device-id salt of the receive day (needed only with a user agent).
+    pub salt: Option<String>,
+    /// The server's age window in days.
+    pub max_event_age_days: u32,
+}
+
+/// The rows of a request split into those to write and those refused.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Rows to write.
+    pub rows: Vec<PreparedRow>,
+    /// For each entry of `rows`, its index in the request and its device and session ids.
+    pub placed: Vec<Placement>,
+    /// Rows refused by validation.
+    pub rejected: Vec<Rejection>,
+}
+
+/// Where a written row came from and what it was attributed to.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Index in the request's `events`.
+    pub index: usize,
+    /// Device id ("" for server events).
+    pub device_id: String,
+    /// Session id ("" for server events and profile rows).
+    pub session_id: String,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+    #[serde(rename = "sentAt", default)]
+    sent_at: Option<Value>,
+}
+
+/// Parses and checks a `POST /track/batch` body.
+pub fn prepare_batch(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiError> {
+    let envelope: Envelope<'_> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::BadRequest("the body must be a JSON object with an events array".to_owned())
+        }
+        _ => ApiError::BadRequest(format!("the body is not valid JSON: {e}")),
+    })?;
+    let n = envelope.events.len();
+    if n == 0 || n > MAX_BATCH_EVENTS {
+        return Err(ApiError::BadRequest(format!(
+            "events must hold 1 to {MAX_BATCH_EVENTS} items, not {n}"
+        )));
+    }
+    let sent_at = match envelope.sent_at {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_timestamp(&v).ok_or_else(|| {
+            ApiError::BadRequest("sentAt must be an ISO-8601 time or epoch milliseconds".to_owned())
+        })?),
+    };
+    let shift = sent_at
+        .map(|sent| meta.receive_ms - sent)
+        .filter(|shift| shift.abs() > SKEW_THRESHOLD_MS);
+    let mut prepared = Prepared {
+        rows: Vec::with_capacity(n),
+        placed: Vec::with_capacity(n),
+        ..Default::default()
+    };
+    for (index, raw) in envelope.events.into_iter().enumerate() {
+        let row = serde_json::from_str::<Value>(raw.get())
+            .map_err(|e| e.to_string())
+            .and_then(|v| validate_event(v, raw.get().len()))
+            .and_then(|ev| prepare_row(ev, meta, shift));
+        match row {
+            Ok((row, device_id, session_id)) => {
+                prepared.rows.push(row);
+                prepared.placed.push(Placement {
+                    index,
+                    device_id,
+                    session_id,
+                });
+            }
+            Err(error) => prepared.rejected.push(Rejection {
+                index,
+                reason: RejectReason::Validation,
+                error,
+            }),
+        }
+    }
+    Ok(prepared)
+}
+
+/// Parses and checks a `POST /track` body (one event object).
+pub fn prepare_single(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    let mut prepared = Prepared::default();
+    match validate_event(value, body.len()).and_then(|ev| prepare_row(ev, meta, None)) {
+        Ok((row, device_id, session_id)) => {
+            prepared.rows.push(row);
+            prepared.placed.push(Placement {
+                index: 0,
+                device_id,
+                session_id,
+            });
+        }
+        Err(error) => prepared.rejected.push(Rejection {
+            index: 0,
+            reason: RejectReason::Validation,
+            error,
+        }),
+    }
+    Ok(prepared)
+}
+
+/// Applies the time rules and id derivations to one valid row.
+fn prepare_row(
+    ev: ValidEvent,
+    meta: &RequestMeta,
+    shift: Option<i64>,
+) -> Result<(PreparedRow, String, String), String> {
+    let receive = meta.receive_ms;
+    let (mut time_ms, mut client_time) = match &ev.timestamp {
+        Some(t) => match shift {
+            Some(shift) => (t.ms.saturating_add(shift), Some(t.raw.clone())),
+            None => (t.ms, None),
+        },
+        None => (receive, None),
+    };
+    if time_ms > receive + FUTURE_TOLERANCE_MS {
+        time_ms = receive;
+        if let Some(t) = &ev.timestamp {
+            client_time = Some(t.raw.clone());
+        }
+    }
+    if receive - time_ms > max_event_age_ms(meta.max_event_age_days) {
+        return Err(format!(
+            "event timestamp older than {} days",
+            meta.max_event_age_days
+        ));
+    }
+
+    let device_id = match (&ev.device_id, &meta.user_agent, &meta.salt) {
+        (Some(id), _, _) => id.clone(),
+        (None, Some(ua), Some(salt)) => ids::device_id(
+            ua,
+            ev.ip.as_deref().unwrap_or(&meta.ip),
+            &meta.client_id,
+            salt,
+        ),
+        _ => String::new(),
+    };
+    let derived_session = || {
+        if device_id.is_empty() {
+            String::new()
+        } else {
+            ids::session_id(&meta.client_id, &device_id, time_ms)
+        }
+    };
+
+    let ValidEvent {
+        action,
+        profile_id,
+        mut properties,
+        insert_id,
+        session_id,
+        ..
+    } = ev;
+    let (action, session_id) = match action {
+        Action::Track { name, groups } => {
+            let session_id = session_id.unwrap_or_else(derived_session);
+            if let Some(raw) = client_time {
+                properties.insert(CLIENT_TIMESTAMP.to_owned(), raw);
+            }
+            let event = NewEvent {
+                id: uuid::Uuid::now_v7().to_string(),
+                name,
+                device_id: device_id.clone(),
+                session_id: session_id.clone(),
+                profile_id,
+                properties: Value::Object(properties).to_string(),
+                groups: (!groups.is_empty()).then(|| Value::from(groups).to_string()),
+            };
+            (RowAction::Event(event), session_id)
+        }
+        Action::Identify {
+            first_name,
+            last_name,
+            email,
+            avatar,
+        } => {
+            let fields = [
+                ("firstName", first_name),
+                ("lastName", last_name),
+                ("email", email),
+                ("avatar", avatar),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            let profile_id = profile_id.unwrap_or_default();
+            (
+                RowAction::Identify {
+                    profile_id,
+                    fields,
+                    properties: without_specials(properties),
+                },
+                String::new(),
+            )
+        }
+        Action::Increment { property, delta } => {
+            let profile_id = profile_id.unwrap_or_default();
+            (
+                RowAction::Increment {
+                    profile_id,
+                    property,
+                    delta,
+                },
+                String::new(),
+            )
+        }
+        Action::Group {
+            id,
+            group_type,
+            name,
+        } => (
+            RowAction::Group {
+                id,
+                group_type,
+                name,
+                properties: without_specials(properties),
+            },
+            String::new(),
+        ),
+        Action::AssignGroup { group_ids } => {
+            let profile_id = match profile_id {
+                Some(p) => p,
+                None if !device_id.is_empty() => device_id.clone(),
+                None => return Err("assign_group requires a profileId".to_owned()),
+            };
+            (
+                RowAction::AssignGroup {
+                    profile_id,
+                    group_ids,
+                },
+                String::new(),
+            )
+        }
+    };
+    Ok((
+        PreparedRow {
+            insert_id,
+            time_ms,
+            action,
+        },
+        device_id,
+        session_id,
+    ))
+}
+
+/// Drops the `__`-prefixed control properties before they reach a profile or group.
+fn without_specials(mut properties: Map<String, Value>) -> Map<String, Value> {
+    properties.retain(|k, _| !k.starts_with("__"));
+    properties
+}
+
+/// Combines validation refusals with the store's outcomes into the `202` body.
+pub fn summarize(total: usize, prepared: Prepared, outcomes: Vec<RowOutcome>) -> BatchResponse {
+    let mut response = BatchResponse {
+        rejected: prepared.rejected,
+        ..Default::default()
+    };
+    for (placement, outcome) in prepared.placed.iter().zip(outcomes) {
+        match outcome {
+            RowOutcome::Stored => response.accepted += 1,
+            RowOutcome::Duplicate => {
+                response.accepted += 1;
+                response.duplicates += 1;
+            }
+            RowOutcome::Invalid(error) => response.rejected.push(Rejection {
+                index: placement.index,
+                reason: RejectReason::Validation,
+                error,
+            }),
+            RowOutcome::Failed(error) => response.rejected.push(Rejection {
+                index: placement.index,
+                reason: RejectReason::Internal,
+                error,
+            }),
+        }
+    }
+    response.rejected.sort_by_key(|r| r.index);
+    debug_assert_eq!(response.accepted + response.rejected.len(), total);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: i64 = 1_795_860_000_000; // 2026-11-28T10:00:00Z
+
+    fn meta() -> RequestMeta {
+        RequestMeta {
+            client_id: "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f".into(),
+            receive_ms: NOW,
+            user_agent: Some("test/1".into()),
+            ip: "203.0.113.7".into(),
+            salt: Some("salt".into()),
+            max_event_age_days: 5,
+        }
+    }
+
+    fn one(ts: Value, sent_at: Option<i64>) -> Result<PreparedRow, String> {
+        let body = json!({"events": [{"type": "track", "payload": {"name": "a", "properties": {"__timestamp": ts}}}], "sentAt": sent_at});
+        let mut p = prepare_batch(body.to_string().as_bytes(), &meta()).expect("envelope");
+        match p.rejected.pop() {
+            Some(r) => Err(r.error),
+            None => Ok(p.rows.remove(0)),
+        }
+    }
+
+    fn props(row: &PreparedRow) -> Value {
+        match &row.action {
+            RowAction::Event(e) => serde_json::from_str(&e.properties).expect("json"),
+            _ => Value::Null,
+        }
+    }
+
+    #[test]
+    fn age_window_is_inclusive_of_exactly_five_days() {
+        let five_days = 5 * 86_400_000;
+        assert!(one(json!(NOW - five_days), None).is_ok());
+        assert_eq!(
+            one(json!(NOW - five_days - 1000), None).unwrap_err(),
+            "event timestamp older than 5 days"
+        );
+    }
+
+    #[test]
+    fn future_times_are_clamped_and_kept() {
+        let row = one(json!(NOW + 120_000), None).expect("accepted");
+        assert_eq!(row.time_ms, NOW);
+        assert_eq!(props(&row)["__clientTimestamp"], json!(NOW + 120_000));
+        let row = one(json!(NOW + 59_000), None).expect("accepted");
+        assert_eq!(row.time_ms, NOW + 59_000);
+        assert!(props(&row).get("__clientTimestamp").is_none());
+    }
+
+    #[test]
+    fn skew_is_corrected_only_past_the_threshold() {
+        let two_hours = 7_200_000;
+        let row = one(json!(NOW - two_hours - 5000), Some(NOW - two_hours)).expect("accepted");
+        assert_eq!(row.time_ms, NOW - 5000);
+        assert_eq!(
+            props(&row)["__clientTimestamp"],
+            json!(NOW - two_hours - 5000)
+        );
+        let row = one(json!(NOW - 5000), Some(NOW - 30_000)).expect("accepted");
+        assert_eq!(row.time_ms, NOW - 5000, "30 s of skew is left alone");
+    }
+
+    #[test]
+    fn envelope_errors() {
+        let m = meta();
+        assert!(prepare_batch(b"{", &m).is_err());
+        assert!(prepare_batch(b"[]", &m).is_err());
+        assert!(prepare_batch(br#"{"events": {}}"#, &m).is_err());
+        assert!(prepare_batch(br#"{"events": []}"#, &m).is_err());
+        assert!(prepare_batch(br#"{"events": [1], "sentAt": "later"}"#, &m).is_err());
+    }
+}

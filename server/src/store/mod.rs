@@ -1,0 +1,285 @@
+//! The storage boundary: what ingestion and the read API need from a database.
+//!
+//! [`Store`] is implemented by the embedded [`sqlite::SqliteStore`]; a networked database
+//! implements the same trait so that several stateless server nodes can share it. Every
+//! implementation must make [`Store::ingest`] atomic per row, durable before it returns, and
+//! serialise session updates so that each session gets exactly one `session_start`.
+
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::{Map, Value};
+
+/// A boxed future returned by [`Store`] methods.
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// A failure of the store as a whole; the request changed nothing and may be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or written (disk full, I/O error, shut down).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The database answered with something unexpected.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+/// A project as stored: its internal key and the hash of its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProjectRecord {
+    /// The store's key for the project.
+    pub key: i64,
+    /// The client id (a UUID, lower-case hyphenated).
+    pub client_id: String,
+    /// Hex SHA-256 of `salt || secret`.
+    pub secret_hash: String,
+    /// Hex salt of the secret hash.
+    pub secret_salt: String,
+}
+
+impl std::fmt::Debug for ProjectRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectRecord")
+            .field("key", &self.key)
+            .field("client_id", &self.client_id)
+            .finish()
+    }
+}
+
+/// The accepted rows of one request, ready to be written.
+#[derive(Debug, Clone)]
+pub struct IngestJob {
+    /// The project's store key.
+    pub project: i64,
+    /// `openpanel-sdk-name` of the request.
+    pub sdk_name: Option<String>,
+    /// `openpanel-sdk-version` of the request.
+    pub sdk_version: Option<String>,
+    /// Rows in request order.
+    pub rows: Vec<PreparedRow>,
+}
+
+/// One validated row with its event time, ids and properties resolved.
+#[derive(Debug, Clone)]
+pub struct PreparedRow {
+    /// The idempotency key, if any.
+    pub insert_id: Option<String>,
+    /// Event time in epoch ms, after skew correction and clamping.
+    pub time_ms: i64,
+    /// What to store.
+    pub action: RowAction,
+}
+
+/// What a row changes.
+#[derive(Debug, Clone)]
+pub enum RowAction {
+    /// A `track` event.
+    Event(NewEvent),
+    /// Merge fields into a profile; later event time wins per field.
+    Identify {
+        /// Profile id.
+        profile_id: String,
+        /// `firstName`, `lastName`, `email`, `avatar` (wire names) with their values.
+        fields: Vec<(&'static str, String)>,
+        /// Properties to merge, special properties removed.
+        properties: Map<String, Value>,
+    },
+    /// Add `delta` to a numeric profile property.
+    Increment {
+        /// Profile id.
+        profile_id: String,
+        /// Property name.
+        property: String,
+        /// Signed amount.
+        delta: f64,
+    },
+    /// Create or update a group.
+    Group {
+        /// Group id.
+        id: String,
+        /// Group type.
+        group_type: String,
+        /// Display name.
+        name: String,
+        /// Group properties, special properties removed.
+        properties: Map<String, Value>,
+    },
+    /// Add a profile to groups.
+    AssignGroup {
+        /// Profile id.
+        profile_id: String,
+        /// Group ids.
+        group_ids: Vec<String>,
+    },
+}
+
+/// A `track` event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Server-generated UUID.
+    pub id: String,
+    /// Event name.
+    pub name: String,
+    /// Device id; empty for server events.
+    pub device_id: String,
+    /// Session id; empty for server events.
+    pub session_id: String,
+    /// Profile id, if any.
+    pub profile_id: Option<String>,
+    /// Properties as JSON text (without `__timestamp`, with `__clientTimestamp` where set).
+    pub properties: String,
+    /// Group ids as a JSON array, if any.
+    pub groups: Option<String>,
+}
+
+/// What happened to one row of an [`IngestJob`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// Newly stored.
+    Stored,
+    /// Its `__insertId` was already stored; nothing changed.
+    Duplicate,
+    /// Refused by a rule that needs stored data (e.g. incrementing a non-numeric property).
+    Invalid(String),
+    /// The store failed on this row alone; nothing of it was stored and a retry is safe.
+    Failed(String),
+}
+
+/// A stored event as the read API needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Server-generated id.
+    pub id: String,
+    /// Event name.
+    pub name: String,
+    /// Event type.
+    pub kind: String,
+    /// Device id.
+    pub device_id: String,
+    /// Session id.
+    pub session_id: String,
+    /// Profile id.
+    pub profile_id: Option<String>,
+    /// Event time, epoch ms.
+    pub created_at: i64,
+    /// Stored properties.
+    pub properties: Map<String, Value>,
+    /// Commit time, epoch ms.
+    pub synced_at: i64,
+    /// Idempotency key.
+    pub insert_id: Option<String>,
+}
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Session id.
+    pub id: String,
+    /// Device id.
+    pub device_id: String,
+    /// First non-empty profile id among its events.
+    pub profile_id: Option<String>,
+    /// Earliest event time, epoch ms.
+    pub started_at: i64,
+    /// Latest event time, epoch ms.
+    pub ended_at: i64,
+    /// Events in the session, `session_start` not counted.
+    pub event_count: i64,
+}
+
+/// A profile with its groups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredProfile {
+    /// Profile id.
+    pub id: String,
+    /// `firstName`, `lastName`, `email`, `avatar` by wire name.
+    pub fields: Map<String, Value>,
+    /// Merged properties.
+    pub properties: Map<String, Value>,
+    /// Group ids.
+    pub groups: Vec<String>,
+    /// First write, epoch ms.
+    pub created_at: i64,
+    /// Last write, epoch ms.
+    pub updated_at: i64,
+}
+
+/// Filters and position of a `GET /api/events` page.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Project key.
+    pub project: i64,
+    /// Most rows to return.
+    pub limit: usize,
+    /// Return rows strictly after this (created_at, id).
+    pub after: Option<(i64, String)>,
+    /// Only this device.
+    pub device_id: Option<String>,
+    /// Only this session.
+    pub session_id: Option<String>,
+    /// Only this name.
+    pub name: Option<String>,
+    /// Event time at or after (ms).
+    pub from: Option<i64>,
+    /// Event time at or before (ms).
+    pub to: Option<i64>,
+}
+
+/// Filters and position of a `GET /api/sessions` page.
+#[derive(Debug, Clone, Default)]
+pub struct SessionQuery {
+    /// Project key.
+    pub project: i64,
+    /// Most rows to return.
+    pub limit: usize,
+    /// Return rows strictly after this (started_at, id).
+    pub after: Option<(i64, String)>,
+    /// Only this device.
+    pub device_id: Option<String>,
+    /// Sessions started at or after (ms).
+    pub from: Option<i64>,
+    /// Sessions started at or before (ms).
+    pub to: Option<i64>,
+}
+
+/// What the server needs from a database.
+pub trait Store: Send + Sync + 'static {
+    /// Writes the rows of one request and returns one outcome per row, in order. Returns only
+    /// after every `Stored` row is durably committed. An `Err` means nothing was written.
+    fn ingest(&self, job: IngestJob) -> StoreFuture<Vec<RowOutcome>>;
+
+    /// The device-id salt of a UTC day (`YYYY-MM-DD`), created on first use; every node sharing
+    /// the store gets the same salt for the same day.
+    fn daily_salt(&self, day: String) -> StoreFuture<String>;
+
+    /// Every project.
+    fn projects(&self) -> StoreFuture<Vec<ProjectRecord>>;
+
+    /// Creates a project or replaces its secret hash; returns its key.
+    fn save_project(
+        &self,
+        client_id: String,
+        secret_hash: String,
+        secret_salt: String,
+    ) -> StoreFuture<i64>;
+
+    /// A page of events.
+    fn events(&self, query: EventQuery) -> StoreFuture<Vec<StoredEvent>>;
+
+    /// A page of sessions.
+    fn sessions(&self, query: SessionQuery) -> StoreFuture<Vec<StoredSession>>;
+
+    /// One profile, if it exists.
+    fn profile(&self, project: i64, profile_id: String) -> StoreFuture<Option<StoredProfile>>;
+
+    /// Succeeds when the store answers.
+    fn health(&self) -> StoreFuture<()>;
+}

@@ -1,0 +1,316 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
+//!
+//! All writes go through one writer thread. It takes every ingest job that is waiting, applies
+//! them in a single immediate transaction and commits once, so concurrent requests share one
+//! fsync (group commit) and each request is answered only after its rows are durable. Reads use
+//! a small pool of connections on blocking threads and never wait for the writer.
+
+mod read;
+pub mod schema;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::{
+    EventQuery, IngestJob, ProjectRecord, RowOutcome, SessionQuery, Store, StoreError, StoreFuture,
+    StoredEvent, StoredProfile, StoredSession,
+};
+use crate::clock::Clock;
+use crate::metrics::Histogram;
+
+/// Most rows one group commit takes before committing, to bound a transaction's latency.
+const MAX_GROUP_ROWS: usize = 16_000;
+/// Read connections kept open.
+const READ_POOL: usize = 4;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum WriteJob {
+    Ingest(IngestJob, Reply<Vec<RowOutcome>>),
+    Call(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+/// What the embedded store needs besides its file.
+#[derive(Clone)]
+pub struct SqliteOptions {
+    /// Source of `__syncedAt` and other commit times.
+    pub clock: Arc<dyn Clock>,
+    /// Where to record the duration of each group commit.
+    pub commit_latency: Option<Arc<Histogram>>,
+}
+
+/// The embedded SQLite store. Cheap to clone; the writer stops when the last clone is dropped,
+/// after finishing the jobs it was given.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut writer) = self.writer.lock() {
+            writer.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA cache_size = -32000;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating or upgrading) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = open_connection(path, OpenFlags::default())
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        schema::migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("backfill-writer".to_owned())
+            .spawn(move || run_writer(conn, rx, options))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    fn send(&self, job: WriteJob) -> Result<(), StoreError> {
+        let writer = self.inner.writer.lock().map_err(|_| closed())?;
+        writer
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(job)
+            .map_err(|_| closed())
+    }
+
+    /// Runs `f` on the writer thread, in order with ingest jobs.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreFuture<T> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.send(WriteJob::Call(Box::new(move |conn| {
+            let _ = reply.send(f(conn).map_err(StoreError::from));
+        })));
+        Box::pin(async move {
+            sent?;
+            answer.await.map_err(|_| closed())?
+        })
+    }
+
+    /// Runs `f` on a pooled read connection on a blocking thread.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreFuture<T> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let pooled = inner.readers.lock().ok().and_then(|mut pool| pool.pop());
+                let conn = match pooled {
+                    Some(conn) => conn,
+                    None => open_connection(
+                        &inner.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                };
+                let result = f(&conn).map_err(StoreError::from);
+                if let Ok(mut pool) = inner.readers.lock()
+                    && pool.len() < READ_POOL
+                {
+                    pool.push(conn);
+                }
+                result
+            })
+            .await
+            .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+        })
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store is shut down".to_owned())
+}
+
+fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriteJob>, options: SqliteOptions) {
+    let mut group: Vec<(IngestJob, Reply<Vec<RowOutcome>>)> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut rows = 0;
+        while let Some(job) = next.take() {
+            match job {
+                WriteJob::Ingest(job, reply) => {
+                    rows += job.rows.len();
+                    group.push((job, reply));
+                }
+                WriteJob::Call(f) => {
+                    commit_group(&mut conn, &mut group, &options);
+                    f(&mut conn);
+                }
+            }
+            if rows < MAX_GROUP_ROWS {
+                next = rx.try_recv().ok();
+            }
+        }
+        commit_group(&mut conn, &mut group, &options);
+    }
+}
+
+fn commit_group(
+    conn: &mut Connection,
+    group: &mut Vec<(IngestJob, Reply<Vec<RowOutcome>>)>,
+    options: &SqliteOptions,
+) {
+    if group.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let result = (|| -> rusqlite::Result<Vec<Vec<RowOutcome>>> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let synced_at = options.clock.now_ms();
+        let outcomes = group
+            .iter()
+            .map(|(job, _)| write::apply_job(&tx, job, synced_at))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        tx.commit()?;
+        Ok(outcomes)
+    })();
+    if let Some(h) = &options.commit_latency {
+        h.observe(started.elapsed().as_secs_f64());
+    }
+    match result {
+        Ok(outcomes) => {
+            for ((_, reply), outcome) in group.drain(..).zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, jobs = group.len(), "group commit failed");
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+            }
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn ingest(&self, job: IngestJob) -> StoreFuture<Vec<RowOutcome>> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.send(WriteJob::Ingest(job, reply));
+        Box::pin(async move {
+            sent?;
+            answer.await.map_err(|_| closed())?
+        })
+    }
+
+    fn daily_salt(&self, day: String) -> StoreFuture<String> {
+        self.call(move |conn| {
+            let fresh = uuid::Uuid::new_v4().simple().to_string();
+            conn.execute(
+                "INSERT OR IGNORE INTO salts (day, salt) VALUES (?1, ?2)",
+                params![day, fresh],
+            )?;
+            conn.query_row("SELECT salt FROM salts WHERE day = ?1", params![day], |r| {
+                r.get(0)
+            })
+        })
+    }
+
+    fn projects(&self) -> StoreFuture<Vec<ProjectRecord>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key, client_id, secret_hash, secret_salt FROM projects ORDER BY key",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ProjectRecord {
+                    key: r.get(0)?,
+                    client_id: r.get(1)?,
+                    secret_hash: r.get(2)?,
+                    secret_salt: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn save_project(
+        &self,
+        client_id: String,
+        secret_hash: String,
+        secret_salt: String,
+    ) -> StoreFuture<i64> {
+        let now = uuid::Timestamp::now(uuid::NoContext).to_unix().0;
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO projects (client_id, secret_hash, secret_salt, created_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (client_id) DO UPDATE SET secret_hash = excluded.secret_hash,
+                    secret_salt = excluded.secret_salt",
+                params![
+                    client_id,
+                    secret_hash,
+                    secret_salt,
+                    i64::try_from(now).unwrap_or(0)
+                ],
+            )?;
+            conn.query_row(
+                "SELECT key FROM projects WHERE client_id = ?1",
+                params![client_id],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    fn events(&self, query: EventQuery) -> StoreFuture<Vec<StoredEvent>> {
+        self.read(move |conn| read::events(conn, &query))
+    }
+
+    fn sessions(&self, query: SessionQuery) -> StoreFuture<Vec<StoredSession>> {
+        self.read(move |conn| read::sessions(conn, &query))
+    }
+
+    fn profile(&self, project: i64, profile_id: String) -> StoreFuture<Option<StoredProfile>> {
+        self.read(move |conn| read::profile(conn, project, &profile_id))
+    }
+
+    fn health(&self) -> StoreFuture<()> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+    }
+}

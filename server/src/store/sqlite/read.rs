@@ -1,0 +1,165 @@
+//! Read-side queries of the embedded store.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use super::write::json_map;
+use crate::store::{EventQuery, SessionQuery, StoredEvent, StoredProfile, StoredSession};
+
+/// Builds `WHERE` clauses and their parameters together so they cannot drift apart.
+struct Filter {
+    clauses: Vec<String>,
+    params: Vec<SqlValue>,
+}
+
+impl Filter {
+    fn new(project: i64) -> Self {
+        Self {
+            clauses: vec!["project = ?1".to_owned()],
+            params: vec![SqlValue::Integer(project)],
+        }
+    }
+
+    fn push(&mut self, clause: &str, values: Vec<SqlValue>) {
+        let mut clause = clause.to_owned();
+        for value in values {
+            self.params.push(value);
+            clause = clause.replacen('?', &format!("?{}", self.params.len()), 1);
+        }
+        self.clauses.push(clause);
+    }
+
+    fn text(&mut self, column: &str, value: &Option<String>) {
+        if let Some(v) = value {
+            self.push(&format!("{column} = ?"), vec![SqlValue::Text(v.clone())]);
+        }
+    }
+
+    fn range(&mut self, column: &str, from: Option<i64>, to: Option<i64>) {
+        if let Some(from) = from {
+            self.push(&format!("{column} >= ?"), vec![SqlValue::Integer(from)]);
+        }
+        if let Some(to) = to {
+            self.push(&format!("{column} <= ?"), vec![SqlValue::Integer(to)]);
+        }
+    }
+
+    fn after(&mut self, column: &str, after: &Option<(i64, String)>) {
+        if let Some((t, id)) = after {
+            self.push(
+                &format!("({column} > ? OR ({column} = ? AND id > ?))"),
+                vec![
+                    SqlValue::Integer(*t),
+                    SqlValue::Integer(*t),
+                    SqlValue::Text(id.clone()),
+                ],
+            );
+        }
+    }
+
+    fn sql(&self) -> String {
+        self.clauses.join(" AND ")
+    }
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<StoredEvent>> {
+    let mut f = Filter::new(q.project);
+    f.text("device_id", &q.device_id);
+    f.text("session_id", &q.session_id);
+    f.text("name", &q.name);
+    f.range("created_at", q.from, q.to);
+    f.after("created_at", &q.after);
+    let sql = format!(
+        "SELECT id, name, type, device_id, session_id, profile_id, created_at, properties,
+                synced_at, insert_id
+         FROM events WHERE {} ORDER BY created_at, id LIMIT {}",
+        f.sql(),
+        limit(q.limit)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(f.params.iter()), |r| {
+        Ok(StoredEvent {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            kind: r.get(2)?,
+            device_id: r.get(3)?,
+            session_id: r.get(4)?,
+            profile_id: r.get(5)?,
+            created_at: r.get(6)?,
+            properties: json_map(&r.get::<_, String>(7)?),
+            synced_at: r.get(8)?,
+            insert_id: r.get(9)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub(super) fn sessions(
+    conn: &Connection,
+    q: &SessionQuery,
+) -> rusqlite::Result<Vec<StoredSession>> {
+    let mut f = Filter::new(q.project);
+    f.text("device_id", &q.device_id);
+    f.range("started_at", q.from, q.to);
+    f.after("started_at", &q.after);
+    let sql = format!(
+        "SELECT id, device_id, profile_id, started_at, ended_at, event_count
+         FROM sessions WHERE {} ORDER BY started_at, id LIMIT {}",
+        f.sql(),
+        limit(q.limit)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(f.params.iter()), |r| {
+        Ok(StoredSession {
+            id: r.get(0)?,
+            device_id: r.get(1)?,
+            profile_id: r.get(2)?,
+            started_at: r.get(3)?,
+            ended_at: r.get(4)?,
+            event_count: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub(super) fn profile(
+    conn: &Connection,
+    project: i64,
+    id: &str,
+) -> rusqlite::Result<Option<StoredProfile>> {
+    let found = conn
+        .prepare_cached(
+            "SELECT fields, properties, created_at, updated_at FROM profiles
+             WHERE project = ?1 AND id = ?2",
+        )?
+        .query_row(params![project, id], |r| {
+            Ok((
+                json_map(&r.get::<_, String>(0)?),
+                json_map(&r.get::<_, String>(1)?),
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((fields, properties, created_at, updated_at)) = found else {
+        return Ok(None);
+    };
+    let groups = conn
+        .prepare_cached(
+            "SELECT group_id FROM profile_groups WHERE project = ?1 AND profile_id = ?2 ORDER BY group_id",
+        )?
+        .query_map(params![project, id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(Some(StoredProfile {
+        id: id.to_owned(),
+        fields,
+        properties,
+        groups,
+        created_at,
+        updated_at,
+    }))
+}

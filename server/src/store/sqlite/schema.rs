@@ -1,0 +1,152 @@
+//! The embedded store's schema, versioned through `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use crate::store::StoreError;
+
+/// The schema version this build writes.
+pub const VERSION: i32 = 1;
+
+const CREATE_V1: &str = "
+CREATE TABLE projects (
+    key         INTEGER PRIMARY KEY,
+    client_id   TEXT NOT NULL UNIQUE,
+    secret_hash TEXT NOT NULL,
+    secret_salt TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE salts (
+    day  TEXT PRIMARY KEY,
+    salt TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE events (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL,
+    project     INTEGER NOT NULL,
+    type        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    device_id   TEXT NOT NULL,
+    session_id  TEXT NOT NULL,
+    profile_id  TEXT,
+    created_at  INTEGER NOT NULL,
+    properties  TEXT NOT NULL,
+    groups      TEXT,
+    insert_id   TEXT,
+    sdk_name    TEXT,
+    sdk_version TEXT,
+    synced_at   INTEGER NOT NULL
+);
+CREATE INDEX events_by_time ON events (project, created_at, id);
+CREATE INDEX events_by_session ON events (project, session_id, created_at);
+-- Idempotency keys of every row kind (events, profile and group changes).
+CREATE TABLE insert_ids (
+    project   INTEGER NOT NULL,
+    insert_id TEXT NOT NULL,
+    seen_at   INTEGER NOT NULL,
+    PRIMARY KEY (project, insert_id)
+) WITHOUT ROWID;
+CREATE TABLE sessions (
+    project        INTEGER NOT NULL,
+    id             TEXT NOT NULL,
+    device_id      TEXT NOT NULL,
+    profile_id     TEXT,
+    started_at     INTEGER NOT NULL,
+    ended_at       INTEGER NOT NULL,
+    event_count    INTEGER NOT NULL,
+    start_event    INTEGER NOT NULL,
+    PRIMARY KEY (project, id)
+) WITHOUT ROWID;
+CREATE INDEX sessions_by_start ON sessions (project, started_at, id);
+CREATE TABLE profiles (
+    project     INTEGER NOT NULL,
+    id          TEXT NOT NULL,
+    fields      TEXT NOT NULL,
+    properties  TEXT NOT NULL,
+    field_times TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (project, id)
+) WITHOUT ROWID;
+CREATE TABLE groups (
+    project    INTEGER NOT NULL,
+    id         TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    properties TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (project, id)
+) WITHOUT ROWID;
+CREATE TABLE profile_groups (
+    project    INTEGER NOT NULL,
+    profile_id TEXT NOT NULL,
+    group_id   TEXT NOT NULL,
+    PRIMARY KEY (project, profile_id, group_id)
+) WITHOUT ROWID;
+";
+
+/// Brings a database to [`VERSION`]: creates it when new, upgrades it when older, and refuses one
+/// written by a newer build.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found == VERSION {
+        return Ok(());
+    }
+    if found > VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "database schema version {found} is newer than this server's {VERSION}"
+        )));
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    if found == 0 {
+        create(&tx)?;
+    } else {
+        upgrade(&tx, found)?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn create(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(CREATE_V1)
+}
+
+/// Steps from each older version to the next. Version 1 is the first, so there is nothing yet.
+fn upgrade(_conn: &Connection, from: i32) -> Result<(), StoreError> {
+    Err(StoreError::Unavailable(format!(
+        "no upgrade path from schema version {from}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_then_reopens_without_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let mut conn = Connection::open(&path).expect("open");
+        migrate(&mut conn).expect("create");
+        conn.execute(
+            "INSERT INTO salts (day, salt) VALUES ('2026-11-28', 'x')",
+            [],
+        )
+        .expect("insert");
+        drop(conn);
+        let mut conn = Connection::open(&path).expect("reopen");
+        migrate(&mut conn).expect("reopen is a no-op");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM salts", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.pragma_update(None, "user_version", VERSION + 1)
+            .expect("set");
+        assert!(migrate(&mut conn).is_err());
+    }
+}
