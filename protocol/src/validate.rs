@@ -205,7 +205,9 @@ pub fn validate_event(row: Value, sent_len: usize) -> Result<ValidEvent, String>
             match group_ids {
                 Some(group_ids) => Action::AssignGroup { group_ids },
                 None => {
-                    return Err("groupIds must be a non-empty array of non-empty strings".to_owned());
+                    return Err(
+                        "groupIds must be a non-empty array of non-empty strings".to_owned()
+                    );
                 }
             }
         }

@@ -35,12 +35,9 @@ use crate::store::{EventQuery, IngestJob, SessionQuery};
 
 /// The service's router over `state`.
 pub fn app(state: AppState) -> Router {
-    let ingestion = Router::new()
+    Router::new()
         .route("/track/batch", post(track_batch))
         .route("/track", post(track))
-        .layer(CorsLayer::permissive());
-    Router::new()
-        .merge(ingestion)
         .route("/api/events", get(list_events))
         .route("/api/sessions", get(list_sessions))
         .route("/api/profiles/{profile_id}", get(get_profile))
@@ -49,6 +46,8 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        // Open CORS, as upstream: browsers send events straight from pages.
+        .layer(CorsLayer::permissive())
         .with_state(state)
 }
 

@@ -20,13 +20,15 @@ impl Filter {
         }
     }
 
+    /// Adds `clause`, numbering each of its `?` placeholders after the parameters so far.
     fn push(&mut self, clause: &str, values: Vec<SqlValue>) {
-        let mut clause = clause.to_owned();
-        for value in values {
+        let mut pieces = clause.split('?');
+        let mut numbered = pieces.next().unwrap_or_default().to_owned();
+        for (piece, value) in pieces.zip(values) {
             self.params.push(value);
-            clause = clause.replacen('?', &format!("?{}", self.params.len()), 1);
+            numbered.push_str(&format!("?{}{piece}", self.params.len()));
         }
-        self.clauses.push(clause);
+        self.clauses.push(numbered);
     }
 
     fn text(&mut self, column: &str, value: &Option<String>) {

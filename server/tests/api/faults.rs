@@ -1,0 +1,145 @@
+//! Store faults: rows the store fails on are `internal`, a store that is down is `503`.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use backfill_server::clock::ManualClock;
+use backfill_server::store::*;
+use serde_json::json;
+
+use crate::common::*;
+
+/// Fails every row whose insert id starts with `fail-`, and everything when `down`.
+struct FaultyStore {
+    inner: Arc<dyn Store>,
+    down: bool,
+}
+
+impl Store for FaultyStore {
+    fn ingest(&self, mut job: IngestJob) -> StoreFuture<Vec<RowOutcome>> {
+        if self.down {
+            return Box::pin(async { Err(StoreError::Unavailable("disk I/O error".into())) });
+        }
+        let fails: Vec<bool> = job
+            .rows
+            .iter()
+            .map(|r| {
+                r.insert_id
+                    .as_deref()
+                    .is_some_and(|k| k.starts_with("fail-"))
+            })
+            .collect();
+        job.rows.retain(|r| {
+            !r.insert_id
+                .as_deref()
+                .is_some_and(|k| k.starts_with("fail-"))
+        });
+        let inner = self.inner.ingest(job);
+        Box::pin(async move {
+            let mut stored = inner.await?.into_iter();
+            Ok(fails
+                .into_iter()
+                .map(|fail| {
+                    if fail {
+                        RowOutcome::Failed("injected fault".into())
+                    } else {
+                        stored.next().unwrap_or(RowOutcome::Stored)
+                    }
+                })
+                .collect())
+        })
+    }
+    fn daily_salt(&self, day: String) -> StoreFuture<String> {
+        self.inner.daily_salt(day)
+    }
+    fn projects(&self) -> StoreFuture<Vec<ProjectRecord>> {
+        self.inner.projects()
+    }
+    fn save_project(&self, c: String, h: String, s: String) -> StoreFuture<i64> {
+        self.inner.save_project(c, h, s)
+    }
+    fn events(&self, q: EventQuery) -> StoreFuture<Vec<StoredEvent>> {
+        self.inner.events(q)
+    }
+    fn sessions(&self, q: SessionQuery) -> StoreFuture<Vec<StoredSession>> {
+        self.inner.sessions(q)
+    }
+    fn profile(&self, p: i64, id: String) -> StoreFuture<Option<StoredProfile>> {
+        self.inner.profile(p, id)
+    }
+    fn health(&self) -> StoreFuture<()> {
+        if self.down {
+            return Box::pin(async { Err(StoreError::Unavailable("down".into())) });
+        }
+        self.inner.health()
+    }
+}
+
+async fn faulty(down: bool) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(NOW);
+    let inner = open_store(dir.path(), &clock);
+    Harness::over(dir, clock, Arc::new(FaultyStore { inner, down }), 5).await
+}
+
+#[tokio::test]
+async fn rows_the_store_fails_on_are_internal_and_the_rest_is_stored() {
+    let h = faulty(false).await;
+    let (status, body) = h
+        .batch(vec![
+            reading("d", NOW - MINUTE, "ok-1"),
+            reading("d", NOW - MINUTE, "fail-1"),
+            json!({"type": "alias", "payload": {}}),
+            reading("d", NOW - MINUTE, "ok-2"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["accepted"], json!(2));
+    assert_eq!(
+        body["rejected"],
+        json!([
+            {"index": 1, "reason": "internal", "error": "injected fault"},
+            {"index": 2, "reason": "validation", "error": "Alias is not supported"},
+        ])
+    );
+    let keys: Vec<_> = h
+        .all_events("name=reading")
+        .await
+        .iter()
+        .map(|e| e["insert_id"].clone())
+        .collect();
+    assert_eq!(keys, vec![json!("ok-1"), json!("ok-2")]);
+}
+
+#[tokio::test]
+async fn a_store_that_is_down_is_503_with_retry_after() {
+    let h = faulty(true).await;
+    let (status, headers, body) = h
+        .post_raw(
+            "/track/batch",
+            json!({"events": [reading("d", NOW, "x")]})
+                .to_string()
+                .into_bytes(),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], json!(503));
+    assert!(
+        !body["message"].as_str().unwrap_or("").contains("disk"),
+        "no internals leak: {body}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    assert!(
+        headers.get("backfill-max-event-age").is_none(),
+        "only 2xx answers carry the window"
+    );
+    let (status, _, _) = h
+        .send(
+            axum::http::Request::get("/healthz")
+                .body(axum::body::Body::empty())
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -1,0 +1,12 @@
+//! The HTTP contract (SPEC §1–§8) through `app(state).oneshot(..)` with a manual clock.
+
+mod common;
+
+mod auth;
+mod dedup;
+mod envelope;
+mod faults;
+mod profiles;
+mod read;
+mod rules;
+mod sessions;
