@@ -1,1 +1,250 @@
-fn main() {}
+//! Ingest throughput with durable acknowledgements.
+//!
+//! `cargo bench -p backfill-server --bench ingest` starts the release server binary on a temp
+//! dir, posts 2000-event batches of IoT readings from 4 concurrent connections (plain, then
+//! gzip), and prints events/s, p50/p99 request latency and the server's peak RSS. In the same run
+//! it measures a plain rusqlite batched insert of the same rows (same columns, WAL,
+//! `synchronous=FULL`, one transaction per 2000 rows, no secondary index) as the ceiling.
+//! `BENCH_EVENTS` sets the number of events per run (default 200,000).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+const PROJECT: &str = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f";
+const SECRET: &str = "bench-secret";
+const BATCH: usize = 2000;
+const CONNECTIONS: usize = 4;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A gateway's one-minute readings of 7 sensors, newest last, spread over the past week.
+fn readings(total: usize, run: &str) -> Vec<Value> {
+    let start = now_ms() - 6 * 86_400_000;
+    (0..total)
+        .map(|i| {
+            let sensor = i % 7;
+            let minute = (i / 7) as i64;
+            json!({"type": "track", "payload": {"name": "reading", "properties": {
+                "temp": 18.0 + (i % 100) as f64 / 10.0,
+                "humidity": 40 + (i % 30) as i64,
+                "battery": 3.7 - (i % 50) as f64 / 100.0,
+                "rssi": -60 - (i % 20) as i64,
+                "__deviceId": format!("gw-0001-sensor-{sensor:02}"),
+                "__timestamp": start + minute * 60_000,
+                "__insertId": format!("{run}-{i:08}"),
+            }}})
+        })
+        .collect()
+}
+
+fn bodies(events: &[Value], gzip: bool) -> Vec<Vec<u8>> {
+    events
+        .chunks(BATCH)
+        .map(|chunk| {
+            let body = json!({"events": chunk, "sentAt": now_ms()}).to_string().into_bytes();
+            if gzip {
+                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let _ = enc.write_all(&body);
+                enc.finish().unwrap_or_default()
+            } else {
+                body
+            }
+        })
+        .collect()
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok())).sum();
+    ticks as f64 / 100.0
+}
+
+/// Sum and count of the server's group-commit histogram.
+async fn commit_stats(url: &str) -> (f64, f64) {
+    let text = reqwest::get(format!("{url}/metrics")).await.expect("metrics").text().await.unwrap_or_default();
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    (value("backfill_store_commit_duration_seconds_sum "), value("backfill_store_commit_duration_seconds_count "))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Run {
+    events_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    wire_bytes: usize,
+}
+
+async fn post_all(url: &str, bodies: Vec<Vec<u8>>, gzip: bool, events: usize) -> Run {
+    let wire_bytes = bodies.iter().map(Vec::len).sum();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (queue, url) = (queue.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut latencies = Vec::new();
+            loop {
+                let next = queue.lock().ok().and_then(|mut q| q.pop());
+                let Some(body) = next else { break };
+                let mut req = client
+                    .post(format!("{url}/track/batch"))
+                    .header("content-type", "application/json")
+                    .header("openpanel-client-id", PROJECT)
+                    .header("openpanel-client-secret", SECRET);
+                if gzip {
+                    req = req.header("content-encoding", "gzip");
+                }
+                let t = Instant::now();
+                let response = req.body(body).send().await.expect("request");
+                assert_eq!(response.status(), 202, "bench batches are accepted");
+                let answer: Value = response.json().await.expect("json");
+                assert_eq!(answer["rejected"], json!([]), "{answer}");
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("task"));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Run {
+        events_per_sec: events as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        wire_bytes,
+    }
+}
+
+/// The ceiling: the same rows inserted straight into SQLite, durably, 2000 per transaction.
+fn raw_insert_rate(events: &[Value]) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conn = rusqlite::Connection::open(dir.path().join("raw.db")).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+         CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, project INTEGER NOT NULL,
+            type TEXT NOT NULL, name TEXT NOT NULL, device_id TEXT NOT NULL, session_id TEXT NOT NULL,
+            profile_id TEXT, created_at INTEGER NOT NULL, properties TEXT NOT NULL, groups TEXT,
+            insert_id TEXT, sdk_name TEXT, sdk_version TEXT, synced_at INTEGER NOT NULL);",
+    )
+    .expect("schema");
+    // Rows as the server would store them, prepared before the clock starts.
+    let rows: Vec<(String, String, i64, String, String)> = events
+        .iter()
+        .map(|e| {
+            let mut props = e["payload"]["properties"].clone();
+            let t = props["__timestamp"].as_i64().unwrap_or(0);
+            if let Some(m) = props.as_object_mut() {
+                m.remove("__timestamp");
+            }
+            let device = props["__deviceId"].as_str().unwrap_or("").to_owned();
+            let key = props["__insertId"].as_str().unwrap_or("").to_owned();
+            (uuid::Uuid::now_v7().to_string(), device, t, props.to_string(), key)
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in rows.chunks(BATCH) {
+        let tx = conn.unchecked_transaction().expect("tx");
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO events (id, project, type, name, device_id, session_id, created_at,
+                        properties, insert_id, synced_at)
+                     VALUES (?1, 1, 'track', 'reading', ?2, 'sess', ?3, ?4, ?5, ?3)",
+                )
+                .expect("prepare");
+            for (id, device, t, props, key) in chunk {
+                stmt.execute(rusqlite::params![id, device, t, props, key]).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    rows.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let total: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
+        .args(["--listen", "127.0.0.1:0", "--max-event-age-days", "8", "--project"])
+        .arg(format!("{PROJECT}:{SECRET}"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut first = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut first).expect("first line");
+    let url = first.trim().trim_start_matches("listening on ").to_owned();
+
+    println!("backfill-server ingest benchmark: {total} events per run, batches of {BATCH}, {CONNECTIONS} connections");
+    let mut rates = Vec::new();
+    for (label, gzip) in [("plain", false), ("gzip", true)] {
+        let events = readings(total, label);
+        let bodies = bodies(&events, gzip);
+        let cpu_before = cpu_seconds(child.id());
+        let (commit_before, groups_before) = commit_stats(&url).await;
+        let wall = Instant::now();
+        let run = post_all(&url, bodies, gzip, total).await;
+        let wall = wall.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(child.id()) - cpu_before;
+        let (commit_after, groups_after) = commit_stats(&url).await;
+        println!(
+            "{label:>5}: {:>9.0} events/s  p50 {:>6.1} ms  p99 {:>6.1} ms  {:.1} bytes/event on the wire",
+            run.events_per_sec,
+            run.p50.as_secs_f64() * 1e3,
+            run.p99.as_secs_f64() * 1e3,
+            run.wire_bytes as f64 / total as f64
+        );
+        println!(
+            "       server CPU {:.1} µs/event; writer busy {:.0}% of the run in {} group commits of {:.0} events on average",
+            cpu * 1e6 / total as f64,
+            (commit_after - commit_before) * 100.0 / wall,
+            groups_after - groups_before,
+            total as f64 / (groups_after - groups_before).max(1.0)
+        );
+        rates.push(run.events_per_sec);
+    }
+    println!("server peak RSS: {:.1} MiB", peak_rss_kib(child.id()) as f64 / 1024.0);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let ceiling = raw_insert_rate(&readings(total, "raw"));
+    println!("ceiling (plain rusqlite batched insert, same rows, durable): {ceiling:.0} rows/s");
+    for (label, rate) in ["plain", "gzip"].iter().zip(&rates) {
+        println!("ratio {label}: {:.2}", rate / ceiling);
+    }
+}

@@ -124,8 +124,8 @@ pub enum RowAction {
 /// A `track` event to store.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    /// Server-generated UUID.
-    pub id: String,
+    /// Server-generated UUID (v7).
+    pub id: uuid::Uuid,
     /// Event name.
     pub name: String,
     /// Device id; empty for server events.

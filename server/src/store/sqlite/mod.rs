@@ -1,14 +1,17 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
 //!
 //! All writes go through one writer thread. It takes every ingest job that is waiting, applies
-//! them in a single immediate transaction and commits once, so concurrent requests share one
-//! fsync (group commit) and each request is answered only after its rows are durable. Reads use
-//! a small pool of connections on blocking threads and never wait for the writer.
+//! them in a single immediate transaction and commits once (group commit). A syncer thread then
+//! fsyncs the WAL and only then answers the requests of that commit, so each `202` follows the
+//! durable write of its rows, while the writer already applies the next group. A checkpointer
+//! thread copies the WAL back into the database off the writer's path. Reads use a small pool
+//! of connections on blocking threads and never wait for the writer.
 
 mod read;
 pub mod schema;
 mod write;
 
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -56,18 +59,44 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stop_checkpoints: Mutex<Option<mpsc::Sender<()>>>,
     readers: Mutex<Vec<Connection>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // The writer finishes the jobs it was given, then the checkpointer does a last pass.
         if let Ok(mut writer) = self.writer.lock() {
             writer.take();
         }
-        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(thread) = thread {
+        if let Ok(mut stop) = self.stop_checkpoints.lock() {
+            stop.take();
+        }
+        let threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        for thread in threads {
             let _ = thread.join();
+        }
+    }
+}
+
+/// How often the background checkpointer copies the WAL into the database.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Checkpoints on its own connection so that the writer never pays for copying the WAL back
+/// into the database inside a commit.
+fn run_checkpointer(conn: Connection, stop: mpsc::Receiver<()>) {
+    loop {
+        let last = match stop.recv_timeout(CHECKPOINT_INTERVAL) {
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            _ => true,
+        };
+        let mode = if last { "TRUNCATE" } else { "PASSIVE" };
+        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed");
+        }
+        if last {
+            return;
         }
     }
 }
@@ -76,9 +105,11 @@ fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
+        "PRAGMA page_size = 16384;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA cache_size = -32000;
+         PRAGMA mmap_size = 268435456;
          PRAGMA temp_store = MEMORY;",
     )?;
     Ok(conn)
@@ -95,16 +126,43 @@ impl SqliteStore {
         let mut conn = open_connection(path, OpenFlags::default())
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         schema::migrate(&mut conn)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // Durability comes from the syncer's fsync of the WAL (see `run_syncer`), so SQLite's
+        // own per-commit sync is not needed; NORMAL keeps the database safe from corruption.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let wal_path = PathBuf::from(format!("{}-wal", path.display()));
+        let wal = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&wal_path)
+                .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", wal_path.display())))?,
+        );
+        let checkpoints = open_connection(path, OpenFlags::default())
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let spawn_error = |e: std::io::Error| StoreError::Unavailable(format!("cannot start a thread: {e}"));
+        let (stop_checkpoints, stop) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("backfill-checkpoint".to_owned())
+            .spawn(move || run_checkpointer(checkpoints, stop))
+            .map_err(spawn_error)?;
+        let (to_syncer, committed) = mpsc::channel();
+        let wal_for_syncer = Arc::clone(&wal);
+        let syncer = std::thread::Builder::new()
+            .name("backfill-fsync".to_owned())
+            .spawn(move || run_syncer(wal_for_syncer, committed))
+            .map_err(spawn_error)?;
         let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("backfill-writer".to_owned())
-            .spawn(move || run_writer(conn, rx, options))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
+            .spawn(move || run_writer(conn, rx, options, wal, to_syncer))
+            .map_err(spawn_error)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: Mutex::new(Some(tx)),
-                thread: Mutex::new(Some(thread)),
+                threads: Mutex::new(vec![writer, syncer, checkpointer]),
+                stop_checkpoints: Mutex::new(Some(stop_checkpoints)),
                 readers: Mutex::new(Vec::new()),
             }),
         })
@@ -169,7 +227,16 @@ fn closed() -> StoreError {
     StoreError::Unavailable("the store is shut down".to_owned())
 }
 
-fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriteJob>, options: SqliteOptions) {
+/// Outcomes committed but not yet synced, waiting for the syncer's next fsync.
+type Committed = Vec<(Reply<Vec<RowOutcome>>, Vec<RowOutcome>)>;
+
+fn run_writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<WriteJob>,
+    options: SqliteOptions,
+    wal: Arc<File>,
+    syncer: mpsc::Sender<Committed>,
+) {
     let mut group: Vec<(IngestJob, Reply<Vec<RowOutcome>>)> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -181,15 +248,44 @@ fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriteJob>, options: Sqlit
                     group.push((job, reply));
                 }
                 WriteJob::Call(f) => {
-                    commit_group(&mut conn, &mut group, &options);
+                    commit_group(&mut conn, &mut group, &options, &syncer);
                     f(&mut conn);
+                    // Rare writes (salts, projects) are synced before their caller hears back.
+                    if let Err(e) = wal.sync_data() {
+                        tracing::error!(error = %e, "fsync of the WAL failed");
+                    }
                 }
             }
             if rows < MAX_GROUP_ROWS {
                 next = rx.try_recv().ok();
             }
         }
-        commit_group(&mut conn, &mut group, &options);
+        commit_group(&mut conn, &mut group, &options, &syncer);
+    }
+}
+
+/// Makes commits durable: one `fsync` of the WAL covers every commit written before it, so
+/// while it runs the writer goes on applying the next group, and the commits that queue up
+/// meanwhile share the next `fsync`. Replies are sent only after the `fsync` returns.
+fn run_syncer(wal: Arc<File>, rx: mpsc::Receiver<Committed>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = first;
+        while let Ok(more) = rx.try_recv() {
+            waiting.extend(more);
+        }
+        match wal.sync_data() {
+            Ok(()) => {
+                for (reply, outcome) in waiting {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "fsync of the WAL failed");
+                for (reply, _) in waiting {
+                    let _ = reply.send(Err(StoreError::Unavailable(format!("fsync failed: {e}"))));
+                }
+            }
+        }
     }
 }
 
@@ -197,6 +293,7 @@ fn commit_group(
     conn: &mut Connection,
     group: &mut Vec<(IngestJob, Reply<Vec<RowOutcome>>)>,
     options: &SqliteOptions,
+    syncer: &mpsc::Sender<Committed>,
 ) {
     if group.is_empty() {
         return;
@@ -217,8 +314,11 @@ fn commit_group(
     }
     match result {
         Ok(outcomes) => {
-            for ((_, reply), outcome) in group.drain(..).zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
+            let committed: Committed = group.drain(..).map(|(_, reply)| reply).zip(outcomes).collect();
+            if let Err(mpsc::SendError(committed)) = syncer.send(committed) {
+                for (reply, _) in committed {
+                    let _ = reply.send(Err(closed()));
+                }
             }
         }
         Err(e) => {

@@ -3,6 +3,8 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
+use backfill_protocol::limits::SESSION_START_LEAD_MS;
+
 use super::write::json_map;
 use crate::store::{EventQuery, SessionQuery, StoredEvent, StoredProfile, StoredSession};
 
@@ -46,17 +48,12 @@ impl Filter {
         }
     }
 
-    fn after(&mut self, column: &str, after: &Option<(i64, String)>) {
-        if let Some((t, id)) = after {
-            self.push(
-                &format!("({column} > ? OR ({column} = ? AND id > ?))"),
-                vec![
-                    SqlValue::Integer(*t),
-                    SqlValue::Integer(*t),
-                    SqlValue::Text(id.clone()),
-                ],
-            );
-        }
+    /// Rows strictly after (`t`, `id`) in (`column`, id) order.
+    fn after(&mut self, column: &str, t: i64, id: SqlValue) {
+        self.push(
+            &format!("({column} > ? OR ({column} = ? AND id > ?))"),
+            vec![SqlValue::Integer(t), SqlValue::Integer(t), id],
+        );
     }
 
     fn sql(&self) -> String {
@@ -71,10 +68,25 @@ fn limit(n: usize) -> i64 {
 pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<StoredEvent>> {
     let mut f = Filter::new(q.project);
     f.text("device_id", &q.device_id);
-    f.text("session_id", &q.session_id);
     f.text("name", &q.name);
     f.range("created_at", q.from, q.to);
-    f.after("created_at", &q.after);
+    if let Some(session_id) = &q.session_id {
+        // A session's events lie between its session_start and its latest event, so the time
+        // index narrows the scan to them.
+        let span: Option<(i64, i64)> = conn
+            .prepare_cached("SELECT started_at, ended_at FROM sessions WHERE project = ?1 AND id = ?2")?
+            .query_row(params![q.project, session_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((started_at, ended_at)) = span else {
+            return Ok(Vec::new());
+        };
+        f.range("created_at", Some(started_at - SESSION_START_LEAD_MS), Some(ended_at));
+        f.text("session_id", &q.session_id);
+    }
+    if let Some((t, id)) = &q.after {
+        let id = uuid::Uuid::parse_str(id).map(|u| u.as_bytes().to_vec()).unwrap_or_default();
+        f.after("created_at", *t, SqlValue::Blob(id));
+    }
     let sql = format!(
         "SELECT id, name, type, device_id, session_id, profile_id, created_at, properties,
                 synced_at, insert_id
@@ -84,8 +96,9 @@ pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params_from_iter(f.params.iter()), |r| {
+        let id: Vec<u8> = r.get(0)?;
         Ok(StoredEvent {
-            id: r.get(0)?,
+            id: uuid::Uuid::from_slice(&id).map(|u| u.to_string()).unwrap_or_default(),
             name: r.get(1)?,
             kind: r.get(2)?,
             device_id: r.get(3)?,
@@ -107,7 +120,9 @@ pub(super) fn sessions(
     let mut f = Filter::new(q.project);
     f.text("device_id", &q.device_id);
     f.range("started_at", q.from, q.to);
-    f.after("started_at", &q.after);
+    if let Some((t, id)) = &q.after {
+        f.after("started_at", *t, SqlValue::Text(id.clone()));
+    }
     let sql = format!(
         "SELECT id, device_id, profile_id, started_at, ended_at, event_count
          FROM sessions WHERE {} ORDER BY started_at, id LIMIT {}",

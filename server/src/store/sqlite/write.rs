@@ -6,7 +6,7 @@ use backfill_protocol::limits::SESSION_START_LEAD_MS;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 
-use crate::store::{IngestJob, NewEvent, PreparedRow, RowAction, RowOutcome};
+use crate::store::{IngestJob, PreparedRow, RowAction, RowOutcome};
 
 /// Applies one job inside the open transaction. Rows are first written together; if the store
 /// fails part-way, the job is rolled back and replayed row by row so that one failing row is
@@ -65,6 +65,11 @@ fn apply_rows(
     let mut claim = conn.prepare_cached(
         "INSERT OR IGNORE INTO insert_ids (project, insert_id, seen_at) VALUES (?1, ?2, ?3)",
     )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (id, project, type, name, device_id, session_id, profile_id,
+            created_at, properties, groups, insert_id, sdk_name, sdk_version, synced_at)
+         VALUES (?1, ?2, 'track', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
     for row in rows {
         if let Some(key) = &row.insert_id
             && claim.execute(params![job.project, key, synced_at])? == 0
@@ -74,7 +79,21 @@ fn apply_rows(
         }
         let outcome = match &row.action {
             RowAction::Event(event) => {
-                insert_event(conn, job, row, event, synced_at)?;
+                insert.execute(params![
+                    &event.id.as_bytes()[..],
+                    job.project,
+                    event.name,
+                    event.device_id,
+                    event.session_id,
+                    event.profile_id,
+                    row.time_ms,
+                    event.properties,
+                    event.groups,
+                    row.insert_id,
+                    job.sdk_name,
+                    job.sdk_version,
+                    synced_at,
+                ])?;
                 if !event.session_id.is_empty() {
                     let delta = sessions.entry(&event.session_id).or_insert(SessionDelta {
                         device_id: &event.device_id,
@@ -163,36 +182,6 @@ fn apply_rows(
     Ok(outcomes)
 }
 
-fn insert_event(
-    conn: &Connection,
-    job: &IngestJob,
-    row: &PreparedRow,
-    event: &NewEvent,
-    synced_at: i64,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO events (id, project, type, name, device_id, session_id, profile_id,
-            created_at, properties, groups, insert_id, sdk_name, sdk_version, synced_at)
-         VALUES (?1, ?2, 'track', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
-        event.id,
-        job.project,
-        event.name,
-        event.device_id,
-        event.session_id,
-        event.profile_id,
-        row.time_ms,
-        event.properties,
-        event.groups,
-        row.insert_id,
-        job.sdk_name,
-        job.sdk_version,
-        synced_at,
-    ])?;
-    Ok(())
-}
-
 /// Creates the session with its one `session_start`, or widens it; the `session_start` moves
 /// earlier when an earlier event arrives. The single writer serialises these updates.
 fn upsert_session(
@@ -218,7 +207,7 @@ fn upsert_session(
                  VALUES (?1, ?2, 'track', 'session_start', ?3, ?4, ?5, ?6, '{}', ?7, ?8, ?9)",
             )?
             .execute(params![
-                uuid::Uuid::now_v7().to_string(),
+                &crate::ingest::new_event_id(synced_at).as_bytes()[..],
                 job.project,
                 delta.device_id,
                 session_id,
