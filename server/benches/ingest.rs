@@ -19,7 +19,10 @@ const BATCH: usize = 2000;
 const CONNECTIONS: usize = 4;
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A gateway's one-minute readings of 7 sensors, newest last, spread over the past week.
@@ -46,9 +49,12 @@ fn bodies(events: &[Value], gzip: bool) -> Vec<Vec<u8>> {
     events
         .chunks(BATCH)
         .map(|chunk| {
-            let body = json!({"events": chunk, "sentAt": now_ms()}).to_string().into_bytes();
+            let body = json!({"events": chunk, "sentAt": now_ms()})
+                .to_string()
+                .into_bytes();
             if gzip {
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 let _ = enc.write_all(&body);
                 enc.finish().unwrap_or_default()
             } else {
@@ -74,17 +80,31 @@ fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_name = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok())).sum();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
     ticks as f64 / 100.0
 }
 
 /// Sum and count of the server's group-commit histogram.
 async fn commit_stats(url: &str) -> (f64, f64) {
-    let text = reqwest::get(format!("{url}/metrics")).await.expect("metrics").text().await.unwrap_or_default();
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
     let value = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
-    (value("backfill_store_commit_duration_seconds_sum "), value("backfill_store_commit_duration_seconds_count "))
+    (
+        value("backfill_store_commit_duration_seconds_sum "),
+        value("backfill_store_commit_duration_seconds_count "),
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -169,7 +189,13 @@ fn raw_insert_rate(events: &[Value]) -> f64 {
             }
             let device = props["__deviceId"].as_str().unwrap_or("").to_owned();
             let key = props["__insertId"].as_str().unwrap_or("").to_owned();
-            (uuid::Uuid::now_v7().to_string(), device, t, props.to_string(), key)
+            (
+                uuid::Uuid::now_v7().to_string(),
+                device,
+                t,
+                props.to_string(),
+                key,
+            )
         })
         .collect();
     let started = Instant::now();
@@ -184,7 +210,8 @@ fn raw_insert_rate(events: &[Value]) -> f64 {
                 )
                 .expect("prepare");
             for (id, device, t, props, key) in chunk {
-                stmt.execute(rusqlite::params![id, device, t, props, key]).expect("insert");
+                stmt.execute(rusqlite::params![id, device, t, props, key])
+                    .expect("insert");
             }
         }
         tx.commit().expect("commit");
@@ -194,10 +221,19 @@ fn raw_insert_rate(events: &[Value]) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let total: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let total: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
-        .args(["--listen", "127.0.0.1:0", "--max-event-age-days", "8", "--project"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--max-event-age-days",
+            "8",
+            "--project",
+        ])
         .arg(format!("{PROJECT}:{SECRET}"))
         .arg("--data-dir")
         .arg(dir.path())
@@ -207,10 +243,14 @@ async fn main() {
         .expect("start the server");
     let mut first = String::new();
     let stdout = child.stdout.take().expect("stdout");
-    BufReader::new(stdout).read_line(&mut first).expect("first line");
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("first line");
     let url = first.trim().trim_start_matches("listening on ").to_owned();
 
-    println!("backfill-server ingest benchmark: {total} events per run, batches of {BATCH}, {CONNECTIONS} connections");
+    println!(
+        "backfill-server ingest benchmark: {total} events per run, batches of {BATCH}, {CONNECTIONS} connections"
+    );
     let mut rates = Vec::new();
     for (label, gzip) in [("plain", false), ("gzip", true)] {
         let events = readings(total, label);
@@ -238,7 +278,10 @@ async fn main() {
         );
         rates.push(run.events_per_sec);
     }
-    println!("server peak RSS: {:.1} MiB", peak_rss_kib(child.id()) as f64 / 1024.0);
+    println!(
+        "server peak RSS: {:.1} MiB",
+        peak_rss_kib(child.id()) as f64 / 1024.0
+    );
     let _ = child.kill();
     let _ = child.wait();
 

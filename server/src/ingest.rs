@@ -289,7 +289,8 @@ pub fn new_event_id(now_ms: i64) -> uuid::Uuid {
     let random = fastrand::u128(..).to_le_bytes();
     let mut bytes = [0u8; 10];
     bytes.copy_from_slice(&random[..10]);
-    uuid::Builder::from_unix_timestamp_millis(u64::try_from(now_ms).unwrap_or(0), &bytes).into_uuid()
+    uuid::Builder::from_unix_timestamp_millis(u64::try_from(now_ms).unwrap_or(0), &bytes)
+        .into_uuid()
 }
 
 /// Drops the `__`-prefixed control properties before they reach a profile or group.

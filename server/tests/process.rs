@@ -38,19 +38,34 @@ fn spawn(data_dir: &Path, extra: &[&str]) -> Server {
             }
         }
     });
-    let first = rx.recv_timeout(Duration::from_secs(60)).expect("a first line on stdout");
-    let url = first.strip_prefix("listening on ").expect("first line names the address").to_owned();
-    assert!(url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"), "{url}");
+    let first = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a first line on stdout");
+    let url = first
+        .strip_prefix("listening on ")
+        .expect("first line names the address")
+        .to_owned();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"),
+        "{url}"
+    );
     // Whatever follows at once (a created project's credentials).
     let mut rest = Vec::new();
     while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
         rest.push(line);
     }
-    Server { child, url, stdout: rest }
+    Server {
+        child,
+        url,
+        stdout: rest,
+    }
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn with_project() -> Vec<String> {
@@ -76,7 +91,9 @@ async fn all_insert_ids(url: &str) -> Vec<String> {
     let mut cursor = String::new();
     loop {
         let page: Value = client()
-            .get(format!("{url}/api/events?name=reading&limit=1000&cursor={cursor}"))
+            .get(format!(
+                "{url}/api/events?name=reading&limit=1000&cursor={cursor}"
+            ))
             .header("openpanel-client-id", PROJECT)
             .header("openpanel-client-secret", SECRET)
             .send()
@@ -115,9 +132,18 @@ async fn first_start_creates_a_project_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut first = spawn(dir.path(), &[]);
     let text = first.stdout.join("\n");
-    let id = text.lines().find_map(|l| l.trim().strip_prefix("client id:")).map(str::trim).expect("id printed").to_owned();
-    let secret =
-        text.lines().find_map(|l| l.trim().strip_prefix("client secret:")).map(str::trim).expect("secret printed").to_owned();
+    let id = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client id:"))
+        .map(str::trim)
+        .expect("id printed")
+        .to_owned();
+    let secret = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client secret:"))
+        .map(str::trim)
+        .expect("secret printed")
+        .to_owned();
     let ok = client()
         .get(format!("{}/api/events", first.url))
         .header("openpanel-client-id", &id)
@@ -130,10 +156,16 @@ async fn first_start_creates_a_project_once() {
     let _ = first.child.wait();
 
     let db = std::fs::read(dir.path().join("backfill.db")).expect("database file");
-    assert!(!String::from_utf8_lossy(&db).contains(&secret), "only a hash of the secret is stored");
+    assert!(
+        !String::from_utf8_lossy(&db).contains(&secret),
+        "only a hash of the secret is stored"
+    );
 
     let mut second = spawn(dir.path(), &[]);
-    assert!(second.stdout.is_empty() || !second.stdout.join("\n").contains("client secret"), "no second project");
+    assert!(
+        second.stdout.is_empty() || !second.stdout.join("\n").contains("client secret"),
+        "no second project"
+    );
     let ok = client()
         .get(format!("{}/api/sessions", second.url))
         .header("openpanel-client-id", &id)
@@ -163,8 +195,16 @@ async fn every_acknowledged_row_survives_sigkill() {
             writers.push(tokio::spawn(async move {
                 for n in 0.. {
                     let body = batch(round, w * 1000 + n, 200);
-                    let keys: Vec<String> =
-                        body["events"].as_array().into_iter().flatten().filter_map(|e| e["payload"]["properties"]["__insertId"].as_str().map(str::to_owned)).collect();
+                    let keys: Vec<String> = body["events"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| {
+                            e["payload"]["properties"]["__insertId"]
+                                .as_str()
+                                .map(str::to_owned)
+                        })
+                        .collect();
                     match post(&url, body).await {
                         Ok(r) if r.status() == 202 => {
                             if tx.send(keys).is_err() {
@@ -202,9 +242,20 @@ async fn every_acknowledged_row_survives_sigkill() {
     let stored = all_insert_ids(&server.url).await;
     let stored_set: std::collections::HashSet<&String> = stored.iter().collect();
     assert_eq!(stored_set.len(), stored.len(), "no row stored twice");
-    let missing: Vec<&String> = acknowledged.iter().filter(|k| !stored_set.contains(k)).collect();
-    assert!(missing.is_empty(), "{} acknowledged rows lost, e.g. {:?}", missing.len(), missing.first());
-    assert!(acknowledged.len() >= 200 * 3, "the test acknowledged rows before each kill");
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|k| !stored_set.contains(k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged rows lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert!(
+        acknowledged.len() >= 200 * 3,
+        "the test acknowledged rows before each kill"
+    );
     let _ = server.child.kill();
     let _ = server.child.wait();
 }
@@ -217,7 +268,11 @@ async fn sigterm_shuts_down_cleanly_and_bad_flags_fail() {
     let mut server = spawn(dir.path(), &args);
     let r = post(&server.url, batch(9, 0, 10)).await.expect("post");
     assert_eq!(r.status(), 202);
-    let status = Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status().expect("kill");
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .expect("kill");
     assert!(status.success());
     let exit = server.child.wait().expect("wait");
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
@@ -228,5 +283,9 @@ async fn sigterm_shuts_down_cleanly_and_bad_flags_fail() {
         .output()
         .expect("run");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("1 to 90"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 to 90"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

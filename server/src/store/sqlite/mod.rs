@@ -73,7 +73,11 @@ impl Drop for Inner {
         if let Ok(mut stop) = self.stop_checkpoints.lock() {
             stop.take();
         }
-        let threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
         for thread in threads {
             let _ = thread.join();
         }
@@ -136,11 +140,14 @@ impl SqliteStore {
                 .read(true)
                 .write(true)
                 .open(&wal_path)
-                .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", wal_path.display())))?,
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot open {}: {e}", wal_path.display()))
+                })?,
         );
         let checkpoints = open_connection(path, OpenFlags::default())
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        let spawn_error = |e: std::io::Error| StoreError::Unavailable(format!("cannot start a thread: {e}"));
+        let spawn_error =
+            |e: std::io::Error| StoreError::Unavailable(format!("cannot start a thread: {e}"));
         let (stop_checkpoints, stop) = mpsc::channel();
         let checkpointer = std::thread::Builder::new()
             .name("backfill-checkpoint".to_owned())
@@ -314,7 +321,11 @@ fn commit_group(
     }
     match result {
         Ok(outcomes) => {
-            let committed: Committed = group.drain(..).map(|(_, reply)| reply).zip(outcomes).collect();
+            let committed: Committed = group
+                .drain(..)
+                .map(|(_, reply)| reply)
+                .zip(outcomes)
+                .collect();
             if let Err(mpsc::SendError(committed)) = syncer.send(committed) {
                 for (reply, _) in committed {
                     let _ = reply.send(Err(closed()));

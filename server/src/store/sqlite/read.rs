@@ -74,17 +74,27 @@ pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<
         // A session's events lie between its session_start and its latest event, so the time
         // index narrows the scan to them.
         let span: Option<(i64, i64)> = conn
-            .prepare_cached("SELECT started_at, ended_at FROM sessions WHERE project = ?1 AND id = ?2")?
-            .query_row(params![q.project, session_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached(
+                "SELECT started_at, ended_at FROM sessions WHERE project = ?1 AND id = ?2",
+            )?
+            .query_row(params![q.project, session_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         let Some((started_at, ended_at)) = span else {
             return Ok(Vec::new());
         };
-        f.range("created_at", Some(started_at - SESSION_START_LEAD_MS), Some(ended_at));
+        f.range(
+            "created_at",
+            Some(started_at - SESSION_START_LEAD_MS),
+            Some(ended_at),
+        );
         f.text("session_id", &q.session_id);
     }
     if let Some((t, id)) = &q.after {
-        let id = uuid::Uuid::parse_str(id).map(|u| u.as_bytes().to_vec()).unwrap_or_default();
+        let id = uuid::Uuid::parse_str(id)
+            .map(|u| u.as_bytes().to_vec())
+            .unwrap_or_default();
         f.after("created_at", *t, SqlValue::Blob(id));
     }
     let sql = format!(
@@ -98,7 +108,9 @@ pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<
     let rows = stmt.query_map(params_from_iter(f.params.iter()), |r| {
         let id: Vec<u8> = r.get(0)?;
         Ok(StoredEvent {
-            id: uuid::Uuid::from_slice(&id).map(|u| u.to_string()).unwrap_or_default(),
+            id: uuid::Uuid::from_slice(&id)
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
             name: r.get(1)?,
             kind: r.get(2)?,
             device_id: r.get(3)?,
