@@ -91,10 +91,10 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// into the database inside a commit.
 fn run_checkpointer(conn: Connection, stop: mpsc::Receiver<()>) {
     loop {
-        let last = match stop.recv_timeout(CHECKPOINT_INTERVAL) {
-            Err(mpsc::RecvTimeoutError::Timeout) => false,
-            _ => true,
-        };
+        let last = !matches!(
+            stop.recv_timeout(CHECKPOINT_INTERVAL),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
         let mode = if last { "TRUNCATE" } else { "PASSIVE" };
         if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
             tracing::warn!(error = %e, "checkpoint failed");
