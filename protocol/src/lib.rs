@@ -1,6 +1,7 @@
 //! Wire contract shared by the Backfill server and the device SDK.
 //!
 //! # Layout
+//! - [`clock`]: the injectable source of the current time (system or manual).
 //! - [`limits`]: every number the contract fixes (batch size, body size, age window, ...).
 //! - [`wire`]: request and response bodies of `POST /track/batch`, `POST /track` and the read API.
 //! - [`time`]: parsing `__timestamp` values and formatting times as ISO-8601 with milliseconds.
@@ -11,6 +12,7 @@
 //! The crate does no I/O.
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod ids;
 pub mod limits;
 pub mod time;

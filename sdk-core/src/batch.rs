@@ -1,0 +1,153 @@
+//! Packing buffered rows into request bodies: greedy, oldest first, within both limits.
+
+use backfill_protocol::time::format_iso_ms;
+
+/// Bytes of the envelope around the events: `{"sentAt":"<24 chars>","events":[` and `]}`.
+pub const ENVELOPE_BYTES: usize = r#"{"sentAt":"2026-11-28T09:00:00.000Z","events":[]}"#.len();
+
+/// A request's worth of rows.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// Buffer positions of the rows, in order.
+    pub seqs: Vec<i64>,
+    /// The rows' JSON joined by commas: the inside of the `events` array.
+    pub events_json: String,
+}
+
+impl Batch {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// True when the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Size of the body this batch makes, envelope included, before compression.
+    pub fn body_len(&self) -> usize {
+        ENVELOPE_BYTES + self.events_json.len()
+    }
+
+    /// The request body with `sentAt` stamped now; call it just before sending.
+    pub fn body(&self, sent_at_ms: i64) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.body_len());
+        body.extend_from_slice(br#"{"sentAt":""#);
+        body.extend_from_slice(format_iso_ms(sent_at_ms).as_bytes());
+        body.extend_from_slice(br#"","events":["#);
+        body.extend_from_slice(self.events_json.as_bytes());
+        body.extend_from_slice(b"]}");
+        body
+    }
+}
+
+/// Fills a [`Batch`] one row at a time until the next row would pass a limit.
+#[derive(Debug)]
+pub struct Packer {
+    max_events: usize,
+    max_bytes: usize,
+    batch: Batch,
+}
+
+impl Packer {
+    /// A packer for at most `max_events` events and `max_bytes` of body.
+    pub fn new(max_events: usize, max_bytes: usize) -> Self {
+        Self {
+            max_events: max_events.max(1),
+            max_bytes,
+            batch: Batch::default(),
+        }
+    }
+
+    /// Adds the row if it fits; returns `false` (and leaves it out) when it does not. The first
+    /// row always fits: a row the contract allows is far below the 10 MiB request limit.
+    pub fn offer(&mut self, seq: i64, json: &str) -> bool {
+        if self.batch.len() >= self.max_events {
+            return false;
+        }
+        let comma = usize::from(!self.batch.is_empty());
+        if !self.batch.is_empty() && self.batch.body_len() + comma + json.len() > self.max_bytes {
+            return false;
+        }
+        if comma == 1 {
+            self.batch.events_json.push(',');
+        }
+        self.batch.events_json.push_str(json);
+        self.batch.seqs.push(seq);
+        true
+    }
+
+    /// The packed batch.
+    pub fn finish(self) -> Batch {
+        self.batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backfill_protocol::limits::{MAX_BATCH_EVENTS, MAX_BODY_BYTES, MAX_EVENT_BYTES};
+
+    fn event(len: usize) -> String {
+        // A JSON string of exactly `len` bytes.
+        format!("\"{}\"", "x".repeat(len - 2))
+    }
+
+    #[test]
+    fn the_envelope_is_counted() {
+        let mut p = Packer::new(10, 1000);
+        assert!(p.offer(1, &event(100)));
+        let b = p.finish();
+        let body = b.body(1_795_860_000_000);
+        assert_eq!(body.len(), b.body_len());
+        assert_eq!(body.len(), ENVELOPE_BYTES + 100);
+        let parsed: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(parsed["sentAt"], "2026-11-28T10:00:00.000Z");
+        assert_eq!(parsed["events"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn fills_to_the_byte_limit_exactly() {
+        // Two rows of 100 bytes plus a comma: exactly at the limit.
+        let limit = ENVELOPE_BYTES + 201;
+        let mut p = Packer::new(10, limit);
+        assert!(p.offer(1, &event(100)));
+        assert!(p.offer(2, &event(100)));
+        assert!(!p.offer(3, &event(1)), "one more byte would pass the limit");
+        assert_eq!(p.finish().body_len(), limit);
+    }
+
+    #[test]
+    fn stops_at_2000_tiny_events() {
+        let mut p = Packer::new(MAX_BATCH_EVENTS, MAX_BODY_BYTES);
+        let mut n = 0;
+        while p.offer(n, "{}") {
+            n += 1;
+        }
+        assert_eq!(n, 2000);
+        assert_eq!(p.finish().len(), 2000);
+    }
+
+    #[test]
+    fn a_256_kib_event_fits_alone_and_forty_fill_ten_mib() {
+        let big = event(MAX_EVENT_BYTES);
+        let mut p = Packer::new(MAX_BATCH_EVENTS, MAX_BODY_BYTES);
+        let mut n = 0;
+        while p.offer(n, &big) {
+            n += 1;
+        }
+        let b = p.finish();
+        assert_eq!(
+            n, 39,
+            "40 rows of 256 KiB with commas and envelope pass 10 MiB"
+        );
+        assert!(b.body_len() <= MAX_BODY_BYTES);
+        let mut tiny = Packer::new(MAX_BATCH_EVENTS, 1024);
+        assert!(
+            tiny.offer(0, &big),
+            "the first row always goes, even over a small configured cap"
+        );
+        assert!(!tiny.offer(1, "{}"));
+    }
+}

@@ -1,0 +1,537 @@
+//! The SDK's API: [`Backfill`], shared by every thread of the app.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use backfill_protocol::clock::{Clock, SystemClock};
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::{self, Event, Stamp};
+use crate::session::{self, Placement, SessionState};
+use crate::stats::Stats;
+use crate::store::{Bounds, Buffer, NewRow, counter, set_state};
+use crate::upload::drain::{Drain, DrainEnd, DrainReport, WINDOW_KEY};
+use crate::upload::policy::Backoff;
+use crate::upload::transport::{HttpTransport, Transport};
+
+const DEVICE_KEY: &str = "device_id";
+const SESSION_KEY: &str = "session";
+const PROFILE_KEY: &str = "profile_id";
+
+/// State shared by the API and the background uploader.
+pub(crate) struct Shared {
+    config: Config,
+    buffer: Buffer,
+    clock: Arc<dyn Clock>,
+    transport: Box<dyn Transport>,
+    /// Held for the whole of a drain, so there is one at a time; holds the failure count.
+    drain: Mutex<u32>,
+    window_ms: AtomicI64,
+    device_id: String,
+    session: Mutex<Option<SessionState>>,
+    profile_id: RwLock<Option<String>>,
+    globals: RwLock<Map<String, Value>>,
+    online: AtomicBool,
+    unauthorized: AtomicBool,
+    /// Epoch ms before which the background uploader does not retry.
+    retry_at_ms: AtomicI64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn note_error(&self, message: String) {
+        tracing::warn!("{message}");
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(message);
+        }
+    }
+
+    /// Runs one drain; one at a time.
+    pub(crate) fn drain(&self) -> Result<DrainReport, Error> {
+        let mut failures = self
+            .drain
+            .lock()
+            .map_err(|_| Error::Storage("drain lock poisoned".to_owned()))?;
+        let config = &self.config;
+        let report = Drain {
+            buffer: &self.buffer,
+            transport: self.transport.as_ref(),
+            clock: self.clock.as_ref(),
+            max_events: config.max_batch_events,
+            max_bytes: config.max_batch_bytes,
+            compress: config.compress,
+            backoff: Backoff {
+                base: config.retry_base,
+                cap: config.retry_cap,
+            },
+            max_dead_letters: config.max_dead_letters,
+            window_ms: &self.window_ms,
+            default_window_ms: i64::try_from(config.default_max_event_age.as_millis())
+                .unwrap_or(i64::MAX),
+            failures: &mut failures,
+        }
+        .run();
+        match &report {
+            Ok(r) => {
+                let unauthorized = matches!(r.end, DrainEnd::Unauthorized(_));
+                self.unauthorized.store(unauthorized, Ordering::Relaxed);
+                match r.end {
+                    DrainEnd::Empty => self.retry_at_ms.store(0, Ordering::Relaxed),
+                    DrainEnd::RetryIn(wait) => {
+                        let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                        self.retry_at_ms
+                            .store(self.clock.now_ms().saturating_add(wait), Ordering::Relaxed);
+                        self.note_error(format!(
+                            "upload deferred for {wait} ms: server busy or unreachable"
+                        ));
+                    }
+                    DrainEnd::Unauthorized(code) => self.note_error(format!(
+                        "the server refused the credentials (HTTP {code}); uploads paused"
+                    )),
+                }
+            }
+            Err(e) => self.note_error(format!("drain failed: {e}")),
+        }
+        report
+    }
+
+    fn buffered(&self) -> u64 {
+        self.buffer.totals().map(|(rows, _)| rows).unwrap_or(0)
+    }
+}
+
+enum Command {
+    Wake,
+    Shutdown,
+}
+
+struct Uploader {
+    commands: mpsc::Sender<Command>,
+    thread: JoinHandle<()>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    uploader: Mutex<Option<Uploader>>,
+    wake_pending: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        stop_uploader(&self.uploader);
+    }
+}
+
+fn stop_uploader(uploader: &Mutex<Option<Uploader>>) {
+    let taken = uploader.lock().ok().and_then(|mut u| u.take());
+    if let Some(u) = taken {
+        let _ = u.commands.send(Command::Shutdown);
+        let _ = u.thread.join();
+    }
+}
+
+/// The background uploader: drains on a wake (count threshold, `set_online(true)`), on the
+/// interval while events wait, and after a backoff; sleeps without timers when nothing waits.
+fn run_uploader(
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    wake_pending: Arc<AtomicBool>,
+) {
+    let interval = i64::try_from(shared.config.flush_interval.as_millis()).unwrap_or(i64::MAX);
+    let mut next_interval_at = shared.clock.now_ms().saturating_add(interval);
+    loop {
+        let idle = !shared.online.load(Ordering::Relaxed)
+            || shared.unauthorized.load(Ordering::Relaxed)
+            || shared.buffered() == 0;
+        let command = if idle {
+            commands
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        } else {
+            let now = shared.clock.now_ms();
+            let due = next_interval_at.max(shared.retry_at_ms.load(Ordering::Relaxed));
+            commands.recv_timeout(Duration::from_millis(due.saturating_sub(now).max(0) as u64))
+        };
+        let drain_now = match command {
+            Ok(Command::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(Command::Wake) => {
+                wake_pending.store(false, Ordering::Relaxed);
+                shared.online.load(Ordering::Relaxed)
+                    && shared.clock.now_ms() >= shared.retry_at_ms.load(Ordering::Relaxed)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => true,
+        };
+        if drain_now {
+            let _ = shared.drain();
+            next_interval_at = shared.clock.now_ms().saturating_add(interval);
+        }
+    }
+}
+
+/// The device SDK. Cheap to clone; every method may be called from any thread.
+///
+/// Every recording call commits the event to the on-device SQLite buffer before it returns.
+/// Uploads happen in the background (or through [`Backfill::flush`]); events survive restarts,
+/// crashes and days offline.
+#[derive(Clone)]
+pub struct Backfill {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Backfill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backfill")
+            .field("device_id", &self.inner.shared.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backfill {
+    /// Opens the buffer and starts the background uploader.
+    pub fn open(config: Config) -> Result<Self, Error> {
+        let transport = HttpTransport::new(
+            &config.endpoint,
+            &config.client_id,
+            &config.client_secret,
+            config.request_timeout,
+        )
+        .map_err(|e| Error::InvalidConfig(e.0))?;
+        Self::with_parts(config, Box::new(transport), Arc::new(SystemClock))
+    }
+
+    /// Opens with a given transport and clock (tests, simulations, custom networking).
+    pub fn with_parts(
+        config: Config,
+        transport: Box<dyn Transport>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        let (buffer, recovered) = Buffer::open(
+            &config.database_path,
+            clock.now_ms(),
+            config.max_database_bytes,
+        )?;
+        let device_id = match (&config.device_id, buffer.state(DEVICE_KEY)?) {
+            (Some(fixed), _) => fixed.trim().to_owned(),
+            (None, Some(stored)) => stored,
+            (None, None) => {
+                let id = uuid::Uuid::new_v4().to_string();
+                buffer.set_state(DEVICE_KEY, &id)?;
+                id
+            }
+        };
+        let session = buffer
+            .state(SESSION_KEY)?
+            .and_then(|s| serde_json::from_str(&s).ok());
+        let profile_id = buffer.state(PROFILE_KEY)?;
+        let window_ms = buffer
+            .state(WINDOW_KEY)?
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        let background = config.background_upload;
+        let shared = Arc::new(Shared {
+            config,
+            buffer,
+            clock,
+            transport,
+            drain: Mutex::new(0),
+            window_ms: AtomicI64::new(window_ms),
+            device_id,
+            session: Mutex::new(session),
+            profile_id: RwLock::new(profile_id),
+            globals: RwLock::new(Map::new()),
+            online: AtomicBool::new(true),
+            unauthorized: AtomicBool::new(false),
+            retry_at_ms: AtomicI64::new(0),
+            last_error: Mutex::new(recovered),
+        });
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let uploader = if background {
+            let (commands, rx) = mpsc::channel();
+            let (s, w) = (Arc::clone(&shared), Arc::clone(&wake_pending));
+            let thread = std::thread::Builder::new()
+                .name("backfill-uploader".to_owned())
+                .spawn(move || run_uploader(s, rx, w))
+                .map_err(|e| Error::Storage(format!("cannot start the uploader: {e}")))?;
+            Some(Uploader { commands, thread })
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                uploader: Mutex::new(uploader),
+                wake_pending,
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    fn bounds(&self) -> Bounds {
+        let c = &self.shared().config;
+        Bounds {
+            max_rows: c.max_buffer_rows,
+            max_bytes: c.max_buffer_bytes,
+        }
+    }
+
+    fn wake_if_due(&self) {
+        let threshold = self.shared().config.flush_threshold;
+        if self.shared().buffered() >= threshold
+            && !self.inner.wake_pending.swap(true, Ordering::Relaxed)
+        {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Ok(uploader) = self.inner.uploader.lock()
+            && let Some(u) = uploader.as_ref()
+        {
+            let _ = u.commands.send(Command::Wake);
+        }
+    }
+
+    /// This device's id, sent as `__deviceId` with its own events.
+    pub fn device_id(&self) -> &str {
+        &self.shared().device_id
+    }
+
+    /// Records an event now. Returns its `__insertId`.
+    pub fn track(&self, name: &str, properties: Map<String, Value>) -> Result<String, Error> {
+        self.record(Event {
+            name: name.to_owned(),
+            properties,
+            timestamp_ms: None,
+            device_id: None,
+        })
+    }
+
+    /// Records an event that happened at `timestamp_ms`.
+    pub fn track_at(
+        &self,
+        name: &str,
+        properties: Map<String, Value>,
+        timestamp_ms: i64,
+    ) -> Result<String, Error> {
+        self.record(Event {
+            name: name.to_owned(),
+            properties,
+            timestamp_ms: Some(timestamp_ms),
+            device_id: None,
+        })
+    }
+
+    /// Records an event of another device (a gateway recording for its sensors). It carries
+    /// that device's id and no client session: the server's 30-minute sessions apply.
+    pub fn track_for_device(
+        &self,
+        device_id: &str,
+        name: &str,
+        properties: Map<String, Value>,
+        timestamp_ms: i64,
+    ) -> Result<String, Error> {
+        self.record(Event {
+            name: name.to_owned(),
+            properties,
+            timestamp_ms: Some(timestamp_ms),
+            device_id: Some(device_id.to_owned()),
+        })
+    }
+
+    fn record(&self, event: Event) -> Result<String, Error> {
+        let mut ids = self.record_many(vec![event])?;
+        ids.pop()
+            .ok_or_else(|| Error::Storage("nothing recorded".to_owned()))
+    }
+
+    /// Records several events in one transaction: all or none. Returns their `__insertId`s.
+    pub fn track_many(&self, events: Vec<Event>) -> Result<Vec<String>, Error> {
+        self.record_many(events)
+    }
+
+    fn record_many(&self, events: Vec<Event>) -> Result<Vec<String>, Error> {
+        let shared = self.shared();
+        let now = shared.clock.now_ms();
+        let globals = shared
+            .globals
+            .read()
+            .map_err(|_| Error::Storage("lock poisoned".to_owned()))?
+            .clone();
+        let profile = shared
+            .profile_id
+            .read()
+            .map_err(|_| Error::Storage("lock poisoned".to_owned()))?
+            .clone();
+        let mut session_guard = shared
+            .session
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".to_owned()))?;
+        let mut session = session_guard.clone();
+        let timeout = i64::try_from(shared.config.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        let max_len =
+            i64::try_from(shared.config.max_session_length.as_millis()).unwrap_or(i64::MAX);
+        let mut rows = Vec::with_capacity(events.len());
+        let mut ids = Vec::with_capacity(events.len());
+        for e in events {
+            let time_ms = e.timestamp_ms.unwrap_or(now);
+            let insert_id = uuid::Uuid::now_v7().to_string();
+            let own = e.device_id.is_none();
+            let device = e
+                .device_id
+                .as_deref()
+                .map(str::trim)
+                .unwrap_or(&shared.device_id)
+                .to_owned();
+            let session_id = if own {
+                match session::place(session.as_ref(), time_ms, timeout, max_len, || {
+                    uuid::Uuid::now_v7().to_string()
+                }) {
+                    Placement::Session(s) => {
+                        let id = s.id.clone();
+                        session = Some(s);
+                        Some(id)
+                    }
+                    Placement::Past => None,
+                }
+            } else {
+                None
+            };
+            let stamp = Stamp {
+                time_ms,
+                insert_id: &insert_id,
+                device_id: &device,
+                session_id: session_id.as_deref(),
+                profile_id: if own { profile.as_deref() } else { None },
+            };
+            let body = event::track_json(&e.name, &globals, e.properties, &stamp)?;
+            rows.push(NewRow {
+                time_ms,
+                insert_id: insert_id.clone(),
+                body,
+            });
+            ids.push(insert_id);
+        }
+        let changed = session != *session_guard;
+        let session_text = session.as_ref().and_then(|s| serde_json::to_string(s).ok());
+        let evicted =
+            shared
+                .buffer
+                .append(&rows, self.bounds(), |tx| match (&session_text, changed) {
+                    (Some(text), true) => set_state(tx, SESSION_KEY, text),
+                    _ => Ok(()),
+                });
+        let evicted =
+            evicted.inspect_err(|e| shared.note_error(format!("recording failed: {e}")))?;
+        if evicted > 0 {
+            shared.note_error(format!("buffer full: evicted the {evicted} oldest events"));
+        }
+        *session_guard = session;
+        drop(session_guard);
+        self.wake_if_due();
+        Ok(ids)
+    }
+
+    /// Names the user; later events of this device carry `profileId`. `traits` may hold
+    /// `firstName`, `lastName`, `email`, `avatar` and any other properties.
+    pub fn identify(&self, profile_id: &str, traits: Map<String, Value>) -> Result<String, Error> {
+        let shared = self.shared();
+        let insert_id = uuid::Uuid::now_v7().to_string();
+        let now = shared.clock.now_ms();
+        let stamp = Stamp {
+            time_ms: now,
+            insert_id: &insert_id,
+            device_id: &shared.device_id,
+            session_id: None,
+            profile_id: None,
+        };
+        let body = event::identify_json(profile_id, traits, &stamp)?;
+        let row = NewRow {
+            time_ms: now,
+            insert_id: insert_id.clone(),
+            body,
+        };
+        shared.buffer.append(&[row], self.bounds(), |tx| {
+            set_state(tx, PROFILE_KEY, profile_id)
+        })?;
+        if let Ok(mut p) = shared.profile_id.write() {
+            *p = Some(profile_id.to_owned());
+        }
+        self.wake_if_due();
+        Ok(insert_id)
+    }
+
+    /// Sets a property merged into every later event (the event's own value wins).
+    pub fn register(&self, key: &str, value: Value) {
+        if let Ok(mut g) = self.shared().globals.write() {
+            g.insert(key.to_owned(), value);
+        }
+    }
+
+    /// Removes a global property.
+    pub fn unregister(&self, key: &str) {
+        if let Ok(mut g) = self.shared().globals.write() {
+            g.remove(key);
+        }
+    }
+
+    /// Drains now on the calling thread and returns what happened. Waits for a drain already
+    /// running on another thread to finish first.
+    pub fn flush(&self) -> Result<DrainReport, Error> {
+        self.shared().retry_at_ms.store(0, Ordering::Relaxed);
+        let report = self.shared().drain()?;
+        if let DrainEnd::Unauthorized(code) = report.end {
+            return Err(Error::Unauthorized(code));
+        }
+        Ok(report)
+    }
+
+    /// Tells the SDK whether the network is up; going online starts a drain at once.
+    pub fn set_online(&self, online: bool) {
+        let was = self.shared().online.swap(online, Ordering::Relaxed);
+        if online && !was {
+            self.shared().retry_at_ms.store(0, Ordering::Relaxed);
+            self.wake();
+        }
+    }
+
+    /// The buffer and upload figures.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let shared = self.shared();
+        let b = &shared.buffer;
+        let (buffered_events, buffered_bytes) = b.totals()?;
+        let now = shared.clock.now_ms();
+        Ok(Stats {
+            buffered_events,
+            buffered_bytes,
+            oldest_event_age_ms: b.oldest_time()?.map(|t| now - t),
+            sent: b.counter(counter::SENT)?,
+            duplicates: b.counter(counter::DUPLICATES)?,
+            dead_lettered: b.counter(counter::DEAD_LETTERED)?,
+            expired: b.counter(counter::EXPIRED)?,
+            evicted: b.counter(counter::EVICTED)?,
+            requests: b.counter(counter::REQUESTS)?,
+            bytes_sent: b.counter(counter::BYTES_SENT)?,
+            unauthorized: shared.unauthorized.load(Ordering::Relaxed),
+            last_error: shared.last_error.lock().ok().and_then(|e| e.clone()),
+        })
+    }
+
+    /// The newest dead-lettered events, newest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<crate::store::DeadLetter>, Error> {
+        self.shared().buffer.dead_letters(limit)
+    }
+
+    /// Stops the background uploader; buffered events stay for the next start. Recording still
+    /// works afterwards, and [`Backfill::flush`] still drains by hand.
+    pub fn shutdown(&self) {
+        stop_uploader(&self.inner.uploader);
+    }
+}

@@ -1,0 +1,35 @@
+//! What the SDK's calls can fail with.
+
+/// An SDK error. Nothing is lost by an error: an event either was committed to the buffer
+/// (the call returned `Ok`) or was not (the call returned one of these).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// A setting is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The event breaks a rule of the contract; the server would refuse it.
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    /// The device's storage is full; the event was not recorded. Recording works again once
+    /// space is freed.
+    #[error("storage full: {0}")]
+    StorageFull(String),
+    /// The buffer could not be read or written.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The server refused the credentials; uploads are paused and the data is kept.
+    #[error("the server refused the credentials (HTTP {0})")]
+    Unauthorized(u16),
+    /// The SDK was shut down.
+    #[error("the SDK is shut down")]
+    Shutdown,
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => Error::StorageFull(e.to_string()),
+            _ => Error::Storage(e.to_string()),
+        }
+    }
+}

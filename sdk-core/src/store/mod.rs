@@ -1,0 +1,444 @@
+//! The durable buffer: one SQLite file in WAL mode behind one type.
+//!
+//! Every method runs one transaction; an event is committed before `track` returns, so a killed
+//! process loses nothing that was acknowledged to the app. `synchronous=NORMAL` keeps commits
+//! cheap (no fsync per event) and survives a killed process; only a power loss can take the
+//! last transactions.
+
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+
+use crate::error::Error;
+
+/// A row to buffer.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    /// Event time (ms).
+    pub time_ms: i64,
+    /// The event's `__insertId`.
+    pub insert_id: String,
+    /// The event's wire JSON.
+    pub body: String,
+}
+
+/// One buffered row read for sending.
+#[derive(Debug, Clone)]
+pub struct BufferedRow {
+    /// Buffer position.
+    pub seq: i64,
+    /// The event's wire JSON.
+    pub body: String,
+}
+
+/// A dead-lettered row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// When the server refused it (ms).
+    pub failed_at: i64,
+    /// Its `__insertId`.
+    pub insert_id: String,
+    /// Its wire JSON.
+    pub body: String,
+    /// The server's reason.
+    pub error: String,
+}
+
+/// Bounds of the buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Most rows.
+    pub max_rows: u64,
+    /// Most bytes of event JSON.
+    pub max_bytes: u64,
+}
+
+struct Inner {
+    conn: Connection,
+    rows: u64,
+    bytes: u64,
+}
+
+/// The buffer. All access is serialised through one connection.
+pub struct Buffer {
+    inner: Mutex<Inner>,
+    path: PathBuf,
+}
+
+/// Counter names kept in the `counters` table.
+pub mod counter {
+    /// Events the server accepted (new or duplicate).
+    pub const SENT: &str = "sent";
+    /// Of those, events the server already had.
+    pub const DUPLICATES: &str = "duplicates";
+    /// Events the server refused for good, moved to the dead-letter table.
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    /// Events dropped because they fell out of the server's age window.
+    pub const EXPIRED: &str = "expired";
+    /// Events dropped to keep the buffer within its bounds.
+    pub const EVICTED: &str = "evicted";
+    /// HTTP requests sent.
+    pub const REQUESTS: &str = "requests";
+    /// Bytes sent on the wire (request bodies, after compression).
+    pub const BYTES_SENT: &str = "bytes_sent";
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    // Reading the schema touches the file header and the first pages: a damaged file fails here.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
+    Ok(conn)
+}
+
+impl Buffer {
+    /// Opens (or creates) the buffer at `path`. A corrupt file is moved aside to
+    /// `<path>.corrupt-<ms>` and a new buffer is created; the second value then says so.
+    pub fn open(
+        path: &Path,
+        now_ms: i64,
+        max_bytes: Option<u64>,
+    ) -> Result<(Self, Option<String>), Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let (mut conn, recovered) = match open_connection(path) {
+            Ok(conn) => (conn, None),
+            Err(e) if is_corruption(&e) => {
+                let aside = PathBuf::from(format!("{}.corrupt-{now_ms}", path.display()));
+                std::fs::rename(path, &aside).map_err(|io| {
+                    Error::Storage(format!("corrupt buffer could not be moved aside: {io}"))
+                })?;
+                for suffix in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                let note = format!(
+                    "the buffer was corrupt ({e}); it was moved to {} and a new one created",
+                    aside.display()
+                );
+                tracing::error!("{note}");
+                (open_connection(path)?, Some(note))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        schema::migrate(&mut conn).map_err(Error::Storage)?;
+        if let Some(max) = max_bytes {
+            let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = (max / page.max(512) as u64).max(8);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        }
+        let (rows, bytes): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let inner = Inner {
+            conn,
+            rows: rows.max(0) as u64,
+            bytes: bytes.max(0) as u64,
+        };
+        Ok((
+            Self {
+                inner: Mutex::new(inner),
+                path: path.to_owned(),
+            },
+            recovered,
+        ))
+    }
+
+    /// The buffer file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, Error> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::Storage("the buffer lock was poisoned".to_owned()))
+    }
+
+    /// Runs `f` in one immediate transaction, committed when it returns `Ok`.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut inner = self.lock()?;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` on the connection for reading.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let inner = self.lock()?;
+        f(&inner.conn)
+    }
+
+    /// Buffered rows and bytes.
+    pub fn totals(&self) -> Result<(u64, u64), Error> {
+        let inner = self.lock()?;
+        Ok((inner.rows, inner.bytes))
+    }
+
+    /// Appends rows (with `before`, run in the same transaction, e.g. to save session state),
+    /// evicting the oldest rows when the bounds would be passed. Returns the number evicted.
+    pub fn append(
+        &self,
+        rows: &[NewRow],
+        bounds: Bounds,
+        before: impl FnOnce(&Transaction<'_>) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let add_bytes: u64 = rows.iter().map(|r| r.body.len() as u64).sum();
+        if rows.iter().any(|r| r.body.len() as u64 > bounds.max_bytes)
+            || rows.len() as u64 > bounds.max_rows
+        {
+            return Err(Error::InvalidEvent(
+                "larger than the whole buffer".to_owned(),
+            ));
+        }
+        let mut inner = self.lock()?;
+        let (mut count, mut bytes) = (inner.rows, inner.bytes);
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        before(&tx)?;
+        let mut evicted = 0u64;
+        while count + rows.len() as u64 > bounds.max_rows || bytes + add_bytes > bounds.max_bytes {
+            let over_rows = (count + rows.len() as u64)
+                .saturating_sub(bounds.max_rows)
+                .max(1);
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM events WHERE seq IN
+                    (SELECT seq FROM events ORDER BY time_ms, seq LIMIT ?1) RETURNING bytes",
+            )?;
+            let freed: Vec<i64> = stmt
+                .query_map(params![over_rows as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if freed.is_empty() {
+                break;
+            }
+            evicted += freed.len() as u64;
+            count -= freed.len() as u64;
+            bytes = bytes.saturating_sub(freed.iter().map(|b| *b as u64).sum());
+        }
+        if evicted > 0 {
+            bump(&tx, counter::EVICTED, evicted)?;
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (time_ms, insert_id, body, bytes) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for row in rows {
+                insert.execute(params![
+                    row.time_ms,
+                    row.insert_id,
+                    row.body,
+                    row.body.len() as i64
+                ])?;
+            }
+        }
+        tx.commit()?;
+        inner.rows = count + rows.len() as u64;
+        inner.bytes = bytes + add_bytes;
+        Ok(evicted)
+    }
+
+    /// Reads rows oldest first, calling `take` for each until it returns `false`. Memory is
+    /// bounded by what `take` keeps.
+    pub fn scan_oldest(&self, mut take: impl FnMut(BufferedRow) -> bool) -> Result<(), Error> {
+        let inner = self.lock()?;
+        let mut stmt = inner
+            .conn
+            .prepare_cached("SELECT seq, body FROM events ORDER BY time_ms, seq")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            if !take(BufferedRow {
+                seq: row.get(0)?,
+                body: row.get(1)?,
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes delivered rows and moves refused ones to the dead-letter table, counting both.
+    pub fn settle(
+        &self,
+        settled: &Settled,
+        now_ms: i64,
+        max_dead_letters: u64,
+    ) -> Result<(), Error> {
+        let mut inner = self.lock()?;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut freed_rows = 0u64;
+        let mut freed_bytes = 0u64;
+        {
+            let mut delete =
+                tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING bytes")?;
+            for seq in &settled.delivered {
+                if let Some(b) = delete
+                    .query_row(params![seq], |r| r.get::<_, i64>(0))
+                    .optional()?
+                {
+                    freed_rows += 1;
+                    freed_bytes += b as u64;
+                }
+            }
+            let mut dead = tx.prepare_cached(
+                "INSERT INTO dead_letters (failed_at, insert_id, body, error)
+                 SELECT ?2, insert_id, body, ?3 FROM events WHERE seq = ?1",
+            )?;
+            for (seq, error) in &settled.refused {
+                dead.execute(params![seq, now_ms, error])?;
+                if let Some(b) = delete
+                    .query_row(params![seq], |r| r.get::<_, i64>(0))
+                    .optional()?
+                {
+                    freed_rows += 1;
+                    freed_bytes += b as u64;
+                }
+            }
+        }
+        tx.execute(
+            "DELETE FROM dead_letters WHERE seq <= (SELECT max(seq) FROM dead_letters) - ?1",
+            params![max_dead_letters as i64],
+        )?;
+        bump(&tx, counter::SENT, settled.delivered.len() as u64)?;
+        bump(&tx, counter::DUPLICATES, settled.duplicates)?;
+        bump(&tx, counter::DEAD_LETTERED, settled.refused.len() as u64)?;
+        tx.commit()?;
+        inner.rows = inner.rows.saturating_sub(freed_rows);
+        inner.bytes = inner.bytes.saturating_sub(freed_bytes);
+        Ok(())
+    }
+
+    /// Drops rows with an event time before `cutoff_ms`; returns how many.
+    pub fn expire(&self, cutoff_ms: i64) -> Result<u64, Error> {
+        let mut inner = self.lock()?;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let freed: Vec<i64> = tx
+            .prepare_cached("DELETE FROM events WHERE time_ms < ?1 RETURNING bytes")?
+            .query_map(params![cutoff_ms], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        bump(&tx, counter::EXPIRED, freed.len() as u64)?;
+        tx.commit()?;
+        inner.rows = inner.rows.saturating_sub(freed.len() as u64);
+        inner.bytes = inner
+            .bytes
+            .saturating_sub(freed.iter().map(|b| *b as u64).sum());
+        Ok(freed.len() as u64)
+    }
+
+    /// Adds to counters in one transaction.
+    pub fn count(&self, counts: &[(&str, u64)]) -> Result<(), Error> {
+        self.write(|tx| {
+            for (name, n) in counts {
+                bump(tx, name, *n)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A counter's value.
+    pub fn counter(&self, name: &str) -> Result<u64, Error> {
+        self.read(|conn| {
+            let v: Option<i64> = conn
+                .prepare_cached("SELECT value FROM counters WHERE name = ?1")?
+                .query_row(params![name], |r| r.get(0))
+                .optional()?;
+            Ok(v.unwrap_or(0).max(0) as u64)
+        })
+    }
+
+    /// A state value.
+    pub fn state(&self, key: &str) -> Result<Option<String>, Error> {
+        self.read(|conn| get_state(conn, key))
+    }
+
+    /// Sets a state value.
+    pub fn set_state(&self, key: &str, value: &str) -> Result<(), Error> {
+        self.write(|tx| set_state(tx, key, value))
+    }
+
+    /// Time of the oldest buffered event.
+    pub fn oldest_time(&self) -> Result<Option<i64>, Error> {
+        self.read(|conn| Ok(conn.query_row("SELECT min(time_ms) FROM events", [], |r| r.get(0))?))
+    }
+
+    /// The newest dead letters, newest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT failed_at, insert_id, body, error FROM dead_letters ORDER BY seq DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                Ok(DeadLetter { failed_at: r.get(0)?, insert_id: r.get(1)?, body: r.get(2)?, error: r.get(3)? })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+/// What a drain learned about the rows it sent.
+#[derive(Debug, Default, Clone)]
+pub struct Settled {
+    /// Rows the server stored (or already had).
+    pub delivered: Vec<i64>,
+    /// How many of `delivered` were duplicates.
+    pub duplicates: u64,
+    /// Rows refused for good, with the reason.
+    pub refused: Vec<(i64, String)>,
+}
+
+/// Adds `n` to a counter inside `tx`.
+pub fn bump(tx: &Connection, name: &str, n: u64) -> Result<(), Error> {
+    if n > 0 {
+        tx.prepare_cached(
+            "INSERT INTO counters (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        )?
+        .execute(params![name, n as i64])?;
+    }
+    Ok(())
+}
+
+/// Reads a state value.
+pub fn get_state(conn: &Connection, key: &str) -> Result<Option<String>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM state WHERE key = ?1")?
+        .query_row(params![key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Writes a state value.
+pub fn set_state(conn: &Connection, key: &str, value: &str) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, value])?;
+    Ok(())
+}
