@@ -114,7 +114,7 @@ mod tests {
         let mut p = Packer::new(10, limit);
         assert!(p.offer(1, &event(100)));
         assert!(p.offer(2, &event(100)));
-        assert!(!p.offer(3, &event(1)), "one more byte would pass the limit");
+        assert!(!p.offer(3, "1"), "one more byte would pass the limit");
         assert_eq!(p.finish().body_len(), limit);
     }
 
