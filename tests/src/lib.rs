@@ -2,8 +2,13 @@
 //! read API, and SDK configs pointing at it.
 //!
 //! # Layout
-//! Everything is here: [`TestServer`] starts and stops a server; its methods read back what it
-//! stored. The tests themselves are in `tests/`.
+//! - this file: [`TestServer`] starts and stops a server; its methods read back what it stored.
+//! - [`proxy`]: a fault-injecting proxy between SDK and server.
+//! - `src/bin/sdk_child.rs`: a process that records events, for the SIGKILL test.
+//!
+//! The tests themselves are in `tests/`.
+
+pub mod proxy;
 
 use std::sync::Arc;
 
@@ -65,6 +70,14 @@ impl TestServer {
             server: Some(server),
             dir,
         }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server
+            .as_ref()
+            .map(|s| s.addr)
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// Base URL.

@@ -5,6 +5,7 @@
 //! implementation must make [`Store::ingest`] atomic per row, durable before it returns, and
 //! serialise session updates so that each session gets exactly one `session_start`.
 
+pub mod fault;
 pub mod sqlite;
 
 use std::future::Future;

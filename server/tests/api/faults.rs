@@ -4,82 +4,24 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use backfill_server::clock::ManualClock;
-use backfill_server::store::*;
+use backfill_server::store::RowOutcome;
+use backfill_server::store::fault::FaultInjector;
 use serde_json::json;
 
 use crate::common::*;
-
-/// Fails every row whose insert id starts with `fail-`, and everything when `down`.
-struct FaultyStore {
-    inner: Arc<dyn Store>,
-    down: bool,
-}
-
-impl Store for FaultyStore {
-    fn ingest(&self, mut job: IngestJob) -> StoreFuture<Vec<RowOutcome>> {
-        if self.down {
-            return Box::pin(async { Err(StoreError::Unavailable("disk I/O error".into())) });
-        }
-        let fails: Vec<bool> = job
-            .rows
-            .iter()
-            .map(|r| {
-                r.insert_id
-                    .as_deref()
-                    .is_some_and(|k| k.starts_with("fail-"))
-            })
-            .collect();
-        job.rows.retain(|r| {
-            !r.insert_id
-                .as_deref()
-                .is_some_and(|k| k.starts_with("fail-"))
-        });
-        let inner = self.inner.ingest(job);
-        Box::pin(async move {
-            let mut stored = inner.await?.into_iter();
-            Ok(fails
-                .into_iter()
-                .map(|fail| {
-                    if fail {
-                        RowOutcome::Failed("injected fault".into())
-                    } else {
-                        stored.next().unwrap_or(RowOutcome::Stored)
-                    }
-                })
-                .collect())
-        })
-    }
-    fn daily_salt(&self, day: String) -> StoreFuture<String> {
-        self.inner.daily_salt(day)
-    }
-    fn projects(&self) -> StoreFuture<Vec<ProjectRecord>> {
-        self.inner.projects()
-    }
-    fn save_project(&self, c: String, h: String, s: String) -> StoreFuture<i64> {
-        self.inner.save_project(c, h, s)
-    }
-    fn events(&self, q: EventQuery) -> StoreFuture<Vec<StoredEvent>> {
-        self.inner.events(q)
-    }
-    fn sessions(&self, q: SessionQuery) -> StoreFuture<Vec<StoredSession>> {
-        self.inner.sessions(q)
-    }
-    fn profile(&self, p: i64, id: String) -> StoreFuture<Option<StoredProfile>> {
-        self.inner.profile(p, id)
-    }
-    fn health(&self) -> StoreFuture<()> {
-        if self.down {
-            return Box::pin(async { Err(StoreError::Unavailable("down".into())) });
-        }
-        self.inner.health()
-    }
-}
 
 async fn faulty(down: bool) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(NOW);
     let inner = open_store(dir.path(), &clock);
-    Harness::over(dir, clock, Arc::new(FaultyStore { inner, down }), 5).await
+    let store = FaultInjector::new(inner, |row| {
+        row.insert_id
+            .as_deref()
+            .filter(|k| k.starts_with("fail-"))
+            .map(|_| RowOutcome::Failed("injected fault".into()))
+    });
+    store.set_down(down);
+    Harness::over(dir, clock, Arc::new(store), 5).await
 }
 
 #[tokio::test]

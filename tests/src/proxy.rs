@@ -1,0 +1,143 @@
+//! A fault-injecting HTTP proxy: one request per connection, each handled by the next step of a
+//! script, then plain forwarding.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the proxy does with one request.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Pass it to the server and its answer back.
+    Forward,
+    /// Pass it to the server, read the answer (the rows are committed), then hang up.
+    DropAnswer,
+    /// Answer with this status and `Retry-After` without asking the server.
+    Status(u16, u32),
+    /// Read the request and never answer.
+    Stall,
+    /// Read part of the request and hang up.
+    CloseMidRequest,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    script: Arc<Mutex<VecDeque<Step>>>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` on `runtime`, following `script` and then forwarding.
+    pub fn start(
+        runtime: &tokio::runtime::Runtime,
+        upstream: SocketAddr,
+        script: Vec<Step>,
+    ) -> Self {
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let steps = Arc::clone(&script);
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let step = steps
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.pop_front())
+                    .unwrap_or(Step::Forward);
+                tokio::spawn(handle(client, upstream, step));
+            }
+        });
+        Self { addr, script }
+    }
+
+    /// Steps not yet used.
+    pub fn remaining(&self) -> usize {
+        self.script.lock().map(|s| s.len()).unwrap_or(0)
+    }
+}
+
+/// Reads one HTTP/1.1 message (headers and a `Content-Length` body).
+async fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Some(buf);
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Makes the message ask for the connection to close, so each connection carries one request.
+fn with_close(message: Vec<u8>) -> Vec<u8> {
+    let Some(end) = message.windows(2).position(|w| w == b"\r\n") else {
+        return message;
+    };
+    let mut out = message[..end + 2].to_vec();
+    out.extend_from_slice(b"connection: close\r\n");
+    out.extend_from_slice(&message[end + 2..]);
+    out
+}
+
+async fn exchange(upstream: SocketAddr, request: Vec<u8>) -> Option<Vec<u8>> {
+    let mut server = TcpStream::connect(upstream).await.ok()?;
+    server.write_all(&with_close(request)).await.ok()?;
+    read_message(&mut server).await
+}
+
+async fn handle(mut client: TcpStream, upstream: SocketAddr, step: Step) {
+    if let Step::CloseMidRequest = step {
+        let mut part = [0u8; 64];
+        let _ = client.read(&mut part).await;
+        return;
+    }
+    let Some(request) = read_message(&mut client).await else {
+        return;
+    };
+    match step {
+        Step::Forward => {
+            if let Some(answer) = exchange(upstream, request).await {
+                let _ = client.write_all(&with_close(answer)).await;
+            }
+        }
+        Step::DropAnswer => {
+            let _ = exchange(upstream, request).await;
+        }
+        Step::Status(code, retry_after) => {
+            let body = format!(
+                r#"{{"status":{code},"error":"injected","message":"injected by the proxy"}}"#
+            );
+            let answer = format!(
+                "HTTP/1.1 {code} Injected\r\ncontent-type: application/json\r\nretry-after: {retry_after}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = client.write_all(answer.as_bytes()).await;
+        }
+        Step::Stall => tokio::time::sleep(Duration::from_secs(30)).await,
+        Step::CloseMidRequest => {}
+    }
+}
