@@ -12,6 +12,8 @@ pub struct Batch {
     pub seqs: Vec<i64>,
     /// The rows' JSON joined by commas: the inside of the `events` array.
     pub events_json: String,
+    /// The (time, seq) key of the last row: the next batch starts after it.
+    pub last_key: Option<(i64, i64)>,
 }
 
 impl Batch {
@@ -32,14 +34,19 @@ impl Batch {
 
     /// The request body with `sentAt` stamped now; call it just before sending.
     pub fn body(&self, sent_at_ms: i64) -> Vec<u8> {
-        let mut body = Vec::with_capacity(self.body_len());
-        body.extend_from_slice(br#"{"sentAt":""#);
-        body.extend_from_slice(format_iso_ms(sent_at_ms).as_bytes());
-        body.extend_from_slice(br#"","events":["#);
-        body.extend_from_slice(self.events_json.as_bytes());
-        body.extend_from_slice(b"]}");
-        body
+        envelope(&self.events_json, sent_at_ms)
     }
+}
+
+/// Wraps comma-joined event JSON in the request envelope with `sentAt`.
+pub fn envelope(events_json: &str, sent_at_ms: i64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(ENVELOPE_BYTES + events_json.len());
+    body.extend_from_slice(br#"{"sentAt":""#);
+    body.extend_from_slice(format_iso_ms(sent_at_ms).as_bytes());
+    body.extend_from_slice(br#"","events":["#);
+    body.extend_from_slice(events_json.as_bytes());
+    body.extend_from_slice(b"]}");
+    body
 }
 
 /// Fills a [`Batch`] one row at a time until the next row would pass a limit.
@@ -62,7 +69,7 @@ impl Packer {
 
     /// Adds the row if it fits; returns `false` (and leaves it out) when it does not. The first
     /// row always fits: a row the contract allows is far below the 10 MiB request limit.
-    pub fn offer(&mut self, seq: i64, json: &str) -> bool {
+    pub fn offer(&mut self, seq: i64, time_ms: i64, json: &str) -> bool {
         if self.batch.len() >= self.max_events {
             return false;
         }
@@ -75,6 +82,7 @@ impl Packer {
         }
         self.batch.events_json.push_str(json);
         self.batch.seqs.push(seq);
+        self.batch.last_key = Some((time_ms, seq));
         true
     }
 
@@ -97,7 +105,7 @@ mod tests {
     #[test]
     fn the_envelope_is_counted() {
         let mut p = Packer::new(10, 1000);
-        assert!(p.offer(1, &event(100)));
+        assert!(p.offer(1, 0, &event(100)));
         let b = p.finish();
         let body = b.body(1_795_860_000_000);
         assert_eq!(body.len(), b.body_len());
@@ -112,9 +120,9 @@ mod tests {
         // Two rows of 100 bytes plus a comma: exactly at the limit.
         let limit = ENVELOPE_BYTES + 201;
         let mut p = Packer::new(10, limit);
-        assert!(p.offer(1, &event(100)));
-        assert!(p.offer(2, &event(100)));
-        assert!(!p.offer(3, "1"), "one more byte would pass the limit");
+        assert!(p.offer(1, 0, &event(100)));
+        assert!(p.offer(2, 0, &event(100)));
+        assert!(!p.offer(3, 0, "1"), "one more byte would pass the limit");
         assert_eq!(p.finish().body_len(), limit);
     }
 
@@ -122,7 +130,7 @@ mod tests {
     fn stops_at_2000_tiny_events() {
         let mut p = Packer::new(MAX_BATCH_EVENTS, MAX_BODY_BYTES);
         let mut n = 0;
-        while p.offer(n, "{}") {
+        while p.offer(n, 0, "{}") {
             n += 1;
         }
         assert_eq!(n, 2000);
@@ -134,7 +142,7 @@ mod tests {
         let big = event(MAX_EVENT_BYTES);
         let mut p = Packer::new(MAX_BATCH_EVENTS, MAX_BODY_BYTES);
         let mut n = 0;
-        while p.offer(n, &big) {
+        while p.offer(n, 0, &big) {
             n += 1;
         }
         let b = p.finish();
@@ -145,9 +153,9 @@ mod tests {
         assert!(b.body_len() <= MAX_BODY_BYTES);
         let mut tiny = Packer::new(MAX_BATCH_EVENTS, 1024);
         assert!(
-            tiny.offer(0, &big),
+            tiny.offer(0, 0, &big),
             "the first row always goes, even over a small configured cap"
         );
-        assert!(!tiny.offer(1, "{}"));
+        assert!(!tiny.offer(1, 0, "{}"));
     }
 }

@@ -32,6 +32,8 @@ pub struct NewRow {
 pub struct BufferedRow {
     /// Buffer position.
     pub seq: i64,
+    /// Event time (ms).
+    pub time_ms: i64,
     /// The event's wire JSON.
     pub body: String,
 }
@@ -262,19 +264,28 @@ impl Buffer {
         Ok(evicted)
     }
 
-    /// Reads rows oldest first, calling `take` for each until it returns `false`. Memory is
-    /// bounded by what `take` keeps.
-    pub fn scan_oldest(&self, mut take: impl FnMut(BufferedRow) -> bool) -> Result<(), Error> {
+    /// Reads rows oldest first, starting after `after` (a row's (time, seq) key), calling `take`
+    /// for each until it returns `false`. Memory is bounded by what `take` keeps.
+    pub fn scan_oldest(
+        &self,
+        after: Option<(i64, i64)>,
+        mut take: impl FnMut(BufferedRow) -> bool,
+    ) -> Result<(), Error> {
         let inner = self.lock()?;
-        let mut stmt = inner
-            .conn
-            .prepare_cached("SELECT seq, body FROM events ORDER BY time_ms, seq")?;
-        let mut rows = stmt.query([])?;
+        let (t, seq) = after.unwrap_or((i64::MIN, i64::MIN));
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT seq, time_ms, body FROM events
+             WHERE time_ms > ?1 OR (time_ms = ?1 AND seq > ?2)
+             ORDER BY time_ms, seq",
+        )?;
+        let mut rows = stmt.query(params![t, seq])?;
         while let Some(row) = rows.next()? {
-            if !take(BufferedRow {
+            let row = BufferedRow {
                 seq: row.get(0)?,
-                body: row.get(1)?,
-            }) {
+                time_ms: row.get(1)?,
+                body: row.get(2)?,
+            };
+            if !take(row) {
                 break;
             }
         }

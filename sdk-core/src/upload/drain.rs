@@ -7,11 +7,68 @@ use std::time::Duration;
 use backfill_protocol::clock::Clock;
 use backfill_protocol::wire::{BatchResponse, ErrorBody, RejectReason};
 
-use super::policy::{Answer, Backoff, Decision, decide};
-use super::transport::{Reply, Transport};
-use crate::batch::Packer;
+use std::collections::VecDeque;
+use std::thread::ScopedJoinHandle;
+
+use super::policy::{self, Answer, Backoff, decide};
+use super::transport::{NetworkError, Reply, Transport};
+use crate::batch::{Batch, Packer, envelope};
 use crate::error::Error;
 use crate::store::{Buffer, Settled, counter};
+
+/// Requests in flight at once during a drain.
+pub const PIPELINE_DEPTH: usize = 3;
+
+/// A sent request and the rows it carries.
+struct InFlight<'scope> {
+    batch: Batch,
+    request: ScopedJoinHandle<'scope, (u64, Result<Reply, NetworkError>)>,
+}
+
+/// What the drain does after an answer (the policy's decision, with what it needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    Next,
+    RetryAfter(Duration),
+    /// Halve the batch of this many rows.
+    Split(usize),
+    /// The rows were dead-lettered (HTTP status).
+    DeadLetter(u16),
+    /// Stop on this HTTP status.
+    Stop(u16),
+}
+
+fn to_decision(d: policy::Decision, batch: &Batch, status: u16) -> Decision {
+    match d {
+        policy::Decision::Next => Decision::Next,
+        policy::Decision::RetryAfter(wait) => Decision::RetryAfter(wait),
+        policy::Decision::Split => Decision::Split(batch.len()),
+        policy::Decision::DeadLetter => Decision::DeadLetter(status),
+        policy::Decision::Stop => Decision::Stop(status),
+    }
+}
+
+/// Stamps `sentAt`, compresses and sends; runs on the request's own thread.
+fn send(
+    transport: &dyn Transport,
+    clock: &dyn Clock,
+    events_json: String,
+    compress: bool,
+) -> (u64, Result<Reply, NetworkError>) {
+    let mut body = envelope(&events_json, clock.now_ms());
+    if compress {
+        let mut gz = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 4),
+            flate2::Compression::fast(),
+        );
+        match gz.write_all(&body).and_then(|()| gz.finish()) {
+            Ok(compressed) => body = compressed,
+            Err(e) => return (0, Err(NetworkError(format!("gzip failed: {e}")))),
+        }
+    }
+    let len = body.len() as u64;
+    (len, transport.post_batch(body, compress))
+}
 
 /// State key of the server's age window, once known.
 pub const WINDOW_KEY: &str = "max_event_age_ms";
@@ -94,7 +151,9 @@ impl Drain<'_> {
         fastrand::f64()
     }
 
-    /// Drains until empty, a wait, or a stop.
+    /// Drains until empty, a wait, or a stop. Up to [`PIPELINE_DEPTH`] requests are in flight
+    /// at once, each with its own rows, so that packing, compressing, the network and the
+    /// server's commit overlap; answers are handled in order.
     pub fn run(mut self) -> Result<DrainReport, Error> {
         let mut report = DrainReport {
             sent: 0,
@@ -117,116 +176,146 @@ impl Drain<'_> {
                 }
             }
         }
-        let mut cap = self.max_events;
-        loop {
-            let now = self.clock.now_ms();
-            report.expired += self.buffer.expire(now - self.window())?;
-            let mut packer = Packer::new(cap, self.max_bytes);
-            self.buffer
-                .scan_oldest(|row| packer.offer(row.seq, &row.body))?;
-            let batch = packer.finish();
-            if batch.is_empty() {
-                return Ok(report);
-            }
-            let mut body = batch.body(self.clock.now_ms());
-            if self.compress {
-                let mut gz = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(body.len() / 4),
-                    flate2::Compression::default(),
-                );
-                body = gz
-                    .write_all(&body)
-                    .and_then(|()| gz.finish())
-                    .map_err(|e| Error::Storage(format!("gzip failed: {e}")))?;
-            }
-            let wire_len = body.len() as u64;
-            let result = self.transport.post_batch(body, self.compress);
-            report.requests += 1;
-            self.buffer
-                .count(&[(counter::REQUESTS, 1), (counter::BYTES_SENT, wire_len)])?;
-            report.bytes_sent += wire_len;
-            let reply = match result {
-                Ok(reply) => reply,
-                Err(e) => {
-                    tracing::debug!(error = %e, "request failed");
-                    report.end = self.fail(&Answer::Network, batch.len());
-                    return Ok(report);
-                }
-            };
-            self.learn_window(&reply)?;
-            let answer = if reply.status == 202 {
-                match serde_json::from_slice::<BatchResponse>(&reply.body) {
-                    Ok(accepted) => {
-                        let settled = settle(&batch.seqs, &accepted);
-                        let retry_rows =
-                            settled.delivered.len() + settled.refused.len() < batch.len();
-                        report.sent += settled.delivered.len() as u64;
-                        report.duplicates += settled.duplicates;
-                        report.dead_lettered += settled.refused.len() as u64;
-                        self.buffer
-                            .settle(&settled, self.clock.now_ms(), self.max_dead_letters)?;
-                        Answer::Accepted { retry_rows }
+        let transport = self.transport;
+        let compress = self.compress;
+        let clock = self.clock;
+        std::thread::scope(|scope| {
+            let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::new();
+            let mut cap = self.max_events;
+            let mut after: Option<(i64, i64)> = None;
+            let mut exhausted = false;
+            loop {
+                while !exhausted && in_flight.len() < PIPELINE_DEPTH {
+                    report.expired += self.buffer.expire(clock.now_ms() - self.window())?;
+                    let mut packer = Packer::new(cap, self.max_bytes);
+                    self.buffer
+                        .scan_oldest(after, |row| packer.offer(row.seq, row.time_ms, &row.body))?;
+                    let mut batch = packer.finish();
+                    if batch.is_empty() {
+                        exhausted = true;
+                        break;
                     }
-                    // Not the contract's answer; resending is safe (insert ids deduplicate).
-                    Err(_) => Answer::Status {
-                        code: 502,
-                        retry_after: None,
-                    },
+                    after = batch.last_key;
+                    let events_json = std::mem::take(&mut batch.events_json);
+                    let request =
+                        scope.spawn(move || send(transport, clock, events_json, compress));
+                    in_flight.push_back(InFlight { batch, request });
                 }
-            } else {
-                Answer::Status {
-                    code: reply.status,
-                    retry_after: reply.retry_after,
-                }
-            };
-            match decide(
-                &answer,
-                *self.failures,
-                batch.len(),
-                &self.backoff,
-                Self::draw(),
-            ) {
-                Decision::Next => {
+                let Some(next) = in_flight.pop_front() else {
+                    return Ok(report);
+                };
+                let decision = self.answer(next, &mut report)?;
+                if decision == Decision::Next {
                     *self.failures = 0;
                     cap = (cap * 2).min(self.max_events);
+                    continue;
                 }
-                Decision::Split => cap = (batch.len() / 2).max(1),
-                Decision::DeadLetter => {
-                    let error = serde_json::from_slice::<ErrorBody>(&reply.body)
-                        .map(|b| b.message)
-                        .unwrap_or_else(|_| format!("HTTP {}", reply.status));
-                    let refused = Settled {
-                        refused: batch.seqs.iter().map(|s| (*s, error.clone())).collect(),
-                        ..Default::default()
-                    };
-                    self.buffer
-                        .settle(&refused, self.clock.now_ms(), self.max_dead_letters)?;
-                    report.dead_lettered += batch.len() as u64;
+                // Anything but success: let the requests already sent finish and settle what
+                // they delivered, then act from the oldest unsettled row again.
+                while let Some(other) = in_flight.pop_front() {
+                    self.answer(other, &mut report)?;
                 }
-                Decision::Stop => {
-                    report.end = DrainEnd::Unauthorized(reply.status);
-                    return Ok(report);
-                }
-                Decision::RetryAfter(wait) => {
-                    *self.failures = self.failures.saturating_add(1);
-                    report.end = DrainEnd::RetryIn(wait);
-                    return Ok(report);
+                after = None;
+                exhausted = false;
+                match decision {
+                    Decision::Next => {}
+                    Decision::Split(len) => cap = (len / 2).max(1),
+                    Decision::DeadLetter(_) => {}
+                    Decision::Stop(code) => {
+                        report.end = DrainEnd::Unauthorized(code);
+                        return Ok(report);
+                    }
+                    Decision::RetryAfter(wait) => {
+                        *self.failures = self.failures.saturating_add(1);
+                        report.end = DrainEnd::RetryIn(wait);
+                        return Ok(report);
+                    }
                 }
             }
-        }
+        })
     }
 
-    fn fail(&mut self, answer: &Answer, batch_len: usize) -> DrainEnd {
-        let decision = decide(
+    /// Waits for one request's answer, settles its rows, and says what the drain does next.
+    fn answer(
+        &mut self,
+        flight: InFlight<'_>,
+        report: &mut DrainReport,
+    ) -> Result<Decision, Error> {
+        let InFlight { batch, request } = flight;
+        let (wire_len, result) = request
+            .join()
+            .unwrap_or((0, Err(NetworkError("request thread panicked".into()))));
+        report.requests += 1;
+        report.bytes_sent += wire_len;
+        self.buffer
+            .count(&[(counter::REQUESTS, 1), (counter::BYTES_SENT, wire_len)])?;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::debug!(error = %e, "request failed");
+                return Ok(to_decision(
+                    self.policy(&Answer::Network, batch.len()),
+                    &batch,
+                    0,
+                ));
+            }
+        };
+        self.learn_window(&reply)?;
+        let answer = if reply.status == 202 {
+            match serde_json::from_slice::<BatchResponse>(&reply.body) {
+                Ok(accepted) => {
+                    let settled = settle(&batch.seqs, &accepted);
+                    let retry_rows = settled.delivered.len() + settled.refused.len() < batch.len();
+                    report.sent += settled.delivered.len() as u64;
+                    report.duplicates += settled.duplicates;
+                    report.dead_lettered += settled.refused.len() as u64;
+                    self.buffer
+                        .settle(&settled, self.clock.now_ms(), self.max_dead_letters)?;
+                    Answer::Accepted { retry_rows }
+                }
+                // Not the contract's answer; resending is safe (insert ids deduplicate).
+                Err(_) => Answer::Status {
+                    code: 502,
+                    retry_after: None,
+                },
+            }
+        } else {
+            Answer::Status {
+                code: reply.status,
+                retry_after: reply.retry_after,
+            }
+        };
+        let decision = to_decision(self.policy(&answer, batch.len()), &batch, reply.status);
+        if let Decision::DeadLetter(_) = decision {
+            let error = serde_json::from_slice::<ErrorBody>(&reply.body)
+                .map(|b| b.message)
+                .unwrap_or_else(|_| format!("HTTP {}", reply.status));
+            let refused = Settled {
+                refused: batch.seqs.iter().map(|s| (*s, error.clone())).collect(),
+                ..Default::default()
+            };
+            self.buffer
+                .settle(&refused, self.clock.now_ms(), self.max_dead_letters)?;
+            report.dead_lettered += batch.len() as u64;
+        }
+        Ok(decision)
+    }
+
+    fn policy(&self, answer: &Answer, batch_len: usize) -> policy::Decision {
+        decide(
             answer,
             *self.failures,
             batch_len,
             &self.backoff,
             Self::draw(),
-        );
+        )
+    }
+
+    fn fail(&mut self, answer: &Answer, batch_len: usize) -> DrainEnd {
+        let decision = self.policy(answer, batch_len);
         *self.failures = self.failures.saturating_add(1);
         match decision {
-            Decision::RetryAfter(wait) => DrainEnd::RetryIn(wait),
+            policy::Decision::RetryAfter(wait) => DrainEnd::RetryIn(wait),
             _ => DrainEnd::RetryIn(self.backoff.delay(*self.failures, Self::draw())),
         }
     }

@@ -33,8 +33,8 @@ pub trait Transport: Send + Sync {
     fn probe(&self) -> Result<Reply, NetworkError>;
 }
 
-/// The HTTP transport. Holds its own single-threaded runtime, so it can be called from any
-/// plain thread.
+/// The HTTP transport. Holds its own small runtime, so it can be called from any plain thread,
+/// from several at once.
 pub struct HttpTransport {
     runtime: tokio::runtime::Runtime,
     client: reqwest::Client,
@@ -51,7 +51,10 @@ impl HttpTransport {
         client_secret: &str,
         timeout: Duration,
     ) -> Result<Self, NetworkError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // One worker drives the connections; several drain threads may wait on it at once.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("backfill-net")
             .enable_all()
             .build()
             .map_err(|e| NetworkError(format!("cannot start the network runtime: {e}")))?;
