@@ -306,17 +306,19 @@ impl Buffer {
         let mut freed_rows = 0u64;
         let mut freed_bytes = 0u64;
         {
+            // One statement for the whole batch: the seqs travel as one JSON array.
+            let seqs =
+                serde_json::to_string(&settled.delivered).unwrap_or_else(|_| "[]".to_owned());
+            let freed: Vec<i64> = tx
+                .prepare_cached(
+                    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?1)) RETURNING bytes",
+                )?
+                .query_map(params![seqs], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            freed_rows += freed.len() as u64;
+            freed_bytes += freed.iter().map(|b| *b as u64).sum::<u64>();
             let mut delete =
                 tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING bytes")?;
-            for seq in &settled.delivered {
-                if let Some(b) = delete
-                    .query_row(params![seq], |r| r.get::<_, i64>(0))
-                    .optional()?
-                {
-                    freed_rows += 1;
-                    freed_bytes += b as u64;
-                }
-            }
             let mut dead = tx.prepare_cached(
                 "INSERT INTO dead_letters (failed_at, insert_id, body, error)
                  SELECT ?2, insert_id, body, ?3 FROM events WHERE seq = ?1",
@@ -339,6 +341,8 @@ impl Buffer {
         bump(&tx, counter::SENT, settled.delivered.len() as u64)?;
         bump(&tx, counter::DUPLICATES, settled.duplicates)?;
         bump(&tx, counter::DEAD_LETTERED, settled.refused.len() as u64)?;
+        bump(&tx, counter::REQUESTS, settled.requests)?;
+        bump(&tx, counter::BYTES_SENT, settled.bytes_sent)?;
         tx.commit()?;
         inner.rows = inner.rows.saturating_sub(freed_rows);
         inner.bytes = inner.bytes.saturating_sub(freed_bytes);
@@ -423,6 +427,10 @@ pub struct Settled {
     pub duplicates: u64,
     /// Rows refused for good, with the reason.
     pub refused: Vec<(i64, String)>,
+    /// Requests this settles (counted with the rows, in the same transaction).
+    pub requests: u64,
+    /// Bytes those requests put on the wire.
+    pub bytes_sent: u64,
 }
 
 /// Adds `n` to a counter inside `tx`.

@@ -14,7 +14,7 @@ use super::policy::{self, Answer, Backoff, decide};
 use super::transport::{NetworkError, Reply, Transport};
 use crate::batch::{Batch, Packer, envelope};
 use crate::error::Error;
-use crate::store::{Buffer, Settled, counter};
+use crate::store::{Buffer, Settled};
 
 /// Requests in flight at once during a drain.
 pub const PIPELINE_DEPTH: usize = 3;
@@ -247,11 +247,17 @@ impl Drain<'_> {
             .unwrap_or((0, Err(NetworkError("request thread panicked".into()))));
         report.requests += 1;
         report.bytes_sent += wire_len;
-        self.buffer
-            .count(&[(counter::REQUESTS, 1), (counter::BYTES_SENT, wire_len)])?;
+        // The request is counted with whatever it settles, in one transaction.
+        let mut sent = Settled {
+            requests: 1,
+            bytes_sent: wire_len,
+            ..Default::default()
+        };
         let reply = match result {
             Ok(reply) => reply,
             Err(e) => {
+                self.buffer
+                    .settle(&sent, self.clock.now_ms(), self.max_dead_letters)?;
                 tracing::debug!(error = %e, "request failed");
                 return Ok(to_decision(
                     self.policy(&Answer::Network, batch.len()),
@@ -261,30 +267,31 @@ impl Drain<'_> {
             }
         };
         self.learn_window(&reply)?;
-        let answer = if reply.status == 202 {
-            match serde_json::from_slice::<BatchResponse>(&reply.body) {
-                Ok(accepted) => {
-                    let settled = settle(&batch.seqs, &accepted);
-                    let retry_rows = settled.delivered.len() + settled.refused.len() < batch.len();
-                    report.sent += settled.delivered.len() as u64;
-                    report.duplicates += settled.duplicates;
-                    report.dead_lettered += settled.refused.len() as u64;
-                    self.buffer
-                        .settle(&settled, self.clock.now_ms(), self.max_dead_letters)?;
-                    Answer::Accepted { retry_rows }
-                }
-                // Not the contract's answer; resending is safe (insert ids deduplicate).
-                Err(_) => Answer::Status {
-                    code: 502,
-                    retry_after: None,
-                },
+        let answer = match serde_json::from_slice::<BatchResponse>(&reply.body) {
+            Ok(accepted) if reply.status == 202 => {
+                sent = Settled {
+                    requests: 1,
+                    bytes_sent: wire_len,
+                    ..settle(&batch.seqs, &accepted)
+                };
+                let retry_rows = sent.delivered.len() + sent.refused.len() < batch.len();
+                report.sent += sent.delivered.len() as u64;
+                report.duplicates += sent.duplicates;
+                report.dead_lettered += sent.refused.len() as u64;
+                Answer::Accepted { retry_rows }
             }
-        } else {
-            Answer::Status {
+            // A 202 that is not the contract's answer: resending is safe (insert ids deduplicate).
+            Err(_) if reply.status == 202 => Answer::Status {
+                code: 502,
+                retry_after: None,
+            },
+            _ => Answer::Status {
                 code: reply.status,
                 retry_after: reply.retry_after,
-            }
+            },
         };
+        self.buffer
+            .settle(&sent, self.clock.now_ms(), self.max_dead_letters)?;
         let decision = to_decision(self.policy(&answer, batch.len()), &batch, reply.status);
         if let Decision::DeadLetter(_) = decision {
             let error = serde_json::from_slice::<ErrorBody>(&reply.body)
