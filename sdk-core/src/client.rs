@@ -439,6 +439,23 @@ impl Backfill {
         Ok(ids)
     }
 
+    /// Checks an event as [`Backfill::track_many`] would, without recording it.
+    pub fn check(&self, event: &Event) -> Result<(), Error> {
+        let shared = self.shared();
+        let stamp = Stamp {
+            time_ms: event.timestamp_ms.unwrap_or_else(|| shared.clock.now_ms()),
+            insert_id: "00000000-0000-7000-8000-000000000000",
+            device_id: event.device_id.as_deref().unwrap_or(&shared.device_id),
+            session_id: None,
+            profile_id: None,
+        };
+        let globals = shared
+            .globals
+            .read()
+            .map_err(|_| Error::Storage("lock poisoned".to_owned()))?;
+        event::track_json(&event.name, &globals, event.properties.clone(), &stamp).map(|_| ())
+    }
+
     /// Names the user; later events of this device carry `profileId`. `traits` may hold
     /// `firstName`, `lastName`, `email`, `avatar` and any other properties.
     pub fn identify(&self, profile_id: &str, traits: Map<String, Value>) -> Result<String, Error> {
@@ -508,10 +525,13 @@ impl Backfill {
         let b = &shared.buffer;
         let (buffered_events, buffered_bytes) = b.totals()?;
         let now = shared.clock.now_ms();
+        let (oldest, newest) = b.time_span()?;
         Ok(Stats {
             buffered_events,
             buffered_bytes,
-            oldest_event_age_ms: b.oldest_time()?.map(|t| now - t),
+            oldest_event_age_ms: oldest.map(|t| now - t),
+            oldest_event_ms: oldest,
+            newest_event_ms: newest,
             sent: b.counter(counter::SENT)?,
             duplicates: b.counter(counter::DUPLICATES)?,
             dead_lettered: b.counter(counter::DEAD_LETTERED)?,

@@ -11,6 +11,10 @@ pub struct Stats {
     pub buffered_bytes: u64,
     /// Age of the oldest buffered event (ms), if any.
     pub oldest_event_age_ms: Option<i64>,
+    /// Time of the oldest buffered event (epoch ms), if any.
+    pub oldest_event_ms: Option<i64>,
+    /// Time of the newest buffered event (epoch ms), if any.
+    pub newest_event_ms: Option<i64>,
     /// Events the server accepted, since the buffer was created.
     pub sent: u64,
     /// Of those, events it already had.

@@ -399,9 +399,15 @@ impl Buffer {
         self.write(|tx| set_state(tx, key, value))
     }
 
-    /// Time of the oldest buffered event.
-    pub fn oldest_time(&self) -> Result<Option<i64>, Error> {
-        self.read(|conn| Ok(conn.query_row("SELECT min(time_ms) FROM events", [], |r| r.get(0))?))
+    /// Times of the oldest and newest buffered events.
+    pub fn time_span(&self) -> Result<(Option<i64>, Option<i64>), Error> {
+        self.read(|conn| {
+            Ok(
+                conn.query_row("SELECT min(time_ms), max(time_ms) FROM events", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?,
+            )
+        })
     }
 
     /// The newest dead letters, newest first.

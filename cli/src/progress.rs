@@ -1,0 +1,72 @@
+//! A progress line for drains: a redrawn bar on a terminal, plain lines otherwise.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// Shows how a drain of `total` events advances.
+pub struct Progress {
+    total: u64,
+    started: Instant,
+    terminal: bool,
+    last_line: Option<Instant>,
+}
+
+impl Progress {
+    /// A display for `total` events.
+    pub fn new(total: u64) -> Self {
+        Self {
+            total,
+            started: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+            last_line: None,
+        }
+    }
+
+    /// Redraws with `done` events sent in `requests` requests.
+    pub fn update(&mut self, done: u64, requests: u64) {
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / elapsed;
+        let left = self.total.saturating_sub(done);
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", left as f64 / rate)
+        } else {
+            "?".to_owned()
+        };
+        let fraction = if self.total == 0 {
+            1.0
+        } else {
+            done as f64 / self.total as f64
+        };
+        let mut err = std::io::stderr().lock();
+        if self.terminal {
+            let width = 30;
+            let filled = ((fraction * width as f64) as usize).min(width);
+            let _ = write!(
+                err,
+                "\r  [{}{}] {done}/{} events  {requests} requests  {rate:.0} ev/s  ETA {eta}   ",
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                self.total
+            );
+            let _ = err.flush();
+        } else if self
+            .last_line
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            || done >= self.total
+        {
+            self.last_line = Some(Instant::now());
+            let _ = writeln!(
+                err,
+                "drain: {done}/{} events, {requests} requests, {rate:.0} events/s, ETA {eta}",
+                self.total
+            );
+        }
+    }
+
+    /// Ends the line.
+    pub fn finish(&self) {
+        if self.terminal {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
