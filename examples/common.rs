@@ -81,6 +81,22 @@ impl LocalServer {
         }
     }
 
+    /// Whether any event of `name` is stored (one cheap request).
+    pub fn any(&self, name: &str) -> anyhow::Result<bool> {
+        let url = format!("{}/api/events?name={name}&limit=1", self.url());
+        let page: Value = self.runtime.block_on(async {
+            reqwest::Client::new()
+                .get(url)
+                .header("openpanel-client-id", PROJECT)
+                .header("openpanel-client-secret", SECRET)
+                .send()
+                .await?
+                .json::<Value>()
+                .await
+        })?;
+        Ok(page["events"].as_array().is_some_and(|e| !e.is_empty()))
+    }
+
     /// How many times each insert id is stored among events of `name`.
     pub fn insert_id_counts(&self, name: &str) -> anyhow::Result<HashMap<String, usize>> {
         let mut counts = HashMap::new();

@@ -17,10 +17,10 @@ use serde_json::json;
 const EVENTS: usize = 20_000;
 
 /// The app: records EVENTS taps offline (printing each insert id), then goes online and lets the
-/// background uploader drain in small requests.
+/// background uploader drain in small requests (50 events), so that the kill lands mid-drain.
 fn app(db: &str, url: &str) -> anyhow::Result<()> {
     let config = Config::builder(url, PROJECT, SECRET, db)
-        .max_batch_events(200)
+        .max_batch_events(50)
         .flush_threshold(1)
         .build()?;
     let app = Backfill::open(config)?;
@@ -82,20 +82,21 @@ fn main() -> anyhow::Result<()> {
     );
     // Kill it once part of the backlog has arrived.
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let arrived = server.events("tap")?.len();
-        if arrived > 0 {
-            child.kill()?;
-            let _ = child.wait();
-            println!(
-                "killed the app (SIGKILL) mid-drain with {arrived} of {} taps on the server",
-                recorded.len()
-            );
-            break;
-        }
+    while !server.any("tap")? {
         anyhow::ensure!(Instant::now() < deadline, "the drain never started");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
+    child.kill()?;
+    let _ = child.wait();
+    let arrived = server.events("tap")?.len();
+    println!(
+        "killed the app (SIGKILL) mid-drain with {arrived} of {} taps on the server",
+        recorded.len()
+    );
+    anyhow::ensure!(
+        arrived < recorded.len(),
+        "the kill came after the drain; nothing to resume"
+    );
 
     // Restarted, the app finds its buffer and finishes.
     let config = Config::builder(server.url(), PROJECT, SECRET, &db)
@@ -108,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         "drain ended early: {report:?}"
     );
     println!(
-        "restarted: drained the remaining {} taps ({} already stored, counted as duplicates)",
+        "restarted: sent the {} taps still buffered; {} of them had reached the server before the kill (answers lost with the process) and came back as duplicates",
         report.sent, report.duplicates
     );
 
