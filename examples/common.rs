@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use backfill_server::clock::SystemClock;
+use backfill_server::read_client::ReadClient;
 use serde_json::Value;
 
 /// The examples' project.
@@ -54,46 +55,23 @@ impl LocalServer {
         self.server.as_ref().map(|s| s.url()).unwrap_or_default()
     }
 
+    fn reader(&self) -> ReadClient {
+        ReadClient::new(&self.url(), PROJECT, SECRET)
+    }
+
     /// Every stored event of `name`, across pages.
     pub fn events(&self, name: &str) -> anyhow::Result<Vec<Value>> {
-        let mut out = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let url = format!(
-                "{}/api/events?name={name}&limit=1000&cursor={cursor}",
-                self.url()
-            );
-            let page: Value = self.runtime.block_on(async {
-                reqwest::Client::new()
-                    .get(url)
-                    .header("openpanel-client-id", PROJECT)
-                    .header("openpanel-client-secret", SECRET)
-                    .send()
-                    .await?
-                    .json::<Value>()
-                    .await
-            })?;
-            out.extend(page["events"].as_array().cloned().unwrap_or_default());
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = c.to_owned(),
-                None => return Ok(out),
-            }
-        }
+        Ok(self
+            .runtime
+            .block_on(self.reader().events(&format!("name={name}")))?)
     }
 
     /// Whether any event of `name` is stored (one cheap request).
     pub fn any(&self, name: &str) -> anyhow::Result<bool> {
-        let url = format!("{}/api/events?name={name}&limit=1", self.url());
-        let page: Value = self.runtime.block_on(async {
-            reqwest::Client::new()
-                .get(url)
-                .header("openpanel-client-id", PROJECT)
-                .header("openpanel-client-secret", SECRET)
-                .send()
-                .await?
-                .json::<Value>()
-                .await
-        })?;
+        let page = self.runtime.block_on(
+            self.reader()
+                .get(&format!("/api/events?name={name}&limit=1")),
+        )?;
         Ok(page["events"].as_array().is_some_and(|e| !e.is_empty()))
     }
 

@@ -10,6 +10,7 @@ use backfill_core::{Backfill, Clock, Config, DrainEnd, Event, SystemClock};
 use backfill_protocol::limits::DEFAULT_MAX_EVENT_AGE_DAYS;
 use backfill_protocol::time::{format_iso_ms, parse_timestamp, utc_day};
 use backfill_server::config::ProjectCredential;
+use backfill_server::read_client::ReadClient;
 use clap::Args;
 use serde_json::{Map, Value, json};
 
@@ -76,36 +77,6 @@ fn glitches(t: i64) -> Vec<(&'static str, Event)> {
             event("reading", json!({"dump": deep})),
         ),
     ]
-}
-
-struct Api {
-    runtime: tokio::runtime::Runtime,
-    url: String,
-}
-
-impl Api {
-    fn all(&self, route: &str, key: &str) -> anyhow::Result<Vec<Value>> {
-        let mut out = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let url = format!("{}{route}?limit=1000&cursor={cursor}", self.url);
-            let page: Value = self.runtime.block_on(async {
-                reqwest::Client::new()
-                    .get(url)
-                    .header("openpanel-client-id", PROJECT)
-                    .header("openpanel-client-secret", SECRET)
-                    .send()
-                    .await?
-                    .json::<Value>()
-                    .await
-            })?;
-            out.extend(page[key].as_array().cloned().unwrap_or_default());
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = c.to_owned(),
-                None => return Ok(out),
-            }
-        }
-    }
 }
 
 /// Runs the demo; exits non-zero if the server does not hold exactly what was recorded.
@@ -203,9 +174,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
         anyhow::bail!("the drain did not finish: {end:?}");
     }
 
-    let api = Api { runtime, url };
-    let events = api.all("/api/events", "events")?;
-    let sessions = api.all("/api/sessions", "sessions")?;
+    let reader = ReadClient::new(&url, PROJECT, SECRET);
+    let events = runtime.block_on(reader.events("name=reading"))?;
+    let sessions = runtime.block_on(reader.sessions(""))?;
     let mut per_day: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut insert_ids = HashSet::new();
     let mut stored = 0u64;
@@ -275,6 +246,6 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
         );
     }
     drop(sdk);
-    api.runtime.block_on(server.stop())?;
+    runtime.block_on(server.stop())?;
     Ok(if exact { exit::OK } else { exit::FAILURE })
 }

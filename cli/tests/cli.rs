@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use backfill_server::clock::SystemClock;
+use backfill_server::read_client::ReadClient;
 use serde_json::Value;
 
 const PROJECT: &str = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f";
@@ -79,31 +80,11 @@ impl Server {
     }
 
     fn count(&self, project: &str, secret: &str, name: &str) -> usize {
-        let mut n = 0;
-        let mut cursor = String::new();
-        loop {
-            let url = format!(
-                "{}/api/events?name={name}&limit=1000&cursor={cursor}",
-                self.url()
-            );
-            let page: Value = self.runtime.block_on(async {
-                reqwest::Client::new()
-                    .get(url)
-                    .header("openpanel-client-id", project)
-                    .header("openpanel-client-secret", secret)
-                    .send()
-                    .await
-                    .expect("get")
-                    .json()
-                    .await
-                    .expect("json")
-            });
-            n += page["events"].as_array().map(Vec::len).unwrap_or(0);
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = c.to_owned(),
-                None => return n,
-            }
-        }
+        let reader = ReadClient::new(&self.url(), project, secret);
+        self.runtime
+            .block_on(reader.events(&format!("name={name}")))
+            .expect("read API")
+            .len()
     }
 }
 

@@ -51,11 +51,20 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Records latency and stamps the age window on every successful answer.
+/// Logs failures, records latency and stamps the age window on every successful answer.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let path = request.uri().path().to_owned();
+    let method = request.method().clone();
     let mut response = next.run(request).await;
+    if let Some(failure) = response
+        .extensions_mut()
+        .remove::<crate::error::StoreFailure>()
+    {
+        tracing::error!(%method, %path, cause = %failure.0, "store failure");
+    } else if response.status().is_server_error() {
+        tracing::warn!(%method, %path, status = %response.status(), "server error");
+    }
     if response.status().is_success() {
         let secs = max_event_age_ms(state.max_event_age_days()) / 1000;
         response
@@ -73,16 +82,8 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".to_owned())
 }
 
-async fn method_not_allowed() -> Response {
-    let status = StatusCode::METHOD_NOT_ALLOWED;
-    (
-        status,
-        Json(crate::error::error_body(
-            status,
-            "method not allowed on this route".to_owned(),
-        )),
-    )
-        .into_response()
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 fn header_text(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// Nothing at this path or with this id (`404`).
     #[error("{0}")]
     NotFound(String),
+    /// The route exists but not with this method (`405`).
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// The body, decoded, is over the limit (`413`).
     #[error("request body larger than {limit} bytes after decoding; split the batch")]
     TooLarge {
@@ -43,13 +46,17 @@ pub enum ApiError {
     /// The store cannot commit now (`503`); the request changed nothing.
     #[error("storage unavailable; retry later")]
     Unavailable,
+    /// The store failed (`503`); the cause is logged, the client sees [`ApiError::Unavailable`]'s
+    /// message.
+    #[error("storage unavailable; retry later")]
+    StoreFailed(String),
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        // The cause is logged where it happened; the client only learns that it may retry.
-        tracing::error!(error = %e, "store failure");
-        ApiError::Unavailable
+        // The client only learns that it may retry; the cause goes to the log (see
+        // `api::observe`), never to the client.
+        ApiError::StoreFailed(e.to_string())
     }
 }
 
@@ -60,21 +67,26 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::StoreFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn retry_after(&self) -> Option<u32> {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
-            ApiError::Unavailable => Some(STORE_RETRY_AFTER_SECS),
+            ApiError::Unavailable | ApiError::StoreFailed(_) => Some(STORE_RETRY_AFTER_SECS),
             _ => None,
         }
     }
 }
+
+/// The cause of a store failure, attached to the response for the logging middleware.
+#[derive(Debug, Clone)]
+pub struct StoreFailure(pub String);
 
 /// The JSON error body for `status` with `message`.
 pub fn error_body(status: StatusCode, message: String) -> ErrorBody {
@@ -90,6 +102,10 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let retry_after = self.retry_after();
         let mut response = (status, Json(error_body(status, self.to_string()))).into_response();
+        if let ApiError::StoreFailed(cause) = self {
+            // Carried to the logging middleware, which removes it before the answer leaves.
+            response.extensions_mut().insert(StoreFailure(cause));
+        }
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

@@ -7,6 +7,7 @@
 //! - [`auth`]: project credentials and the registry that checks them.
 //! - [`store`]: the [`store::Store`] trait and its embedded SQLite implementation.
 //! - [`state`], [`metrics`], [`clock`], [`error`]: what the handlers share.
+//! - [`read_client`]: a client of the read API, for tools and tests.
 //!
 //! [`start`] opens the store, binds the listener and serves in the background; `main` and the
 //! end-to-end tests use it alike.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod read_client;
 pub mod state;
 pub mod store;
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use backfill_core::Config;
 use backfill_server::clock::SystemClock;
 use backfill_server::config::ProjectCredential;
+use backfill_server::read_client::ReadClient;
 use backfill_server::store::Store;
 use backfill_server::{RunningServer, start};
 use serde_json::Value;
@@ -93,34 +94,23 @@ impl TestServer {
         Config::builder(self.url(), PROJECT, SECRET, db).background_upload(false)
     }
 
-    fn get(&self, path: &str) -> Value {
-        let url = format!("{}{path}", self.url());
-        self.runtime.block_on(async {
-            reqwest::Client::new()
-                .get(url)
-                .header("openpanel-client-id", PROJECT)
-                .header("openpanel-client-secret", SECRET)
-                .send()
-                .await
-                .expect("read API")
-                .json::<Value>()
-                .await
-                .expect("json")
-        })
+    /// A read-API client for the test project.
+    pub fn reader(&self) -> ReadClient {
+        ReadClient::new(&self.url(), PROJECT, SECRET)
+    }
+
+    /// `GET` a read-API path with the test project's credentials.
+    pub fn get(&self, path: &str) -> Value {
+        self.runtime
+            .block_on(self.reader().get(path))
+            .expect("read API")
     }
 
     /// Every row of a list route, across pages.
     pub fn all(&self, route: &str, key: &str, query: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let page = self.get(&format!("{route}?limit=1000&{query}&cursor={cursor}"));
-            out.extend(page[key].as_array().cloned().unwrap_or_default());
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = c.to_owned(),
-                None => return out,
-            }
-        }
+        self.runtime
+            .block_on(self.reader().all(route, key, query))
+            .expect("read API")
     }
 
     /// Every stored event matching `query`.

@@ -193,22 +193,7 @@ fn client_sessions_follow_event_time_and_survive_a_restart() {
             .iter()
             .all(|s| s["device_id"] == json!(sdk.device_id()))
     );
-    let (_, profile) = {
-        let url = format!("{}/api/profiles/user-7", server.url());
-        let body: Value = server.runtime.block_on(async {
-            reqwest::Client::new()
-                .get(url)
-                .header("openpanel-client-id", PROJECT)
-                .header("openpanel-client-secret", SECRET)
-                .send()
-                .await
-                .expect("get")
-                .json()
-                .await
-                .expect("json")
-        });
-        ((), body)
-    };
+    let profile = server.get("/api/profiles/user-7");
     assert_eq!(profile["first_name"], json!("Ada"));
 }
 
