@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use backfill_protocol::clock::Clock;
-use backfill_protocol::wire::{BatchResponse, ErrorBody, RejectReason};
+use backfill_protocol::wire::{BatchResponse, ErrorBody, RejectReason, Rejection};
 
 use std::collections::VecDeque;
 use std::thread::ScopedJoinHandle;
@@ -335,16 +335,16 @@ fn settle(seqs: &[i64], answer: &BatchResponse) -> Settled {
         duplicates: answer.duplicates as u64,
         ..Default::default()
     };
-    let mut rejected = answer.rejected.iter().peekable();
+    // The contract sorts `rejected` by index; a map keeps this right even if a server does not.
+    let rejected: std::collections::HashMap<usize, &Rejection> =
+        answer.rejected.iter().map(|r| (r.index, r)).collect();
     for (index, seq) in seqs.iter().enumerate() {
-        match rejected.peek() {
-            Some(r) if r.index == index => {
-                if r.reason == RejectReason::Validation {
-                    settled.refused.push((*seq, r.error.clone()));
-                }
-                rejected.next();
+        match rejected.get(&index) {
+            Some(r) if r.reason == RejectReason::Validation => {
+                settled.refused.push((*seq, r.error.clone()))
             }
-            _ => settled.delivered.push(*seq),
+            Some(_) => {}
+            None => settled.delivered.push(*seq),
         }
     }
     settled
@@ -353,7 +353,6 @@ fn settle(seqs: &[i64], answer: &BatchResponse) -> Settled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backfill_protocol::wire::Rejection;
 
     #[test]
     fn settles_by_index() {
