@@ -76,6 +76,9 @@ impl Shared {
             failures: &mut failures,
         }
         .run();
+        if let Err(e) = self.buffer.checkpoint() {
+            tracing::debug!(error = %e, "checkpoint after drain failed");
+        }
         match &report {
             Ok(r) => {
                 let unauthorized = matches!(r.end, DrainEnd::Unauthorized(_));
