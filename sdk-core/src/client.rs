@@ -109,7 +109,10 @@ impl Shared {
 }
 
 enum Command {
+    /// Drain now if online and not backing off.
     Wake,
+    /// The buffer is no longer empty: start the interval timer.
+    Arm,
     Shutdown,
 }
 
@@ -166,6 +169,12 @@ fn run_uploader(
                 wake_pending.store(false, Ordering::Relaxed);
                 shared.online.load(Ordering::Relaxed)
                     && shared.clock.now_ms() >= shared.retry_at_ms.load(Ordering::Relaxed)
+            }
+            Ok(Command::Arm) => {
+                if idle {
+                    next_interval_at = shared.clock.now_ms().saturating_add(interval);
+                }
+                false
             }
             Err(mpsc::RecvTimeoutError::Timeout) => true,
         };
@@ -285,20 +294,24 @@ impl Backfill {
         }
     }
 
-    fn wake_if_due(&self) {
-        let threshold = self.shared().config.flush_threshold;
-        if self.shared().buffered() >= threshold
-            && !self.inner.wake_pending.swap(true, Ordering::Relaxed)
-        {
-            self.wake();
+    /// After recording `added` rows: wakes the uploader at the threshold, and arms its interval
+    /// timer when the buffer was empty before (an idle uploader sleeps without a timer).
+    fn wake_if_due(&self, added: u64) {
+        let buffered = self.shared().buffered();
+        if buffered >= self.shared().config.flush_threshold {
+            if !self.inner.wake_pending.swap(true, Ordering::Relaxed) {
+                self.send(Command::Wake);
+            }
+        } else if buffered <= added {
+            self.send(Command::Arm);
         }
     }
 
-    fn wake(&self) {
+    fn send(&self, command: Command) {
         if let Ok(uploader) = self.inner.uploader.lock()
             && let Some(u) = uploader.as_ref()
         {
-            let _ = u.commands.send(Command::Wake);
+            let _ = u.commands.send(command);
         }
     }
 
@@ -438,7 +451,7 @@ impl Backfill {
         }
         *session_guard = session;
         drop(session_guard);
-        self.wake_if_due();
+        self.wake_if_due(ids.len() as u64);
         Ok(ids)
     }
 
@@ -484,7 +497,7 @@ impl Backfill {
         if let Ok(mut p) = shared.profile_id.write() {
             *p = Some(profile_id.to_owned());
         }
-        self.wake_if_due();
+        self.wake_if_due(1);
         Ok(insert_id)
     }
 
@@ -518,7 +531,7 @@ impl Backfill {
         let was = self.shared().online.swap(online, Ordering::Relaxed);
         if online && !was {
             self.shared().retry_at_ms.store(0, Ordering::Relaxed);
-            self.wake();
+            self.send(Command::Wake);
         }
     }
 

@@ -247,3 +247,30 @@ fn the_background_uploader_drains_on_the_threshold_and_when_back_online() {
     sdk.shutdown();
     assert_eq!(server.events("name=offline").len(), 60);
 }
+
+#[test]
+fn a_few_events_below_the_threshold_leave_on_the_interval() {
+    let server = TestServer::start(5, None);
+    let db = server.dir.path().join("sdk.db");
+    let config = server
+        .sdk_config(&db)
+        .background_upload(true)
+        .flush_threshold(1000)
+        .flush_interval(Duration::from_millis(300))
+        .build()
+        .expect("config");
+    let sdk = Backfill::open(config).expect("open");
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..3 {
+        sdk.track("rare", props(json!({"i": i}))).expect("track");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sdk.stats().map(|s| s.sent < 3).unwrap_or(true) {
+        assert!(
+            Instant::now() < deadline,
+            "the interval drains what the threshold does not"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.events("name=rare").len(), 3);
+}
