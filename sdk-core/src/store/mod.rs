@@ -69,7 +69,6 @@ struct Inner {
 /// The buffer. All access is serialised through one connection.
 pub struct Buffer {
     inner: Mutex<Inner>,
-    path: PathBuf,
 }
 
 /// Counter names kept in the `counters` table.
@@ -162,15 +161,9 @@ impl Buffer {
         Ok((
             Self {
                 inner: Mutex::new(inner),
-                path: path.to_owned(),
             },
             recovered,
         ))
-    }
-
-    /// The buffer file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, Error> {
@@ -375,16 +368,6 @@ impl Buffer {
             .bytes
             .saturating_sub(freed.iter().map(|b| *b as u64).sum());
         Ok(freed.len() as u64)
-    }
-
-    /// Adds to counters in one transaction.
-    pub fn count(&self, counts: &[(&str, u64)]) -> Result<(), Error> {
-        self.write(|tx| {
-            for (name, n) in counts {
-                bump(tx, name, *n)?;
-            }
-            Ok(())
-        })
     }
 
     /// A counter's value.
