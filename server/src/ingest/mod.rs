@@ -6,7 +6,9 @@ use backfill_protocol::limits::{
     FUTURE_TOLERANCE_MS, MAX_BATCH_EVENTS, SKEW_THRESHOLD_MS, max_event_age_ms,
 };
 use backfill_protocol::time::parse_timestamp;
-use backfill_protocol::validate::{Action, CLIENT_TIMESTAMP, ValidEvent, validate_event};
+use backfill_protocol::validate::{
+    Action, CLIENT_TIMESTAMP, ClientTime, ValidEvent, validate_event,
+};
 use backfill_protocol::wire::{BatchResponse, RejectReason, Rejection};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -14,6 +16,8 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::store::{NewEvent, PreparedRow, RowAction, RowOutcome};
+
+mod quick;
 
 /// What the server knows about a request besides its body.
 #[derive(Debug, Clone)]
@@ -91,10 +95,14 @@ pub fn prepare_batch(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiErr
         ..Default::default()
     };
     for (index, raw) in envelope.events.into_iter().enumerate() {
-        let row = serde_json::from_str::<Value>(raw.get())
-            .map_err(|e| e.to_string())
-            .and_then(|v| validate_event(v, raw.get().len()))
-            .and_then(|ev| prepare_row(ev, meta, shift));
+        let checked = match quick::read(raw) {
+            Some(track) => Ok(Checked::from(track)),
+            None => serde_json::from_str::<Value>(raw.get())
+                .map_err(|e| e.to_string())
+                .and_then(|v| validate_event(v, raw.get().len()))
+                .map(Checked::from),
+        };
+        let row = checked.and_then(|ev| prepare_row(ev, meta, shift));
         match row {
             Ok((row, device_id, session_id)) => {
                 prepared.rows.push(row);
@@ -119,7 +127,8 @@ pub fn prepare_single(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiEr
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     let mut prepared = Prepared::default();
-    match validate_event(value, body.len()).and_then(|ev| prepare_row(ev, meta, None)) {
+    let row = validate_event(value, body.len()).and_then(|ev| prepare_row(ev.into(), meta, None));
+    match row {
         Ok((row, device_id, session_id)) => {
             prepared.rows.push(row);
             prepared.placed.push(Placement {
@@ -137,9 +146,90 @@ pub fn prepare_single(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiEr
     Ok(prepared)
 }
 
+/// A row's properties: a parsed object, or raw JSON values under unescaped keys sorted by key.
+enum Properties<'a> {
+    Tree(Map<String, Value>),
+    Raw(Vec<(&'a str, &'a RawValue)>),
+}
+
+impl Properties<'_> {
+    fn into_tree(self) -> Map<String, Value> {
+        match self {
+            Properties::Tree(map) => map,
+            Properties::Raw(pairs) => pairs
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = serde_json::from_str(v.get()).unwrap_or(Value::Null);
+                    (k.to_owned(), value)
+                })
+                .collect(),
+        }
+    }
+
+    /// The stored JSON text, with `__clientTimestamp` set when the server changed the time.
+    fn into_json(self, client_time: Option<Value>) -> String {
+        match self {
+            Properties::Tree(mut map) => {
+                if let Some(raw) = client_time {
+                    map.insert(CLIENT_TIMESTAMP.to_owned(), raw);
+                }
+                Value::Object(map).to_string()
+            }
+            Properties::Raw(pairs) => {
+                quick::write_object(&pairs, client_time.as_ref().map(|v| (CLIENT_TIMESTAMP, v)))
+            }
+        }
+    }
+}
+
+/// A row that passed every rule of SPEC §4, by either path.
+struct Checked<'a> {
+    action: Action,
+    profile_id: Option<String>,
+    properties: Properties<'a>,
+    timestamp: Option<ClientTime>,
+    device_id: Option<String>,
+    session_id: Option<String>,
+    insert_id: Option<String>,
+    ip: Option<String>,
+}
+
+impl From<ValidEvent> for Checked<'_> {
+    fn from(ev: ValidEvent) -> Self {
+        Checked {
+            action: ev.action,
+            profile_id: ev.profile_id,
+            properties: Properties::Tree(ev.properties),
+            timestamp: ev.timestamp,
+            device_id: ev.device_id,
+            session_id: ev.session_id,
+            insert_id: ev.insert_id,
+            ip: ev.ip,
+        }
+    }
+}
+
+impl<'a> From<quick::QuickTrack<'a>> for Checked<'a> {
+    fn from(t: quick::QuickTrack<'a>) -> Self {
+        Checked {
+            action: Action::Track {
+                name: t.name.to_owned(),
+                groups: t.groups.into_iter().map(str::to_owned).collect(),
+            },
+            profile_id: t.profile_id.map(str::to_owned),
+            properties: Properties::Raw(t.properties),
+            timestamp: t.timestamp,
+            device_id: t.device_id.map(str::to_owned),
+            session_id: t.session_id.map(str::to_owned),
+            insert_id: t.insert_id.map(str::to_owned),
+            ip: t.ip.map(str::to_owned),
+        }
+    }
+}
+
 /// Applies the time rules and id derivations to one valid row.
 fn prepare_row(
-    ev: ValidEvent,
+    ev: Checked<'_>,
     meta: &RequestMeta,
     shift: Option<i64>,
 ) -> Result<(PreparedRow, String, String), String> {
@@ -182,10 +272,10 @@ fn prepare_row(
         }
     };
 
-    let ValidEvent {
+    let Checked {
         action,
         profile_id,
-        mut properties,
+        properties,
         insert_id,
         session_id,
         ..
@@ -193,16 +283,13 @@ fn prepare_row(
     let (action, session_id) = match action {
         Action::Track { name, groups } => {
             let session_id = session_id.unwrap_or_else(derived_session);
-            if let Some(raw) = client_time {
-                properties.insert(CLIENT_TIMESTAMP.to_owned(), raw);
-            }
             let event = NewEvent {
                 id: new_event_id(receive),
                 name,
                 device_id: device_id.clone(),
                 session_id: session_id.clone(),
                 profile_id,
-                properties: Value::Object(properties).to_string(),
+                properties: properties.into_json(client_time),
                 groups: (!groups.is_empty()).then(|| Value::from(groups).to_string()),
             };
             (RowAction::Event(event), session_id)
@@ -227,7 +314,7 @@ fn prepare_row(
                 RowAction::Identify {
                     profile_id,
                     fields,
-                    properties: without_specials(properties),
+                    properties: without_specials(properties.into_tree()),
                 },
                 String::new(),
             )
@@ -252,7 +339,7 @@ fn prepare_row(
                 id,
                 group_type,
                 name,
-                properties: without_specials(properties),
+                properties: without_specials(properties.into_tree()),
             },
             String::new(),
         ),

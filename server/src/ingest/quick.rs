@@ -1,0 +1,363 @@
+//! The common batch row read without building a JSON tree.
+//!
+//! Most rows a device drains are plain `track` events: a name, flat properties, the special
+//! ids as plain strings. For those, [`read`] borrows the keys and values straight from the
+//! request body and keeps each property value as the raw JSON text it arrived as, which spares
+//! the allocations of a full `serde_json::Value` per row. It accepts a row only when the full
+//! check ([`validate_event`](backfill_protocol::validate::validate_event)) would accept it with
+//! the same result; anything unusual (escaped strings, duplicate keys, a rule the row breaks)
+//! returns `None` and the caller takes the full path, which also writes every error text.
+
+use std::net::IpAddr;
+
+use backfill_protocol::limits::{
+    MAX_EVENT_BYTES, MAX_EVENT_NAME_CHARS, MAX_ID_CHARS, MAX_PROPERTY_DEPTH,
+};
+use backfill_protocol::time::parse_timestamp;
+use backfill_protocol::validate::{
+    ClientTime, DEVICE_ID, INSERT_ID, IP, RESERVED_NAMES, SESSION_ID, TIMESTAMP,
+};
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// A `track` row that passed every rule, with its properties still as raw JSON.
+#[derive(Debug)]
+pub struct QuickTrack<'a> {
+    pub name: &'a str,
+    pub groups: Vec<&'a str>,
+    pub profile_id: Option<&'a str>,
+    /// Properties sorted by key, without `__timestamp`.
+    pub properties: Vec<(&'a str, &'a RawValue)>,
+    pub timestamp: Option<ClientTime>,
+    pub device_id: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+    pub insert_id: Option<&'a str>,
+    pub ip: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Row<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct Payload<'a> {
+    name: &'a str,
+    #[serde(borrow, default)]
+    properties: Option<Pairs<'a>>,
+    #[serde(rename = "profileId", borrow, default)]
+    profile_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    groups: Option<Vec<&'a str>>,
+}
+
+/// A JSON object as borrowed key and raw value pairs; only an object deserializes into it.
+struct Pairs<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PairsVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for PairsVisitor<'a> {
+            type Value = Pairs<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs<'a>, A::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(pair) = map.next_entry::<&'de str, &'de RawValue>()? {
+                    pairs.push(pair);
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        deserializer.deserialize_map(PairsVisitor(std::marker::PhantomData))
+    }
+}
+
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
+}
+
+/// Reads `raw` as a valid `track` row, or `None` when the full check must decide.
+pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
+    if raw.get().len() > MAX_EVENT_BYTES || !is_object(raw) {
+        return None;
+    }
+    let row: Row<'_> = serde_json::from_str(raw.get()).ok()?;
+    if row.kind != "track" || !is_object(row.payload) {
+        return None;
+    }
+    let payload: Payload<'_> = serde_json::from_str(row.payload.get()).ok()?;
+    let name = payload.name;
+    let chars = name.chars().count();
+    if chars == 0
+        || chars > MAX_EVENT_NAME_CHARS
+        || name.contains(['\r', '\n'])
+        || RESERVED_NAMES.contains(&name)
+    {
+        return None;
+    }
+    if payload.profile_id.is_some_and(|p| p.trim().is_empty()) {
+        return None;
+    }
+    let groups = payload.groups.unwrap_or_default();
+    if groups.iter().any(|g| g.trim().is_empty()) {
+        return None;
+    }
+
+    let mut properties = payload.properties.map(|p| p.0).unwrap_or_default();
+    properties.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    if properties.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    let deepest = properties
+        .iter()
+        .map(|(_, v)| nesting(v.get()))
+        .max()
+        .unwrap_or(0);
+    if 1 + deepest > MAX_PROPERTY_DEPTH {
+        return None;
+    }
+    let find = |key: &str| {
+        properties
+            .binary_search_by(|(k, _)| (*k).cmp(key))
+            .ok()
+            .map(|i| properties[i].1)
+    };
+    let device_id = special_id(find(DEVICE_ID), true)?;
+    let session_id = special_id(find(SESSION_ID), false)?;
+    let insert_id = special_id(find(INSERT_ID), false)?;
+    let ip = match find(IP).map(plain_str) {
+        None | Some(Some(None)) => None,
+        Some(Some(Some(ip))) if ip.trim().parse::<IpAddr>().is_ok() => Some(ip.trim()),
+        _ => return None,
+    };
+    let timestamp = match properties.binary_search_by(|(k, _)| (*k).cmp(TIMESTAMP)) {
+        Err(_) => None,
+        Ok(i) => {
+            let (_, raw) = properties.remove(i);
+            let value: Value = serde_json::from_str(raw.get()).ok()?;
+            let ms = parse_timestamp(&value)?;
+            Some(ClientTime { ms, raw: value })
+        }
+    };
+    Some(QuickTrack {
+        name,
+        groups,
+        profile_id: payload.profile_id,
+        properties,
+        timestamp,
+        device_id,
+        session_id,
+        insert_id,
+        ip,
+    })
+}
+
+/// A raw value as `None` (null), `Some(text)` (an unescaped string), or not this kind at all.
+fn plain_str(raw: &RawValue) -> Option<Option<&str>> {
+    if raw.get() == "null" {
+        return Some(None);
+    }
+    serde_json::from_str::<&str>(raw.get()).ok().map(Some)
+}
+
+/// `__deviceId`, `__sessionId` or `__insertId` under the full check's rule, or `None` to defer.
+fn special_id(raw: Option<&RawValue>, trim: bool) -> Option<Option<&str>> {
+    let Some(raw) = raw else {
+        return Some(None);
+    };
+    match plain_str(raw)? {
+        None => Some(None),
+        Some(s) => {
+            let s = if trim { s.trim() } else { s };
+            let chars = s.chars().count();
+            (1..=MAX_ID_CHARS).contains(&chars).then_some(Some(s))
+        }
+    }
+}
+
+/// How deep objects and arrays nest in one valid JSON value (0 for a scalar).
+fn nesting(json: &str) -> usize {
+    let bytes = json.as_bytes();
+    if !matches!(bytes.first(), Some(b'{' | b'[')) {
+        return 0;
+    }
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Writes properties (sorted, unescaped keys) as a JSON object, with `extra` set in its place.
+pub fn write_object(pairs: &[(&str, &RawValue)], extra: Option<(&str, &Value)>) -> String {
+    let size: usize = pairs.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum();
+    let mut out = String::with_capacity(size + 48);
+    out.push('{');
+    let mut extra = extra;
+    let mut first = true;
+    let mut put = |out: &mut String, key: &str, value: &str| {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(value);
+    };
+    for (key, value) in pairs {
+        if let Some((extra_key, extra_value)) = extra {
+            if extra_key <= *key {
+                put(&mut out, extra_key, &extra_value.to_string());
+                extra = None;
+                if extra_key == *key {
+                    continue;
+                }
+            }
+        }
+        put(&mut out, key, value.get());
+    }
+    if let Some((extra_key, extra_value)) = extra {
+        put(&mut out, extra_key, &extra_value.to_string());
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backfill_protocol::validate::{Action, validate_event};
+    use serde_json::{Map, json};
+
+    /// Rows the quick path must take, each with what makes it ordinary.
+    const ORDINARY: &[&str] = &[
+        r#"{"type":"track","payload":{"name":"reading","properties":{"temp":18.5,"humidity":41,"__deviceId":"gw-1-sensor-03","__timestamp":1795860000000,"__insertId":"a-1"}}}"#,
+        r#"{"type":"track","payload":{"name":"tap"}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":null,"profileId":"u1","groups":null}}"#,
+        r#"{"type":"track","payload":{"name":"tap","groups":["g1","g2"],"properties":{"__timestamp":"2026-11-27T10:00:00+02:00"}}}"#,
+        r#"{ "payload" : { "properties" : { "z" : [1, {"a": "}]"}], "a" : {"b": null} }, "name" : "näme" }, "type" : "track", "extra": "x\"y" }"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"__deviceId":"  padded  ","__sessionId":"s-1","__ip":" 203.0.113.9 ","__insertId":null}}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"__timestamp":"1795860000000","__clientTimestamp":5}}}"#,
+    ];
+
+    /// Rows the quick path must leave to the full check (most of them are errors there).
+    const UNUSUAL: &[&str] = &[
+        r#"["track",{"name":"tap"}]"#,
+        r#"{"type":"track","payload":["tap"]}"#,
+        r#"{"type":"identify","payload":{"profileId":"u1"}}"#,
+        r#"{"type":"track","type":"track","payload":{"name":"tap"}}"#,
+        r#"{"type":"track","payload":{"name":"t\u0061p"}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"k\"ey":1}}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"a":1,"a":2}}}"#,
+        r#"{"type":"track","payload":{"name":""}}"#,
+        r#"{"type":"track","payload":{"name":"session_start"}}"#,
+        r#"{"type":"track","payload":{"name":"tap","profileId":42}}"#,
+        r#"{"type":"track","payload":{"name":"tap","profileId":"  "}}"#,
+        r#"{"type":"track","payload":{"name":"tap","groups":["ok",""]}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":[1]}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"__timestamp":"yesterday"}}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"__deviceId":"   "}}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"__sessionId":7}}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"__ip":"not-an-ip"}}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"d":[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}}}"#,
+    ];
+
+    fn tree(pairs: &[(&str, &RawValue)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::from_str(v.get()).expect("raw json")))
+            .collect()
+    }
+
+    fn full(json: &str) -> Result<backfill_protocol::validate::ValidEvent, String> {
+        let value: Value = serde_json::from_str(json).expect("test rows are JSON");
+        validate_event(value, json.len())
+    }
+
+    #[test]
+    fn ordinary_rows_read_exactly_as_the_full_check_reads_them() {
+        for json in ORDINARY {
+            let raw: &RawValue = serde_json::from_str(json).expect("raw");
+            let quick = read(raw).unwrap_or_else(|| panic!("quick path refused {json}"));
+            let full = full(json).unwrap_or_else(|e| panic!("full check refused {json}: {e}"));
+            let Action::Track { name, groups } = &full.action else {
+                panic!("not a track row: {json}");
+            };
+            assert_eq!(quick.name, name, "{json}");
+            assert_eq!(quick.groups, *groups, "{json}");
+            assert_eq!(quick.profile_id.map(str::to_owned), full.profile_id, "{json}");
+            assert_eq!(quick.timestamp, full.timestamp, "{json}");
+            assert_eq!(quick.device_id.map(str::to_owned), full.device_id, "{json}");
+            assert_eq!(quick.session_id.map(str::to_owned), full.session_id, "{json}");
+            assert_eq!(quick.insert_id.map(str::to_owned), full.insert_id, "{json}");
+            assert_eq!(quick.ip.map(str::to_owned), full.ip, "{json}");
+            assert_eq!(tree(&quick.properties), full.properties, "{json}");
+
+            let written: Value =
+                serde_json::from_str(&write_object(&quick.properties, None)).expect("json");
+            assert_eq!(written, Value::Object(full.properties.clone()), "{json}");
+            let extra = json!("2026-11-27T10:00:00Z");
+            let written: Value = serde_json::from_str(&write_object(
+                &quick.properties,
+                Some(("__clientTimestamp", &extra)),
+            ))
+            .expect("json");
+            let mut expected = full.properties.clone();
+            expected.insert("__clientTimestamp".to_owned(), extra.clone());
+            assert_eq!(written, Value::Object(expected), "{json}");
+        }
+    }
+
+    #[test]
+    fn unusual_rows_are_left_to_the_full_check() {
+        for json in UNUSUAL {
+            let raw: &RawValue = serde_json::from_str(json).expect("raw");
+            assert!(read(raw).is_none(), "quick path took {json}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_measured_like_the_full_check() {
+        let sixteen = format!("{}1{}", "[".repeat(15), "]".repeat(15));
+        let row = format!(r#"{{"type":"track","payload":{{"name":"t","properties":{{"d":{sixteen},"s":"[[[["}}}}}}"#);
+        let raw: &RawValue = serde_json::from_str(&row).expect("raw");
+        assert!(read(raw).is_some(), "16 levels pass");
+        assert!(full(&row).is_ok());
+        assert_eq!(nesting(r#"{"a":"\"{{","b":[{}]}"#), 3);
+        assert_eq!(nesting("12"), 0);
+    }
+
+    #[test]
+    fn large_rows_are_left_to_the_full_check() {
+        let big = "x".repeat(MAX_EVENT_BYTES);
+        let row = format!(r#"{{"type":"track","payload":{{"name":"t","properties":{{"b":"{big}"}}}}}}"#);
+        let raw: &RawValue = serde_json::from_str(&row).expect("raw");
+        assert!(read(raw).is_none());
+    }
+}
