@@ -99,7 +99,7 @@ pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<
     }
     let sql = format!(
         "SELECT id, name, type, device_id, session_id, profile_id, created_at, properties,
-                synced_at, insert_id
+                synced_at, properties ->> '$.__insertId'
          FROM events WHERE {} ORDER BY created_at, id LIMIT {}",
         f.sql(),
         limit(q.limit)

@@ -32,7 +32,6 @@ CREATE TABLE events (
     created_at  INTEGER NOT NULL,
     properties  TEXT NOT NULL,
     groups      TEXT,
-    insert_id   TEXT,
     sdk_name    TEXT,
     sdk_version TEXT,
     synced_at   INTEGER NOT NULL

@@ -62,38 +62,42 @@ fn apply_rows(
 ) -> rusqlite::Result<Vec<RowOutcome>> {
     let mut outcomes = Vec::with_capacity(rows.len());
     let mut sessions: HashMap<&str, SessionDelta<'_>> = HashMap::new();
+    // What is the same for every row of the job is bound once; SQLite keeps a statement's
+    // bindings until they are replaced.
     let mut claim = conn.prepare_cached(
         "INSERT OR IGNORE INTO insert_ids (project, insert_id, seen_at) VALUES (?1, ?2, ?3)",
     )?;
+    claim.raw_bind_parameter(1, job.project)?;
+    claim.raw_bind_parameter(3, synced_at)?;
+    // The idempotency key stays in `properties` (`__insertId`), where reads find it.
     let mut insert = conn.prepare_cached(
         "INSERT INTO events (id, project, type, name, device_id, session_id, profile_id,
-            created_at, properties, groups, insert_id, sdk_name, sdk_version, synced_at)
-         VALUES (?1, ?2, 'track', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            created_at, properties, groups, sdk_name, sdk_version, synced_at)
+         VALUES (?1, ?2, 'track', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
+    insert.raw_bind_parameter(2, job.project)?;
+    insert.raw_bind_parameter(10, &job.sdk_name)?;
+    insert.raw_bind_parameter(11, &job.sdk_version)?;
+    insert.raw_bind_parameter(12, synced_at)?;
     for row in rows {
-        if let Some(key) = &row.insert_id
-            && claim.execute(params![job.project, key, synced_at])? == 0
-        {
-            outcomes.push(RowOutcome::Duplicate);
-            continue;
+        if let Some(key) = &row.insert_id {
+            claim.raw_bind_parameter(2, key)?;
+            if claim.raw_execute()? == 0 {
+                outcomes.push(RowOutcome::Duplicate);
+                continue;
+            }
         }
         let outcome = match &row.action {
             RowAction::Event(event) => {
-                insert.execute(params![
-                    &event.id.as_bytes()[..],
-                    job.project,
-                    event.name,
-                    event.device_id,
-                    event.session_id,
-                    event.profile_id,
-                    row.time_ms,
-                    event.properties,
-                    event.groups,
-                    row.insert_id,
-                    job.sdk_name,
-                    job.sdk_version,
-                    synced_at,
-                ])?;
+                insert.raw_bind_parameter(1, &event.id.as_bytes()[..])?;
+                insert.raw_bind_parameter(3, &event.name)?;
+                insert.raw_bind_parameter(4, &event.device_id)?;
+                insert.raw_bind_parameter(5, &event.session_id)?;
+                insert.raw_bind_parameter(6, &event.profile_id)?;
+                insert.raw_bind_parameter(7, row.time_ms)?;
+                insert.raw_bind_parameter(8, &event.properties)?;
+                insert.raw_bind_parameter(9, &event.groups)?;
+                insert.raw_execute()?;
                 if !event.session_id.is_empty() {
                     let delta = sessions.entry(&event.session_id).or_insert(SessionDelta {
                         device_id: &event.device_id,
