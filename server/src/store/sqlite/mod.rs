@@ -234,8 +234,9 @@ fn closed() -> StoreError {
     StoreError::Unavailable("the store is shut down".to_owned())
 }
 
-/// Outcomes committed but not yet synced, waiting for the syncer's next fsync.
-type Committed = Vec<(Reply<Vec<RowOutcome>>, Vec<RowOutcome>)>;
+/// Outcomes committed but not yet synced, waiting for the syncer's next fsync, with the jobs
+/// they came from: the syncer frees those, which keeps that work off the writer.
+type Committed = Vec<(Reply<Vec<RowOutcome>>, Vec<RowOutcome>, IngestJob)>;
 
 fn run_writer(
     mut conn: Connection,
@@ -282,13 +283,13 @@ fn run_syncer(wal: Arc<File>, rx: mpsc::Receiver<Committed>) {
         }
         match wal.sync_data() {
             Ok(()) => {
-                for (reply, outcome) in waiting {
+                for (reply, outcome, _) in waiting {
                     let _ = reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "fsync of the WAL failed");
-                for (reply, _) in waiting {
+                for (reply, _, _) in waiting {
                     let _ = reply.send(Err(StoreError::Unavailable(format!("fsync failed: {e}"))));
                 }
             }
@@ -323,11 +324,11 @@ fn commit_group(
         Ok(outcomes) => {
             let committed: Committed = group
                 .drain(..)
-                .map(|(_, reply)| reply)
                 .zip(outcomes)
+                .map(|((job, reply), outcome)| (reply, outcome, job))
                 .collect();
             if let Err(mpsc::SendError(committed)) = syncer.send(committed) {
-                for (reply, _) in committed {
+                for (reply, _, _) in committed {
                     let _ = reply.send(Err(closed()));
                 }
             }
