@@ -94,6 +94,7 @@ pub fn prepare_batch(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiErr
         placed: Vec::with_capacity(n),
         ..Default::default()
     };
+    let mut sessions = SessionIds::default();
     for (index, raw) in envelope.events.into_iter().enumerate() {
         let checked = match quick::read(raw) {
             Some(track) => Ok(Checked::from(track)),
@@ -102,7 +103,7 @@ pub fn prepare_batch(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiErr
                 .and_then(|v| validate_event(v, raw.get().len()))
                 .map(Checked::from),
         };
-        let row = checked.and_then(|ev| prepare_row(ev, meta, shift));
+        let row = checked.and_then(|ev| prepare_row(ev, meta, shift, &mut sessions));
         match row {
             Ok((row, device_id, session_id)) => {
                 prepared.rows.push(row);
@@ -127,7 +128,9 @@ pub fn prepare_single(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiEr
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     let mut prepared = Prepared::default();
-    let row = validate_event(value, body.len()).and_then(|ev| prepare_row(ev.into(), meta, None));
+    let mut sessions = SessionIds::default();
+    let row = validate_event(value, body.len())
+        .and_then(|ev| prepare_row(ev.into(), meta, None, &mut sessions));
     match row {
         Ok((row, device_id, session_id)) => {
             prepared.rows.push(row);
@@ -227,11 +230,42 @@ impl<'a> From<quick::QuickTrack<'a>> for Checked<'a> {
     }
 }
 
+/// Deterministic session ids already derived for one request: a batch holds many events of the
+/// same few devices in the same 30-minute buckets, and each id costs a SHA-256.
+#[derive(Default)]
+struct SessionIds {
+    /// `(device id, bucket, session id)`, oldest first.
+    recent: Vec<(String, i64, String)>,
+}
+
+impl SessionIds {
+    const KEEP: usize = 32;
+
+    fn get(&mut self, client_id: &str, device_id: &str, time_ms: i64) -> String {
+        let bucket = ids::session_bucket(time_ms);
+        if let Some((_, _, id)) = self
+            .recent
+            .iter()
+            .rev()
+            .find(|(d, b, _)| *b == bucket && d == device_id)
+        {
+            return id.clone();
+        }
+        let id = ids::session_id(client_id, device_id, time_ms);
+        if self.recent.len() == Self::KEEP {
+            self.recent.remove(0);
+        }
+        self.recent.push((device_id.to_owned(), bucket, id.clone()));
+        id
+    }
+}
+
 /// Applies the time rules and id derivations to one valid row.
 fn prepare_row(
     ev: Checked<'_>,
     meta: &RequestMeta,
     shift: Option<i64>,
+    sessions: &mut SessionIds,
 ) -> Result<(PreparedRow, String, String), String> {
     let receive = meta.receive_ms;
     let (mut time_ms, mut client_time) = match &ev.timestamp {
@@ -268,7 +302,7 @@ fn prepare_row(
         if device_id.is_empty() {
             String::new()
         } else {
-            ids::session_id(&meta.client_id, &device_id, time_ms)
+            sessions.get(&meta.client_id, &device_id, time_ms)
         }
     };
 
@@ -481,6 +515,22 @@ mod tests {
         );
         let row = one(json!(NOW - 5000), Some(NOW - 30_000)).expect("accepted");
         assert_eq!(row.time_ms, NOW - 5000, "30 s of skew is left alone");
+    }
+
+    #[test]
+    fn remembered_session_ids_are_the_derived_ones() {
+        let mut sessions = SessionIds::default();
+        let client = meta().client_id;
+        for round in 0..3 {
+            for i in 0..200_i64 {
+                let device = format!("sensor-{}", i % 40);
+                let time = NOW - 3_600_000 + i * 29_000 + round;
+                assert_eq!(
+                    sessions.get(&client, &device, time),
+                    ids::session_id(&client, &device, time)
+                );
+            }
+        }
     }
 
     #[test]

@@ -291,7 +291,12 @@ mod tests {
     fn tree(pairs: &[(&str, &RawValue)]) -> Map<String, Value> {
         pairs
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), serde_json::from_str(v.get()).expect("raw json")))
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    serde_json::from_str(v.get()).expect("raw json"),
+                )
+            })
             .collect()
     }
 
@@ -311,10 +316,18 @@ mod tests {
             };
             assert_eq!(quick.name, name, "{json}");
             assert_eq!(quick.groups, *groups, "{json}");
-            assert_eq!(quick.profile_id.map(str::to_owned), full.profile_id, "{json}");
+            assert_eq!(
+                quick.profile_id.map(str::to_owned),
+                full.profile_id,
+                "{json}"
+            );
             assert_eq!(quick.timestamp, full.timestamp, "{json}");
             assert_eq!(quick.device_id.map(str::to_owned), full.device_id, "{json}");
-            assert_eq!(quick.session_id.map(str::to_owned), full.session_id, "{json}");
+            assert_eq!(
+                quick.session_id.map(str::to_owned),
+                full.session_id,
+                "{json}"
+            );
             assert_eq!(quick.insert_id.map(str::to_owned), full.insert_id, "{json}");
             assert_eq!(quick.ip.map(str::to_owned), full.ip, "{json}");
             assert_eq!(tree(&quick.properties), full.properties, "{json}");
@@ -345,7 +358,9 @@ mod tests {
     #[test]
     fn nesting_is_measured_like_the_full_check() {
         let sixteen = format!("{}1{}", "[".repeat(15), "]".repeat(15));
-        let row = format!(r#"{{"type":"track","payload":{{"name":"t","properties":{{"d":{sixteen},"s":"[[[["}}}}}}"#);
+        let row = format!(
+            r#"{{"type":"track","payload":{{"name":"t","properties":{{"d":{sixteen},"s":"[[[["}}}}}}"#
+        );
         let raw: &RawValue = serde_json::from_str(&row).expect("raw");
         assert!(read(raw).is_some(), "16 levels pass");
         assert!(full(&row).is_ok());
@@ -356,7 +371,8 @@ mod tests {
     #[test]
     fn large_rows_are_left_to_the_full_check() {
         let big = "x".repeat(MAX_EVENT_BYTES);
-        let row = format!(r#"{{"type":"track","payload":{{"name":"t","properties":{{"b":"{big}"}}}}}}"#);
+        let row =
+            format!(r#"{{"type":"track","payload":{{"name":"t","properties":{{"b":"{big}"}}}}}}"#);
         let raw: &RawValue = serde_json::from_str(&row).expect("raw");
         assert!(read(raw).is_none());
     }
