@@ -2,16 +2,24 @@
 
 use backfill_protocol::time::format_iso_ms;
 
-/// Bytes of the envelope around the events: `{"sentAt":"<24 chars>","events":[` and `]}`.
-pub const ENVELOPE_BYTES: usize = r#"{"sentAt":"2026-11-28T09:00:00.000Z","events":[]}"#.len();
+/// The start of every body; the rows follow it, joined by commas.
+const HEAD: &[u8] = br#"{"events":["#;
+/// Bytes of the end of a body: `],"sentAt":"<24 chars>"}`.
+const TAIL_BYTES: usize = r#"],"sentAt":"2026-11-28T09:00:00.000Z"}"#.len();
+/// Bytes of the envelope around the events: `{"events":[` and `],"sentAt":"<24 chars>"}`.
+pub const ENVELOPE_BYTES: usize = HEAD.len() + TAIL_BYTES;
+/// Room reserved per event when a batch starts, so that a typical batch is filled without
+/// growing its buffer.
+const RESERVE_PER_EVENT: usize = 256;
 
 /// A request's worth of rows.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// Buffer positions of the rows, in order.
     pub seqs: Vec<i64>,
-    /// The rows' JSON joined by commas: the inside of the `events` array.
-    pub events_json: String,
+    /// The body without its end: the head and the rows' JSON joined by commas. The rows are
+    /// written here once, and [`seal`] adds `sentAt` just before sending, without a copy.
+    pub open_body: Vec<u8>,
     /// The (time, seq) key of the last row: the next batch starts after it.
     pub last_key: Option<(i64, i64)>,
 }
@@ -29,24 +37,19 @@ impl Batch {
 
     /// Size of the body this batch makes, envelope included, before compression.
     pub fn body_len(&self) -> usize {
-        ENVELOPE_BYTES + self.events_json.len()
-    }
-
-    /// The request body with `sentAt` stamped now; call it just before sending.
-    pub fn body(&self, sent_at_ms: i64) -> Vec<u8> {
-        envelope(&self.events_json, sent_at_ms)
+        self.open_body.len().max(HEAD.len()) + TAIL_BYTES
     }
 }
 
-/// Wraps comma-joined event JSON in the request envelope with `sentAt`.
-pub fn envelope(events_json: &str, sent_at_ms: i64) -> Vec<u8> {
-    let mut body = Vec::with_capacity(ENVELOPE_BYTES + events_json.len());
-    body.extend_from_slice(br#"{"sentAt":""#);
-    body.extend_from_slice(format_iso_ms(sent_at_ms).as_bytes());
-    body.extend_from_slice(br#"","events":["#);
-    body.extend_from_slice(events_json.as_bytes());
-    body.extend_from_slice(b"]}");
-    body
+/// Ends a body begun by a [`Packer`], stamping `sentAt`; call it just before sending.
+pub fn seal(mut open_body: Vec<u8>, sent_at_ms: i64) -> Vec<u8> {
+    if open_body.is_empty() {
+        open_body.extend_from_slice(HEAD);
+    }
+    open_body.extend_from_slice(br#"],"sentAt":""#);
+    open_body.extend_from_slice(format_iso_ms(sent_at_ms).as_bytes());
+    open_body.extend_from_slice(br#""}"#);
+    open_body
 }
 
 /// Fills a [`Batch`] one row at a time until the next row would pass a limit.
@@ -60,10 +63,18 @@ pub struct Packer {
 impl Packer {
     /// A packer for at most `max_events` events and `max_bytes` of body.
     pub fn new(max_events: usize, max_bytes: usize) -> Self {
+        let max_events = max_events.max(1);
+        let mut open_body =
+            Vec::with_capacity((max_events * RESERVE_PER_EVENT).min(max_bytes) + HEAD.len());
+        open_body.extend_from_slice(HEAD);
         Self {
-            max_events: max_events.max(1),
+            max_events,
             max_bytes,
-            batch: Batch::default(),
+            batch: Batch {
+                seqs: Vec::with_capacity(max_events),
+                open_body,
+                last_key: None,
+            },
         }
     }
 
@@ -78,9 +89,9 @@ impl Packer {
             return false;
         }
         if comma == 1 {
-            self.batch.events_json.push(',');
+            self.batch.open_body.push(b',');
         }
-        self.batch.events_json.push_str(json);
+        self.batch.open_body.extend_from_slice(json.as_bytes());
         self.batch.seqs.push(seq);
         self.batch.last_key = Some((time_ms, seq));
         true
@@ -107,8 +118,9 @@ mod tests {
         let mut p = Packer::new(10, 1000);
         assert!(p.offer(1, 0, &event(100)));
         let b = p.finish();
-        let body = b.body(1_795_860_000_000);
-        assert_eq!(body.len(), b.body_len());
+        let len = b.body_len();
+        let body = seal(b.open_body, 1_795_860_000_000);
+        assert_eq!(body.len(), len);
         assert_eq!(body.len(), ENVELOPE_BYTES + 100);
         let parsed: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(parsed["sentAt"], "2026-11-28T10:00:00.000Z");

@@ -27,15 +27,15 @@ pub struct NewRow {
     pub body: String,
 }
 
-/// One buffered row read for sending.
-#[derive(Debug, Clone)]
-pub struct BufferedRow {
+/// One buffered row read for sending, its JSON lent from the database's row.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferedRow<'a> {
     /// Buffer position.
     pub seq: i64,
     /// Event time (ms).
     pub time_ms: i64,
     /// The event's wire JSON.
-    pub body: String,
+    pub body: &'a str,
 }
 
 /// A dead-lettered row.
@@ -66,9 +66,12 @@ struct Inner {
     bytes: u64,
 }
 
-/// The buffer. All access is serialised through one connection.
+/// The buffer. Writes are serialised through one connection; the drain reads the rows it packs
+/// through a second one, so that packing the next request never waits for a settle (WAL lets a
+/// reader and a writer work at once).
 pub struct Buffer {
     inner: Mutex<Inner>,
+    scanner: Mutex<Connection>,
 }
 
 /// Counter names kept in the `counters` table.
@@ -158,9 +161,11 @@ impl Buffer {
             rows: rows.max(0) as u64,
             bytes: bytes.max(0) as u64,
         };
+        let scanner = open_connection(path)?;
         Ok((
             Self {
                 inner: Mutex::new(inner),
+                scanner: Mutex::new(scanner),
             },
             recovered,
         ))
@@ -271,11 +276,14 @@ impl Buffer {
     pub fn scan_oldest(
         &self,
         after: Option<(i64, i64)>,
-        mut take: impl FnMut(BufferedRow) -> bool,
+        mut take: impl FnMut(BufferedRow<'_>) -> bool,
     ) -> Result<(), Error> {
-        let inner = self.lock()?;
+        let scanner = self
+            .scanner
+            .lock()
+            .map_err(|_| Error::Storage("the buffer lock was poisoned".to_owned()))?;
         let (t, seq) = after.unwrap_or((i64::MIN, i64::MIN));
-        let mut stmt = inner.conn.prepare_cached(
+        let mut stmt = scanner.prepare_cached(
             "SELECT seq, time_ms, body FROM events
              WHERE time_ms > ?1 OR (time_ms = ?1 AND seq > ?2)
              ORDER BY time_ms, seq",
@@ -285,7 +293,7 @@ impl Buffer {
             let row = BufferedRow {
                 seq: row.get(0)?,
                 time_ms: row.get(1)?,
-                body: row.get(2)?,
+                body: row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?,
             };
             if !take(row) {
                 break;

@@ -12,18 +12,73 @@ use std::thread::ScopedJoinHandle;
 
 use super::policy::{self, Answer, Backoff, decide};
 use super::transport::{NetworkError, Reply, Transport};
-use crate::batch::{Batch, Packer, envelope};
+use crate::batch::{Batch, Packer, seal};
 use crate::error::Error;
 use crate::store::{Buffer, Settled};
 
 /// Requests in flight at once during a drain.
-pub const PIPELINE_DEPTH: usize = 3;
+pub const PIPELINE_DEPTH: usize = 6;
 
 /// A sent request and the rows it carries.
 struct InFlight<'scope> {
     batch: Batch,
     request: ScopedJoinHandle<'scope, (u64, Result<Reply, NetworkError>)>,
 }
+
+/// An answer read: what to do next and what it settles in the buffer.
+struct Answered {
+    decision: Decision,
+    /// Delivered and refused rows, and the request's own count.
+    settled: Settled,
+    /// Every row of the request, when the whole request was refused for good.
+    refused_all: Option<Settled>,
+}
+
+/// Work for the thread that settles answers while the drain goes on.
+enum ToSettler {
+    /// Settle these rows at this time.
+    Settle(Settled, i64),
+    /// Answer once everything sent before is settled, with the first error since the last
+    /// barrier.
+    Barrier(std::sync::mpsc::Sender<Result<(), Error>>),
+}
+
+/// Settles what it is sent, in order, until the drain closes the channel.
+fn run_settler(
+    buffer: &Buffer,
+    max_dead_letters: u64,
+    jobs: std::sync::mpsc::Receiver<ToSettler>,
+) -> Result<(), Error> {
+    let mut failed: Option<Error> = None;
+    for job in jobs {
+        match job {
+            ToSettler::Settle(settled, now) => {
+                if failed.is_none()
+                    && let Err(e) = buffer.settle(&settled, now, max_dead_letters)
+                {
+                    failed = Some(e);
+                }
+            }
+            ToSettler::Barrier(reply) => {
+                let _ = reply.send(failed.take().map_or(Ok(()), Err));
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// Waits until the settler has settled everything sent to it.
+fn settled_all(settler: &std::sync::mpsc::SyncSender<ToSettler>) -> Result<(), Error> {
+    let (reply, answer) = std::sync::mpsc::channel();
+    let gone = || Error::Storage("the settle thread stopped".to_owned());
+    settler
+        .send(ToSettler::Barrier(reply))
+        .map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
+/// How often, at most, a drain drops expired rows while it runs.
+const EXPIRE_EVERY_MS: i64 = 1000;
 
 /// What the drain does after an answer (the policy's decision, with what it needs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,10 +107,10 @@ fn to_decision(d: policy::Decision, batch: &Batch, status: u16) -> Decision {
 fn send(
     transport: &dyn Transport,
     clock: &dyn Clock,
-    events_json: String,
+    open_body: Vec<u8>,
     compress: bool,
 ) -> (u64, Result<Reply, NetworkError>) {
-    let mut body = envelope(&events_json, clock.now_ms());
+    let mut body = seal(open_body, clock.now_ms());
     if compress {
         let mut gz = flate2::write::GzEncoder::new(
             Vec::with_capacity(body.len() / 4),
@@ -179,41 +234,60 @@ impl Drain<'_> {
         let transport = self.transport;
         let compress = self.compress;
         let clock = self.clock;
+        let buffer = self.buffer;
+        let max_dead_letters = self.max_dead_letters;
         std::thread::scope(|scope| {
             let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::new();
+            // Successful answers are settled on a thread of their own, in order, while the
+            // next requests are packed and sent; every other answer first waits for them.
+            let (settler, jobs) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
+            scope.spawn(move || run_settler(buffer, max_dead_letters, jobs));
             let mut cap = self.max_events;
             let mut after: Option<(i64, i64)> = None;
             let mut exhausted = false;
+            let mut expired_at: Option<i64> = None;
             loop {
                 while !exhausted && in_flight.len() < PIPELINE_DEPTH {
-                    report.expired += self.buffer.expire(clock.now_ms() - self.window())?;
+                    let now = clock.now_ms();
+                    if expired_at.is_none_or(|t| now - t >= EXPIRE_EVERY_MS) {
+                        report.expired += buffer.expire(now - self.window())?;
+                        expired_at = Some(now);
+                    }
                     let mut packer = Packer::new(cap, self.max_bytes);
                     self.buffer
-                        .scan_oldest(after, |row| packer.offer(row.seq, row.time_ms, &row.body))?;
+                        .scan_oldest(after, |row| packer.offer(row.seq, row.time_ms, row.body))?;
                     let mut batch = packer.finish();
                     if batch.is_empty() {
                         exhausted = true;
                         break;
                     }
                     after = batch.last_key;
-                    let events_json = std::mem::take(&mut batch.events_json);
-                    let request =
-                        scope.spawn(move || send(transport, clock, events_json, compress));
+                    let open_body = std::mem::take(&mut batch.open_body);
+                    let request = scope.spawn(move || send(transport, clock, open_body, compress));
                     in_flight.push_back(InFlight { batch, request });
                 }
                 let Some(next) = in_flight.pop_front() else {
+                    settled_all(&settler)?;
                     return Ok(report);
                 };
-                let decision = self.answer(next, &mut report)?;
-                if decision == Decision::Next {
+                let answered = self.answer(next, &mut report)?;
+                let decision = answered.decision.clone();
+                if decision == Decision::Next && answered.refused_all.is_none() {
+                    let job = ToSettler::Settle(answered.settled, clock.now_ms());
+                    settler
+                        .send(job)
+                        .map_err(|_| Error::Storage("the settle thread stopped".to_owned()))?;
                     *self.failures = 0;
                     cap = (cap * 2).min(self.max_events);
                     continue;
                 }
+                settled_all(&settler)?;
+                self.apply(answered)?;
                 // Anything but success: let the requests already sent finish and settle what
                 // they delivered, then act from the oldest unsettled row again.
                 while let Some(other) = in_flight.pop_front() {
-                    self.answer(other, &mut report)?;
+                    let answered = self.answer(other, &mut report)?;
+                    self.apply(answered)?;
                 }
                 after = None;
                 exhausted = false;
@@ -235,12 +309,24 @@ impl Drain<'_> {
         })
     }
 
-    /// Waits for one request's answer, settles its rows, and says what the drain does next.
+    /// Settles an answer's rows in the buffer now.
+    fn apply(&self, answered: Answered) -> Result<(), Error> {
+        let now = self.clock.now_ms();
+        self.buffer
+            .settle(&answered.settled, now, self.max_dead_letters)?;
+        if let Some(refused) = answered.refused_all {
+            self.buffer.settle(&refused, now, self.max_dead_letters)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for one request's answer, counts it, and says what the drain does next and what
+    /// the answer settles.
     fn answer(
         &mut self,
         flight: InFlight<'_>,
         report: &mut DrainReport,
-    ) -> Result<Decision, Error> {
+    ) -> Result<Answered, Error> {
         let InFlight { batch, request } = flight;
         let (wire_len, result) = request
             .join()
@@ -256,14 +342,12 @@ impl Drain<'_> {
         let reply = match result {
             Ok(reply) => reply,
             Err(e) => {
-                self.buffer
-                    .settle(&sent, self.clock.now_ms(), self.max_dead_letters)?;
                 tracing::debug!(error = %e, "request failed");
-                return Ok(to_decision(
-                    self.policy(&Answer::Network, batch.len()),
-                    &batch,
-                    0,
-                ));
+                return Ok(Answered {
+                    decision: to_decision(self.policy(&Answer::Network, batch.len()), &batch, 0),
+                    settled: sent,
+                    refused_all: None,
+                });
             }
         };
         self.learn_window(&reply)?;
@@ -290,22 +374,24 @@ impl Drain<'_> {
                 retry_after: reply.retry_after,
             },
         };
-        self.buffer
-            .settle(&sent, self.clock.now_ms(), self.max_dead_letters)?;
         let decision = to_decision(self.policy(&answer, batch.len()), &batch, reply.status);
-        if let Decision::DeadLetter(_) = decision {
+        let refused_all = if let Decision::DeadLetter(_) = decision {
             let error = serde_json::from_slice::<ErrorBody>(&reply.body)
                 .map(|b| b.message)
                 .unwrap_or_else(|_| format!("HTTP {}", reply.status));
-            let refused = Settled {
+            report.dead_lettered += batch.len() as u64;
+            Some(Settled {
                 refused: batch.seqs.iter().map(|s| (*s, error.clone())).collect(),
                 ..Default::default()
-            };
-            self.buffer
-                .settle(&refused, self.clock.now_ms(), self.max_dead_letters)?;
-            report.dead_lettered += batch.len() as u64;
-        }
-        Ok(decision)
+            })
+        } else {
+            None
+        };
+        Ok(Answered {
+            decision,
+            settled: sent,
+            refused_all,
+        })
     }
 
     fn policy(&self, answer: &Answer, batch_len: usize) -> policy::Decision {
