@@ -44,15 +44,13 @@ fn server_binary() -> PathBuf {
         .and_then(Path::parent)
         .expect("target dir")
         .to_owned();
-    let binary = release.join("backfill-server");
-    if !binary.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "backfill-server"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the server");
-    }
-    binary
+    // Built every time (a no-op when current), so the drain never meets a stale server.
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "backfill-server"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the server");
+    release.join("backfill-server")
 }
 
 fn start_server(data: &Path) -> (Child, String) {
@@ -79,6 +77,22 @@ fn start_server(data: &Path) -> (Child, String) {
         child,
         first.trim().trim_start_matches("listening on ").to_owned(),
     )
+}
+
+/// User plus system CPU time of a process (`self` or a pid), in seconds.
+fn cpu_seconds(process: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn peak_rss_mib() -> f64 {
@@ -190,7 +204,7 @@ fn bench_track(dir: &Path, n: usize) {
     );
 }
 
-fn bench_drain(dir: &Path, url: &str, backlog: usize, compress: bool) {
+fn bench_drain(dir: &Path, url: &str, server_pid: u32, backlog: usize, compress: bool) {
     let label = if compress { "gzip" } else { "plain" };
     let db = dir.join(format!("backlog-{label}.db"));
     let sdk = Backfill::open(config(url, &db, compress)).expect("open");
@@ -211,9 +225,13 @@ fn bench_drain(dir: &Path, url: &str, backlog: usize, compress: bool) {
         sdk.track_many(events).expect("record");
     }
     reset_peak_rss();
+    let server = server_pid.to_string();
+    let cpu_before = (cpu_seconds("self"), cpu_seconds(&server));
     let started = Instant::now();
     let report = sdk.flush().expect("drain");
     let elapsed = started.elapsed().as_secs_f64();
+    let client_cpu = cpu_seconds("self") - cpu_before.0;
+    let server_cpu = cpu_seconds(&server) - cpu_before.1;
     assert_eq!(report.end, DrainEnd::Empty, "{report:?}");
     assert_eq!(report.sent as usize, backlog);
     println!(
@@ -222,6 +240,13 @@ fn bench_drain(dir: &Path, url: &str, backlog: usize, compress: bool) {
         report.requests,
         report.bytes_sent as f64 / backlog as f64,
         peak_rss_mib()
+    );
+    println!(
+        "            CPU per event: client {:.1} µs, server {:.1} µs; {:.2} of {} cores busy",
+        client_cpu * 1e6 / backlog as f64,
+        server_cpu * 1e6 / backlog as f64,
+        (client_cpu + server_cpu) / elapsed,
+        std::thread::available_parallelism().map_or(0, usize::from)
     );
 }
 
@@ -233,8 +258,9 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     bench_track(dir.path(), 100_000);
     let (mut server, url) = start_server(&dir.path().join("server"));
-    bench_drain(dir.path(), &url, backlog, true);
-    bench_drain(dir.path(), &url, backlog, false);
+    let pid = server.id();
+    bench_drain(dir.path(), &url, pid, backlog, true);
+    bench_drain(dir.path(), &url, pid, backlog, false);
     let _ = server.kill();
     let _ = server.wait();
 }
