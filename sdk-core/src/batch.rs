@@ -20,8 +20,8 @@ pub struct Batch {
     /// The body without its end: the head and the rows' JSON joined by commas. The rows are
     /// written here once, and [`seal`] adds `sentAt` just before sending, without a copy.
     pub open_body: Vec<u8>,
-    /// The (time, seq) key of the last row: the next batch starts after it.
-    pub last_key: Option<(i64, i64)>,
+    /// The buffer position of the last row: the next batch starts after it.
+    pub last_seq: Option<i64>,
 }
 
 impl Batch {
@@ -73,14 +73,14 @@ impl Packer {
             batch: Batch {
                 seqs: Vec::with_capacity(max_events),
                 open_body,
-                last_key: None,
+                last_seq: None,
             },
         }
     }
 
     /// Adds the row if it fits; returns `false` (and leaves it out) when it does not. The first
     /// row always fits: a row the contract allows is far below the 10 MiB request limit.
-    pub fn offer(&mut self, seq: i64, time_ms: i64, json: &str) -> bool {
+    pub fn offer(&mut self, seq: i64, json: &str) -> bool {
         if self.batch.len() >= self.max_events {
             return false;
         }
@@ -93,7 +93,7 @@ impl Packer {
         }
         self.batch.open_body.extend_from_slice(json.as_bytes());
         self.batch.seqs.push(seq);
-        self.batch.last_key = Some((time_ms, seq));
+        self.batch.last_seq = Some(seq);
         true
     }
 
@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn the_envelope_is_counted() {
         let mut p = Packer::new(10, 1000);
-        assert!(p.offer(1, 0, &event(100)));
+        assert!(p.offer(1, &event(100)));
         let b = p.finish();
         let len = b.body_len();
         let body = seal(b.open_body, 1_795_860_000_000);
@@ -132,9 +132,9 @@ mod tests {
         // Two rows of 100 bytes plus a comma: exactly at the limit.
         let limit = ENVELOPE_BYTES + 201;
         let mut p = Packer::new(10, limit);
-        assert!(p.offer(1, 0, &event(100)));
-        assert!(p.offer(2, 0, &event(100)));
-        assert!(!p.offer(3, 0, "1"), "one more byte would pass the limit");
+        assert!(p.offer(1, &event(100)));
+        assert!(p.offer(2, &event(100)));
+        assert!(!p.offer(3, "1"), "one more byte would pass the limit");
         assert_eq!(p.finish().body_len(), limit);
     }
 
@@ -142,7 +142,7 @@ mod tests {
     fn stops_at_2000_tiny_events() {
         let mut p = Packer::new(MAX_BATCH_EVENTS, MAX_BODY_BYTES);
         let mut n = 0;
-        while p.offer(n, 0, "{}") {
+        while p.offer(n, "{}") {
             n += 1;
         }
         assert_eq!(n, 2000);
@@ -154,7 +154,7 @@ mod tests {
         let big = event(MAX_EVENT_BYTES);
         let mut p = Packer::new(MAX_BATCH_EVENTS, MAX_BODY_BYTES);
         let mut n = 0;
-        while p.offer(n, 0, &big) {
+        while p.offer(n, &big) {
             n += 1;
         }
         let b = p.finish();
@@ -165,9 +165,9 @@ mod tests {
         assert!(b.body_len() <= MAX_BODY_BYTES);
         let mut tiny = Packer::new(MAX_BATCH_EVENTS, 1024);
         assert!(
-            tiny.offer(0, 0, &big),
+            tiny.offer(0, &big),
             "the first row always goes, even over a small configured cap"
         );
-        assert!(!tiny.offer(1, 0, "{}"));
+        assert!(!tiny.offer(1, "{}"));
     }
 }

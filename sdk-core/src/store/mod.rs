@@ -237,7 +237,7 @@ impl Buffer {
                 .max(1);
             let mut stmt = tx.prepare_cached(
                 "DELETE FROM events WHERE seq IN
-                    (SELECT seq FROM events ORDER BY time_ms, seq LIMIT ?1) RETURNING bytes",
+                    (SELECT seq FROM events ORDER BY seq LIMIT ?1) RETURNING bytes",
             )?;
             let freed: Vec<i64> = stmt
                 .query_map(params![over_rows as i64], |r| r.get(0))?
@@ -252,18 +252,14 @@ impl Buffer {
         if evicted > 0 {
             bump(&tx, counter::EVICTED, evicted)?;
         }
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events (time_ms, insert_id, body, bytes) VALUES (?1, ?2, ?3, ?4)",
+        for row in rows {
+            schema::insert_event(
+                &tx,
+                row.time_ms,
+                &row.insert_id,
+                &row.body,
+                row.body.len() as i64,
             )?;
-            for row in rows {
-                insert.execute(params![
-                    row.time_ms,
-                    row.insert_id,
-                    row.body,
-                    row.body.len() as i64
-                ])?;
-            }
         }
         tx.commit()?;
         inner.rows = count + rows.len() as u64;
@@ -271,24 +267,20 @@ impl Buffer {
         Ok(evicted)
     }
 
-    /// Reads rows oldest first, starting after `after` (a row's (time, seq) key), calling `take`
-    /// for each until it returns `false`. Memory is bounded by what `take` keeps.
+    /// Reads rows oldest first, starting after the row `after` (a `seq`), calling `take` for
+    /// each until it returns `false`. Memory is bounded by what `take` keeps.
     pub fn scan_oldest(
         &self,
-        after: Option<(i64, i64)>,
+        after: Option<i64>,
         mut take: impl FnMut(BufferedRow<'_>) -> bool,
     ) -> Result<(), Error> {
         let scanner = self
             .scanner
             .lock()
             .map_err(|_| Error::Storage("the buffer lock was poisoned".to_owned()))?;
-        let (t, seq) = after.unwrap_or((i64::MIN, i64::MIN));
-        let mut stmt = scanner.prepare_cached(
-            "SELECT seq, time_ms, body FROM events
-             WHERE time_ms > ?1 OR (time_ms = ?1 AND seq > ?2)
-             ORDER BY time_ms, seq",
-        )?;
-        let mut rows = stmt.query(params![t, seq])?;
+        let mut stmt = scanner
+            .prepare_cached("SELECT seq, time_ms, body FROM events WHERE seq > ?1 ORDER BY seq")?;
+        let mut rows = stmt.query(params![after.unwrap_or(i64::MIN)])?;
         while let Some(row) = rows.next()? {
             let row = BufferedRow {
                 seq: row.get(0)?,
@@ -366,8 +358,8 @@ impl Buffer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let freed: Vec<i64> = tx
-            .prepare_cached("DELETE FROM events WHERE time_ms < ?1 RETURNING bytes")?
-            .query_map(params![cutoff_ms], |r| r.get(0))?
+            .prepare_cached("DELETE FROM events WHERE seq < ?1 RETURNING bytes")?
+            .query_map(params![schema::seq_slot(cutoff_ms).0], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         bump(&tx, counter::EXPIRED, freed.len() as u64)?;
         tx.commit()?;
@@ -402,11 +394,12 @@ impl Buffer {
     /// Times of the oldest and newest buffered events.
     pub fn time_span(&self) -> Result<(Option<i64>, Option<i64>), Error> {
         self.read(|conn| {
-            Ok(
-                conn.query_row("SELECT min(time_ms), max(time_ms) FROM events", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?,
-            )
+            Ok(conn.query_row(
+                "SELECT (SELECT time_ms FROM events ORDER BY seq LIMIT 1),
+                            (SELECT time_ms FROM events ORDER BY seq DESC LIMIT 1)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
         })
     }
 
@@ -466,4 +459,112 @@ pub fn set_state(conn: &Connection, key: &str, value: &str) -> Result<(), Error>
     )?
     .execute(params![key, value])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDS: Bounds = Bounds {
+        max_rows: 1_000_000,
+        max_bytes: 1 << 30,
+    };
+
+    fn row(time_ms: i64, n: usize) -> NewRow {
+        NewRow {
+            time_ms,
+            insert_id: format!("id-{n}"),
+            body: format!(r#"{{"n":{n}}}"#),
+        }
+    }
+
+    fn order(buffer: &Buffer) -> Vec<String> {
+        let mut bodies = Vec::new();
+        buffer
+            .scan_oldest(None, |r| {
+                bodies.push(r.body.to_owned());
+                true
+            })
+            .expect("scan");
+        bodies
+    }
+
+    #[test]
+    fn rows_come_out_by_event_time_then_recording_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (buffer, _) = Buffer::open(&dir.path().join("b.db"), 0, None).expect("open");
+        let times = [5_000, 1_000, 5_000, 3_000, 1_000, 5_000];
+        let rows: Vec<NewRow> = times.iter().enumerate().map(|(n, t)| row(*t, n)).collect();
+        buffer
+            .append(&rows[..3], BOUNDS, |_| Ok(()))
+            .expect("append");
+        buffer
+            .append(&rows[3..], BOUNDS, |_| Ok(()))
+            .expect("append");
+        let expected: Vec<String> = [1, 4, 3, 0, 2, 5]
+            .iter()
+            .map(|n| format!(r#"{{"n":{n}}}"#))
+            .collect();
+        assert_eq!(order(&buffer), expected);
+        assert_eq!(buffer.expire(3_000).expect("expire"), 2);
+        assert_eq!(order(&buffer), expected[2..]);
+        assert_eq!(
+            buffer.time_span().expect("span"),
+            (Some(3_000), Some(5_000))
+        );
+    }
+
+    #[test]
+    fn a_millisecond_with_more_events_than_its_slot_keeps_every_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (buffer, _) = Buffer::open(&dir.path().join("b.db"), 0, None).expect("open");
+        let slot = 1usize << schema::SEQ_SHIFT;
+        let rows: Vec<NewRow> = (0..slot + 10).map(|n| row(7_000, n)).collect();
+        buffer.append(&rows, BOUNDS, |_| Ok(())).expect("append");
+        buffer
+            .append(&[row(7_001, slot + 10)], BOUNDS, |_| Ok(()))
+            .expect("the next millisecond still has room");
+        let bodies = order(&buffer);
+        assert_eq!(bodies.len(), slot + 11);
+        let unique: std::collections::HashSet<&String> = bodies.iter().collect();
+        assert_eq!(unique.len(), slot + 11);
+        assert_eq!(bodies[0], r#"{"n":0}"#);
+        assert_eq!(bodies[slot - 1], format!(r#"{{"n":{}}}"#, slot - 1));
+    }
+
+    #[test]
+    fn a_version_1_buffer_is_upgraded_in_order_without_loss() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).expect("create");
+            conn.execute_batch(
+                "CREATE TABLE events (seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL,
+                     insert_id TEXT NOT NULL, body TEXT NOT NULL, bytes INTEGER NOT NULL);
+                 CREATE INDEX events_by_time ON events (time_ms, seq);
+                 CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY, failed_at INTEGER NOT NULL,
+                     insert_id TEXT NOT NULL, body TEXT NOT NULL, error TEXT NOT NULL);
+                 CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+                 INSERT INTO events (time_ms, insert_id, body, bytes) VALUES
+                     (9000, 'a', '{\"n\":0}', 7), (2000, 'b', '{\"n\":1}', 7),
+                     (9000, 'c', '{\"n\":2}', 7);
+                 INSERT INTO state VALUES ('device_id', 'dev-1');
+                 PRAGMA user_version = 1;",
+            )
+            .expect("version 1 buffer");
+        }
+        let (buffer, recovered) = Buffer::open(&path, 0, None).expect("open and upgrade");
+        assert!(recovered.is_none());
+        assert_eq!(order(&buffer), [r#"{"n":1}"#, r#"{"n":0}"#, r#"{"n":2}"#]);
+        assert_eq!(buffer.totals().expect("totals"), (3, 21));
+        assert_eq!(
+            buffer.state("device_id").expect("state").as_deref(),
+            Some("dev-1")
+        );
+        let version: i32 = buffer
+            .read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .expect("version");
+        assert_eq!(version, schema::VERSION);
+    }
 }

@@ -243,7 +243,7 @@ impl Drain<'_> {
             let (settler, jobs) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
             scope.spawn(move || run_settler(buffer, max_dead_letters, jobs));
             let mut cap = self.max_events;
-            let mut after: Option<(i64, i64)> = None;
+            let mut after: Option<i64> = None;
             let mut exhausted = false;
             let mut expired_at: Option<i64> = None;
             loop {
@@ -255,13 +255,13 @@ impl Drain<'_> {
                     }
                     let mut packer = Packer::new(cap, self.max_bytes);
                     self.buffer
-                        .scan_oldest(after, |row| packer.offer(row.seq, row.time_ms, row.body))?;
+                        .scan_oldest(after, |row| packer.offer(row.seq, row.body))?;
                     let mut batch = packer.finish();
                     if batch.is_empty() {
                         exhausted = true;
                         break;
                     }
-                    after = batch.last_key;
+                    after = batch.last_seq;
                     let open_body = std::mem::take(&mut batch.open_body);
                     let request = scope.spawn(move || send(transport, clock, open_body, compress));
                     in_flight.push_back(InFlight { batch, request });
