@@ -347,6 +347,105 @@ mod tests {
         }
     }
 
+    /// Rows assembled at random from ordinary and awkward parts: whenever the quick path takes
+    /// one, the full check must accept it and read the same event.
+    #[test]
+    fn random_rows_read_as_the_full_check_reads_them() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let kinds = [r#""track""#, r#""identify""#, r#""alias""#, "3"];
+        let names = [
+            r#""tap""#,
+            r#""""#,
+            r#""session_start""#,
+            r#""a\u0062""#,
+            r#""two\nlines""#,
+            r#""ünïcode""#,
+            "7",
+        ];
+        let keys = [
+            "__timestamp",
+            "__deviceId",
+            "__sessionId",
+            "__insertId",
+            "__ip",
+            "__clientTimestamp",
+            "temp",
+            "nested",
+            r#"k\"q"#,
+        ];
+        let values = [
+            "1795860000000",
+            r#""2026-11-27T10:00:00Z""#,
+            r#""2026-11-27""#,
+            r#""soon""#,
+            "-5",
+            "1.5e3",
+            "null",
+            "true",
+            r#""""#,
+            r#""  ""#,
+            r#""dev-1""#,
+            r#""203.0.113.7""#,
+            r#"{"a":[1,{"b":null}]}"#,
+            "[[[]]]",
+            r#""esc\"aped""#,
+        ];
+        let mut taken = 0;
+        for _ in 0..20_000 {
+            let mut props: Vec<String> = Vec::new();
+            for _ in 0..rng.usize(0..6) {
+                let key = keys[rng.usize(..keys.len())];
+                let value = values[rng.usize(..values.len())];
+                props.push(format!(r#""{key}":{value}"#));
+            }
+            let mut payload = vec![format!(r#""name":{}"#, names[rng.usize(..names.len())])];
+            match rng.usize(0..4) {
+                0 => payload.push(format!(r#""properties":{{{}}}"#, props.join(","))),
+                1 => payload.push(r#""properties":null"#.to_owned()),
+                2 => payload.push(r#""properties":[]"#.to_owned()),
+                _ => {}
+            }
+            match rng.usize(0..5) {
+                0 => payload.push(r#""profileId":"u-1""#.to_owned()),
+                1 => payload.push(r#""profileId":12"#.to_owned()),
+                2 => payload.push(r#""groups":["g1"]"#.to_owned()),
+                3 => payload.push(r#""groups":[""]"#.to_owned()),
+                _ => {}
+            }
+            rng.shuffle(&mut payload);
+            let json = format!(
+                r#"{{"type":{},"payload":{{{}}}}}"#,
+                kinds[rng.usize(..kinds.len())],
+                payload.join(",")
+            );
+            let raw: &RawValue = serde_json::from_str(&json).expect("rows are JSON");
+            let Some(quick) = read(raw) else { continue };
+            taken += 1;
+            let full = full(&json).unwrap_or_else(|e| panic!("quick took {json}, full says {e}"));
+            let Action::Track { name, groups } = &full.action else {
+                panic!("quick took a non-track row {json}");
+            };
+            assert_eq!(quick.name, name, "{json}");
+            assert_eq!(quick.groups, *groups, "{json}");
+            assert_eq!(
+                quick.profile_id.map(str::to_owned),
+                full.profile_id,
+                "{json}"
+            );
+            assert_eq!(quick.timestamp, full.timestamp, "{json}");
+            assert_eq!(quick.device_id.map(str::to_owned), full.device_id, "{json}");
+            assert_eq!(
+                quick.session_id.map(str::to_owned),
+                full.session_id,
+                "{json}"
+            );
+            assert_eq!(quick.insert_id.map(str::to_owned), full.insert_id, "{json}");
+            assert_eq!(quick.ip.map(str::to_owned), full.ip, "{json}");
+            assert_eq!(tree(&quick.properties), full.properties, "{json}");
+        }
+        assert!(taken > 300, "the quick path took only {taken} rows");
+    }
+
     #[test]
     fn unusual_rows_are_left_to_the_full_check() {
         for json in UNUSUAL {
