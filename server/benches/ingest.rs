@@ -5,7 +5,8 @@
 //! gzip), and prints events/s, p50/p99 request latency and the server's peak RSS. In the same run
 //! it measures a plain rusqlite batched insert of the same rows (same columns, WAL,
 //! `synchronous=FULL`, one transaction per 2000 rows, no secondary index) as the ceiling.
-//! `BENCH_EVENTS` sets the number of events per run (default 200,000).
+//! `BENCH_EVENTS` sets the number of events per run (default 200,000), `BENCH_ROUNDS` the number
+//! of rounds (default 3; the summary gives medians).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -248,35 +249,55 @@ async fn main() {
         .expect("first line");
     let url = first.trim().trim_start_matches("listening on ").to_owned();
 
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     println!(
-        "backfill-server ingest benchmark: {total} events per run, batches of {BATCH}, {CONNECTIONS} connections"
+        "backfill-server ingest benchmark: {total} events per run, batches of {BATCH}, {CONNECTIONS} connections, {rounds} rounds"
     );
-    let mut rates = Vec::new();
-    for (label, gzip) in [("plain", false), ("gzip", true)] {
-        let events = readings(total, label);
-        let bodies = bodies(&events, gzip);
-        let cpu_before = cpu_seconds(child.id());
-        let (commit_before, groups_before) = commit_stats(&url).await;
-        let wall = Instant::now();
-        let run = post_all(&url, bodies, gzip, total).await;
-        let wall = wall.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(child.id()) - cpu_before;
-        let (commit_after, groups_after) = commit_stats(&url).await;
+    // This machine's speed drifts from minute to minute, so each round measures both modes and
+    // the ceiling side by side, and the summary gives medians.
+    let mut plain = Vec::new();
+    let mut gzipped = Vec::new();
+    let mut ceilings = Vec::new();
+    for round in 0..rounds {
+        for (label, gzip) in [("plain", false), ("gzip", true)] {
+            let events = readings(total, &format!("{label}-{round}"));
+            let bodies = bodies(&events, gzip);
+            let cpu_before = cpu_seconds(child.id());
+            let (commit_before, groups_before) = commit_stats(&url).await;
+            let wall = Instant::now();
+            let run = post_all(&url, bodies, gzip, total).await;
+            let wall = wall.elapsed().as_secs_f64();
+            let cpu = cpu_seconds(child.id()) - cpu_before;
+            let (commit_after, groups_after) = commit_stats(&url).await;
+            println!(
+                "{label:>5}: {:>9.0} events/s  p50 {:>6.1} ms  p99 {:>6.1} ms  {:.1} bytes/event on the wire",
+                run.events_per_sec,
+                run.p50.as_secs_f64() * 1e3,
+                run.p99.as_secs_f64() * 1e3,
+                run.wire_bytes as f64 / total as f64
+            );
+            println!(
+                "       server CPU {:.1} µs/event; writer busy {:.0}% of the run in {} group commits of {:.0} events on average",
+                cpu * 1e6 / total as f64,
+                (commit_after - commit_before) * 100.0 / wall,
+                groups_after - groups_before,
+                total as f64 / (groups_after - groups_before).max(1.0)
+            );
+            if gzip {
+                gzipped.push(run.events_per_sec);
+            } else {
+                plain.push(run.events_per_sec);
+            }
+        }
+        let ceiling = raw_insert_rate(&readings(total, &format!("raw-{round}")));
         println!(
-            "{label:>5}: {:>9.0} events/s  p50 {:>6.1} ms  p99 {:>6.1} ms  {:.1} bytes/event on the wire",
-            run.events_per_sec,
-            run.p50.as_secs_f64() * 1e3,
-            run.p99.as_secs_f64() * 1e3,
-            run.wire_bytes as f64 / total as f64
+            "ceiling (plain rusqlite batched insert, same rows, durable): {ceiling:.0} rows/s"
         );
-        println!(
-            "       server CPU {:.1} µs/event; writer busy {:.0}% of the run in {} group commits of {:.0} events on average",
-            cpu * 1e6 / total as f64,
-            (commit_after - commit_before) * 100.0 / wall,
-            groups_after - groups_before,
-            total as f64 / (groups_after - groups_before).max(1.0)
-        );
-        rates.push(run.events_per_sec);
+        ceilings.push(ceiling);
     }
     println!(
         "server peak RSS: {:.1} MiB",
@@ -285,9 +306,25 @@ async fn main() {
     let _ = child.kill();
     let _ = child.wait();
 
-    let ceiling = raw_insert_rate(&readings(total, "raw"));
-    println!("ceiling (plain rusqlite batched insert, same rows, durable): {ceiling:.0} rows/s");
-    for (label, rate) in ["plain", "gzip"].iter().zip(&rates) {
-        println!("ratio {label}: {:.2}", rate / ceiling);
+    let ceiling = median(&mut ceilings);
+    println!("median of {rounds} rounds: ceiling {ceiling:.0} rows/s");
+    for (label, rates) in [("plain", &mut plain), ("gzip", &mut gzipped)] {
+        let rate = median(rates);
+        println!(
+            "median {label:>5}: {rate:>9.0} events/s (runs {:.0} to {:.0}), ratio to the ceiling {:.2}",
+            rates.first().copied().unwrap_or(0.0),
+            rates.last().copied().unwrap_or(0.0),
+            rate / ceiling
+        );
+    }
+}
+
+/// The median of `values`, which it sorts.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
