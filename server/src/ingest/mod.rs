@@ -534,6 +534,19 @@ mod tests {
     }
 
     #[test]
+    fn a_number_out_of_range_is_refused_and_its_neighbours_stored() {
+        let body = r#"{"events":[
+            {"type":"track","payload":{"name":"a","properties":{"v":1.5}}},
+            {"type":"track","payload":{"name":"b","properties":{"v":1e400}}},
+            {"type":"track","payload":{"name":"c","properties":{"v":[2e-400]}}}]}"#;
+        let p = prepare_batch(body.as_bytes(), &meta()).expect("envelope");
+        assert_eq!(p.rows.len(), 2);
+        assert_eq!(p.rejected.len(), 1);
+        assert_eq!(p.rejected[0].index, 1);
+        assert!(p.rejected[0].error.contains("number out of range"));
+    }
+
+    #[test]
     fn envelope_errors() {
         let m = meta();
         assert!(prepare_batch(b"{", &m).is_err());

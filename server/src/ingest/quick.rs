@@ -115,11 +115,10 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
     if properties.windows(2).any(|w| w[0].0 == w[1].0) {
         return None;
     }
-    let deepest = properties
-        .iter()
-        .map(|(_, v)| nesting(v.get()))
-        .max()
-        .unwrap_or(0);
+    let mut deepest = 0;
+    for (_, value) in &properties {
+        deepest = deepest.max(shape(value.get())?);
+    }
     if 1 + deepest > MAX_PROPERTY_DEPTH {
         return None;
     }
@@ -182,14 +181,18 @@ fn special_id(raw: Option<&RawValue>, trim: bool) -> Option<Option<&str>> {
     }
 }
 
-/// How deep objects and arrays nest in one valid JSON value (0 for a scalar).
-fn nesting(json: &str) -> usize {
+/// How deep objects and arrays nest in one valid JSON value (0 for a scalar), or `None` when it
+/// holds a number the full check cannot read (one outside the range of an `f64`).
+fn shape(json: &str) -> Option<usize> {
     let bytes = json.as_bytes();
-    if !matches!(bytes.first(), Some(b'{' | b'[')) {
-        return 0;
+    match bytes.first() {
+        Some(b'{' | b'[') => {}
+        Some(b'-' | b'0'..=b'9') => return readable_number(json).then_some(0),
+        _ => return Some(0),
     }
     let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in bytes {
+    let mut number: Option<usize> = None;
+    for (i, &b) in bytes.iter().enumerate() {
         if in_string {
             if escaped {
                 escaped = false;
@@ -200,6 +203,15 @@ fn nesting(json: &str) -> usize {
             }
             continue;
         }
+        if let Some(start) = number {
+            if matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+                continue;
+            }
+            if !readable_number(&json[start..i]) {
+                return None;
+            }
+            number = None;
+        }
         match b {
             b'"' => in_string = true,
             b'{' | b'[' => {
@@ -207,10 +219,18 @@ fn nesting(json: &str) -> usize {
                 deepest = deepest.max(depth);
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => number = Some(i),
             _ => {}
         }
     }
-    deepest
+    Some(deepest)
+}
+
+/// Whether a JSON number reads as a finite `f64`. Without an exponent, 300 digits stay far below
+/// `f64::MAX`; anything else is parsed.
+fn readable_number(token: &str) -> bool {
+    (token.len() <= 300 && !token.contains(['e', 'E']))
+        || token.parse::<f64>().is_ok_and(f64::is_finite)
 }
 
 /// Writes properties (sorted, unescaped keys) as a JSON object, with `extra` set in its place.
@@ -286,6 +306,8 @@ mod tests {
         r#"{"type":"track","payload":{"name":"tap","properties":{"__sessionId":7}}}"#,
         r#"{"type":"track","payload":{"name":"tap","properties":{"__ip":"not-an-ip"}}}"#,
         r#"{"type":"track","payload":{"name":"tap","properties":{"d":[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"t":1e400}}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"t":{"u":[-2e308]}}}}"#,
     ];
 
     fn tree(pairs: &[(&str, &RawValue)]) -> Map<String, Value> {
@@ -301,7 +323,7 @@ mod tests {
     }
 
     fn full(json: &str) -> Result<backfill_protocol::validate::ValidEvent, String> {
-        let value: Value = serde_json::from_str(json).expect("test rows are JSON");
+        let value: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
         validate_event(value, json.len())
     }
 
@@ -389,6 +411,11 @@ mod tests {
             r#"{"a":[1,{"b":null}]}"#,
             "[[[]]]",
             r#""esc\"aped""#,
+            "1e400",
+            "-2.5E+308",
+            "1e-7",
+            "123456789012345678901234567890",
+            "[0.5,[1e999]]",
         ];
         let mut taken = 0;
         for _ in 0..20_000 {
@@ -463,8 +490,11 @@ mod tests {
         let raw: &RawValue = serde_json::from_str(&row).expect("raw");
         assert!(read(raw).is_some(), "16 levels pass");
         assert!(full(&row).is_ok());
-        assert_eq!(nesting(r#"{"a":"\"{{","b":[{}]}"#), 3);
-        assert_eq!(nesting("12"), 0);
+        assert_eq!(shape(r#"{"a":"\"{{","b":[{}]}"#), Some(3));
+        assert_eq!(shape("12"), Some(0));
+        assert_eq!(shape(r#"{"e":[true,1e-7,"1e999"]}"#), Some(2));
+        assert_eq!(shape("1e400"), None);
+        assert_eq!(shape(r#"[1,{"x":-2.5E+308}]"#), None);
     }
 
     #[test]
