@@ -85,7 +85,15 @@ fn is_object(raw: &RawValue) -> bool {
 
 /// Reads `raw` as a valid `track` row, or `None` when the full check must decide.
 pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
-    if raw.get().len() > MAX_EVENT_BYTES || !is_object(raw) {
+    let json = raw.get();
+    if json.len() > MAX_EVENT_BYTES || !is_object(raw) {
+        return None;
+    }
+    // Reading raw JSON checks the syntax of what it skips, but not that every number fits an
+    // `f64` nor that every `\u` escape pairs its surrogates, as the full check does: rows with
+    // either go to it. The same scan bounds the nesting: the properties object sits at level 3
+    // of the row, so a row no deeper than 2 + 16 levels has properties no deeper than 16.
+    if json.contains("\\u") || shape(json)? > 2 + MAX_PROPERTY_DEPTH {
         return None;
     }
     let row: Row<'_> = serde_json::from_str(raw.get()).ok()?;
@@ -113,13 +121,6 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
     let mut properties = payload.properties.map(|p| p.0).unwrap_or_default();
     properties.sort_unstable_by(|a, b| a.0.cmp(b.0));
     if properties.windows(2).any(|w| w[0].0 == w[1].0) {
-        return None;
-    }
-    let mut deepest = 0;
-    for (_, value) in &properties {
-        deepest = deepest.max(shape(value.get())?);
-    }
-    if 1 + deepest > MAX_PROPERTY_DEPTH {
         return None;
     }
     let find = |key: &str| {
@@ -307,6 +308,9 @@ mod tests {
         r#"{"type":"track","payload":{"name":"tap","properties":{"__ip":"not-an-ip"}}}"#,
         r#"{"type":"track","payload":{"name":"tap","properties":{"d":[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}}}"#,
         r#"{"type":"track","payload":{"name":"tap","properties":{"t":1e400}}}"#,
+        r#"{"type":"track","payload":{"name":"tap","properties":{"t":"\uDC00"}}}"#,
+        r#"{"type":"track","payload":{"name":"tap"},"extra":1e400}"#,
+        r#"{"type":"track","payload":{"name":"tap","note":"\uD800"}}"#,
         r#"{"type":"track","payload":{"name":"tap","properties":{"t":{"u":[-2e308]}}}}"#,
     ];
 
@@ -416,6 +420,8 @@ mod tests {
             "1e-7",
             "123456789012345678901234567890",
             "[0.5,[1e999]]",
+            r#""\uD800""#,
+            r#"["\uD83D\uDE00"]"#,
         ];
         let mut taken = 0;
         for _ in 0..20_000 {
