@@ -91,9 +91,9 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
     }
     // Reading raw JSON checks the syntax of what it skips, but not that every number fits an
     // `f64` nor that every `\u` escape pairs its surrogates, as the full check does: rows with
-    // either go to it. The same scan bounds the nesting: the properties object sits at level 3
+    // either go to it (`shape` finds both). The same scan bounds the nesting: the properties object sits at level 3
     // of the row, so a row no deeper than 2 + 16 levels has properties no deeper than 16.
-    if json.contains("\\u") || shape(json)? > 2 + MAX_PROPERTY_DEPTH {
+    if shape(json)? > 2 + MAX_PROPERTY_DEPTH {
         return None;
     }
     let row: Row<'_> = serde_json::from_str(raw.get()).ok()?;
@@ -183,7 +183,8 @@ fn special_id(raw: Option<&RawValue>, trim: bool) -> Option<Option<&str>> {
 }
 
 /// How deep objects and arrays nest in one valid JSON value (0 for a scalar), or `None` when it
-/// holds a number the full check cannot read (one outside the range of an `f64`).
+/// holds a number the full check cannot read (one outside the range of an `f64`) or a `\u`
+/// escape (whose surrogate pairs only the full check verifies).
 fn shape(json: &str) -> Option<usize> {
     let bytes = json.as_bytes();
     match bytes.first() {
@@ -196,6 +197,9 @@ fn shape(json: &str) -> Option<usize> {
     for (i, &b) in bytes.iter().enumerate() {
         if in_string {
             if escaped {
+                if b == b'u' {
+                    return None;
+                }
                 escaped = false;
             } else if b == b'\\' {
                 escaped = true;
@@ -500,6 +504,12 @@ mod tests {
         assert_eq!(shape("12"), Some(0));
         assert_eq!(shape(r#"{"e":[true,1e-7,"1e999"]}"#), Some(2));
         assert_eq!(shape("1e400"), None);
+        assert_eq!(shape(r#"{"a":"\u00e9"}"#), None);
+        assert_eq!(
+            shape(r#"{"a":"\\u"}"#),
+            Some(1),
+            "an escaped backslash before a u"
+        );
         assert_eq!(shape(r#"[1,{"x":-2.5E+308}]"#), None);
     }
 
