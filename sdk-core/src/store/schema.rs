@@ -14,17 +14,21 @@ pub fn seq_slot(time_ms: i64) -> (i64, i64) {
     (start, start + (1 << SEQ_SHIFT))
 }
 
-// `events.seq` is the event time in ms shifted left by `SEQ_SHIFT`, plus the event's place among
-// those of the same millisecond: the table itself is in drain order (oldest first), so reading a
-// batch, settling it and expiring old events need no second index. (Version 1 had one.)
-const CREATE_V2: &str = "
+/// The events table. `seq` is the event time in ms shifted left by `SEQ_SHIFT`, plus the event's
+/// place among those of the same millisecond: the table itself is in drain order (oldest first),
+/// so reading a batch, settling it and expiring old events need no second index. (Version 1 had
+/// one.)
+const EVENTS_V2: &str = "
 CREATE TABLE events (
     seq       INTEGER PRIMARY KEY,
     time_ms   INTEGER NOT NULL,
     insert_id TEXT NOT NULL,
     body      TEXT NOT NULL,
     bytes     INTEGER NOT NULL
-);
+);";
+
+/// The rest of a new buffer: dead letters, state and counters (unchanged since version 1).
+const OTHER_TABLES_V2: &str = "
 CREATE TABLE dead_letters (
     seq       INTEGER PRIMARY KEY,
     failed_at INTEGER NOT NULL,
@@ -57,7 +61,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     }
     let tx = conn.transaction().map_err(|e| e.to_string())?;
     if found == 0 {
-        tx.execute_batch(CREATE_V2).map_err(|e| e.to_string())?;
+        tx.execute_batch(EVENTS_V2).map_err(|e| e.to_string())?;
+        tx.execute_batch(OTHER_TABLES_V2)
+            .map_err(|e| e.to_string())?;
     } else {
         upgrade(&tx, found)
             .map_err(|e| format!("upgrading the buffer from version {found}: {e}"))?;
@@ -71,16 +77,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
 fn upgrade(conn: &Connection, from: i32) -> rusqlite::Result<()> {
     if from == 1 {
         // Version 1 ordered by an index on (time_ms, seq); renumber the rows in that order.
-        conn.execute_batch(
-            "ALTER TABLE events RENAME TO events_v1;
-             CREATE TABLE events (
-                 seq       INTEGER PRIMARY KEY,
-                 time_ms   INTEGER NOT NULL,
-                 insert_id TEXT NOT NULL,
-                 body      TEXT NOT NULL,
-                 bytes     INTEGER NOT NULL
-             );",
-        )?;
+        conn.execute_batch("ALTER TABLE events RENAME TO events_v1;")?;
+        conn.execute_batch(EVENTS_V2)?;
         {
             let mut read = conn.prepare(
                 "SELECT time_ms, insert_id, body, bytes FROM events_v1 ORDER BY time_ms, seq",

@@ -277,7 +277,7 @@ pub fn write_object(pairs: &[(&str, &RawValue)], extra: Option<(&str, &Value)>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backfill_protocol::validate::{Action, validate_event};
+    use backfill_protocol::validate::{Action, ValidEvent, validate_event};
     use serde_json::{Map, json};
 
     /// Rows the quick path must take, each with what makes it ordinary.
@@ -335,32 +335,30 @@ mod tests {
         validate_event(value, json.len())
     }
 
+    /// Asserts that the quick path read `json` as the full check read it.
+    fn assert_same(json: &str, quick: &QuickTrack<'_>, full: &ValidEvent) {
+        let Action::Track { name, groups } = &full.action else {
+            panic!("quick took a non-track row {json}");
+        };
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        assert_eq!(quick.name, name, "{json}");
+        assert_eq!(quick.groups, *groups, "{json}");
+        assert_eq!(owned(quick.profile_id), full.profile_id, "{json}");
+        assert_eq!(quick.timestamp, full.timestamp, "{json}");
+        assert_eq!(owned(quick.device_id), full.device_id, "{json}");
+        assert_eq!(owned(quick.session_id), full.session_id, "{json}");
+        assert_eq!(owned(quick.insert_id), full.insert_id, "{json}");
+        assert_eq!(owned(quick.ip), full.ip, "{json}");
+        assert_eq!(tree(&quick.properties), full.properties, "{json}");
+    }
+
     #[test]
     fn ordinary_rows_read_exactly_as_the_full_check_reads_them() {
         for json in ORDINARY {
             let raw: &RawValue = serde_json::from_str(json).expect("raw");
             let quick = read(raw).unwrap_or_else(|| panic!("quick path refused {json}"));
             let full = full(json).unwrap_or_else(|e| panic!("full check refused {json}: {e}"));
-            let Action::Track { name, groups } = &full.action else {
-                panic!("not a track row: {json}");
-            };
-            assert_eq!(quick.name, name, "{json}");
-            assert_eq!(quick.groups, *groups, "{json}");
-            assert_eq!(
-                quick.profile_id.map(str::to_owned),
-                full.profile_id,
-                "{json}"
-            );
-            assert_eq!(quick.timestamp, full.timestamp, "{json}");
-            assert_eq!(quick.device_id.map(str::to_owned), full.device_id, "{json}");
-            assert_eq!(
-                quick.session_id.map(str::to_owned),
-                full.session_id,
-                "{json}"
-            );
-            assert_eq!(quick.insert_id.map(str::to_owned), full.insert_id, "{json}");
-            assert_eq!(quick.ip.map(str::to_owned), full.ip, "{json}");
-            assert_eq!(tree(&quick.properties), full.properties, "{json}");
+            assert_same(json, &quick, &full);
 
             let written: Value =
                 serde_json::from_str(&write_object(&quick.properties, None)).expect("json");
@@ -459,26 +457,7 @@ mod tests {
             let Some(quick) = read(raw) else { continue };
             taken += 1;
             let full = full(&json).unwrap_or_else(|e| panic!("quick took {json}, full says {e}"));
-            let Action::Track { name, groups } = &full.action else {
-                panic!("quick took a non-track row {json}");
-            };
-            assert_eq!(quick.name, name, "{json}");
-            assert_eq!(quick.groups, *groups, "{json}");
-            assert_eq!(
-                quick.profile_id.map(str::to_owned),
-                full.profile_id,
-                "{json}"
-            );
-            assert_eq!(quick.timestamp, full.timestamp, "{json}");
-            assert_eq!(quick.device_id.map(str::to_owned), full.device_id, "{json}");
-            assert_eq!(
-                quick.session_id.map(str::to_owned),
-                full.session_id,
-                "{json}"
-            );
-            assert_eq!(quick.insert_id.map(str::to_owned), full.insert_id, "{json}");
-            assert_eq!(quick.ip.map(str::to_owned), full.ip, "{json}");
-            assert_eq!(tree(&quick.properties), full.properties, "{json}");
+            assert_same(&json, &quick, &full);
         }
         assert!(taken > 300, "the quick path took only {taken} rows");
     }
