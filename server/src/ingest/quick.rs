@@ -91,8 +91,9 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
     }
     // Reading raw JSON checks the syntax of what it skips, but not that every number fits an
     // `f64` nor that every `\u` escape pairs its surrogates, as the full check does: rows with
-    // either go to it (`shape` finds both). The same scan bounds the nesting: the properties object sits at level 3
-    // of the row, so a row no deeper than 2 + 16 levels has properties no deeper than 16.
+    // either go to it (`shape` finds both). The same scan bounds the nesting: the properties
+    // object sits at level 3 of the row, so a row no deeper than 2 + 16 levels has properties no
+    // deeper than 16.
     if shape(json)? > 2 + MAX_PROPERTY_DEPTH {
         return None;
     }
