@@ -20,14 +20,17 @@ pub struct Batch {
     /// The body without its end: the head and the rows' JSON joined by commas. The rows are
     /// written here once, and [`seal`] adds `sentAt` just before sending, without a copy.
     pub open_body: Vec<u8>,
-    /// The buffer position of the last row: the next batch starts after it.
-    pub last_seq: Option<i64>,
 }
 
 impl Batch {
     /// Number of events.
     pub fn len(&self) -> usize {
         self.seqs.len()
+    }
+
+    /// The buffer position of the last row: the next batch starts after it.
+    pub fn last_seq(&self) -> Option<i64> {
+        self.seqs.last().copied()
     }
 
     /// True when the batch holds nothing.
@@ -73,7 +76,6 @@ impl Packer {
             batch: Batch {
                 seqs: Vec::with_capacity(max_events),
                 open_body,
-                last_seq: None,
             },
         }
     }
@@ -93,7 +95,6 @@ impl Packer {
         }
         self.batch.open_body.extend_from_slice(json.as_bytes());
         self.batch.seqs.push(seq);
-        self.batch.last_seq = Some(seq);
         true
     }
 

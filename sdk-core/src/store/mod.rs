@@ -30,10 +30,8 @@ pub struct NewRow {
 /// One buffered row read for sending, its JSON lent from the database's row.
 #[derive(Debug, Clone, Copy)]
 pub struct BufferedRow<'a> {
-    /// Buffer position.
+    /// Buffer position (its order in the drain).
     pub seq: i64,
-    /// Event time (ms).
-    pub time_ms: i64,
     /// The event's wire JSON.
     pub body: &'a str,
 }
@@ -90,6 +88,10 @@ pub mod counter {
     pub const REQUESTS: &str = "requests";
     /// Bytes sent on the wire (request bodies, after compression).
     pub const BYTES_SENT: &str = "bytes_sent";
+}
+
+fn poisoned() -> Error {
+    Error::Storage("the buffer lock was poisoned".to_owned())
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
@@ -172,9 +174,7 @@ impl Buffer {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, Error> {
-        self.inner
-            .lock()
-            .map_err(|_| Error::Storage("the buffer lock was poisoned".to_owned()))
+        self.inner.lock().map_err(|_| poisoned())
     }
 
     /// Runs `f` in one immediate transaction, committed when it returns `Ok`.
@@ -274,18 +274,14 @@ impl Buffer {
         after: Option<i64>,
         mut take: impl FnMut(BufferedRow<'_>) -> bool,
     ) -> Result<(), Error> {
-        let scanner = self
-            .scanner
-            .lock()
-            .map_err(|_| Error::Storage("the buffer lock was poisoned".to_owned()))?;
-        let mut stmt = scanner
-            .prepare_cached("SELECT seq, time_ms, body FROM events WHERE seq > ?1 ORDER BY seq")?;
+        let scanner = self.scanner.lock().map_err(|_| poisoned())?;
+        let mut stmt =
+            scanner.prepare_cached("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq")?;
         let mut rows = stmt.query(params![after.unwrap_or(i64::MIN)])?;
         while let Some(row) = rows.next()? {
             let row = BufferedRow {
                 seq: row.get(0)?,
-                time_ms: row.get(1)?,
-                body: row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?,
+                body: row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?,
             };
             if !take(row) {
                 break;

@@ -70,11 +70,14 @@ fn run_settler(
 /// Waits until the settler has settled everything sent to it.
 fn settled_all(settler: &std::sync::mpsc::SyncSender<ToSettler>) -> Result<(), Error> {
     let (reply, answer) = std::sync::mpsc::channel();
-    let gone = || Error::Storage("the settle thread stopped".to_owned());
     settler
         .send(ToSettler::Barrier(reply))
-        .map_err(|_| gone())?;
-    answer.recv().map_err(|_| gone())?
+        .map_err(|_| settler_gone())?;
+    answer.recv().map_err(|_| settler_gone())?
+}
+
+fn settler_gone() -> Error {
+    Error::Storage("the settle thread stopped".to_owned())
 }
 
 /// How often, at most, a drain drops expired rows while it runs.
@@ -261,7 +264,7 @@ impl Drain<'_> {
                         exhausted = true;
                         break;
                     }
-                    after = batch.last_seq;
+                    after = batch.last_seq();
                     let open_body = std::mem::take(&mut batch.open_body);
                     let request = scope.spawn(move || send(transport, clock, open_body, compress));
                     in_flight.push_back(InFlight { batch, request });
@@ -274,9 +277,7 @@ impl Drain<'_> {
                 let decision = answered.decision.clone();
                 if decision == Decision::Next && answered.refused_all.is_none() {
                     let job = ToSettler::Settle(answered.settled, clock.now_ms());
-                    settler
-                        .send(job)
-                        .map_err(|_| Error::Storage("the settle thread stopped".to_owned()))?;
+                    settler.send(job).map_err(|_| settler_gone())?;
                     *self.failures = 0;
                     cap = (cap * 2).min(self.max_events);
                     continue;

@@ -97,7 +97,7 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
     if shape(json)? > 2 + MAX_PROPERTY_DEPTH {
         return None;
     }
-    let row: Row<'_> = serde_json::from_str(raw.get()).ok()?;
+    let row: Row<'_> = serde_json::from_str(json).ok()?;
     if row.kind != "track" || !is_object(row.payload) {
         return None;
     }
