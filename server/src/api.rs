@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use backfill_protocol::limits::{
-    MAX_EVENT_AGE_HEADER, SDK_NAME_HEADER, SDK_VERSION_HEADER, max_event_age_ms,
+    MAX_BODY_BYTES, MAX_EVENT_AGE_HEADER, SDK_NAME_HEADER, SDK_VERSION_HEADER, max_event_age_ms,
 };
 use backfill_protocol::time::{format_iso_ms, parse_timestamp_str};
 use backfill_protocol::validate::SYNCED_AT;
@@ -27,7 +27,7 @@ use serde_json::Value;
 use tower_http::cors::CorsLayer;
 
 use crate::auth::Project;
-use crate::body::read_body;
+use crate::body::{Encoding, decode, read_raw};
 use crate::error::ApiError;
 use crate::ingest::{self, Prepared, RequestMeta};
 use crate::state::AppState;
@@ -119,7 +119,8 @@ async fn receive(
     parse: fn(&[u8], &RequestMeta) -> Result<Prepared, ApiError>,
 ) -> Result<(Project, Prepared), ApiError> {
     let project = state.projects().authenticate(headers).await?;
-    let bytes = read_body(headers, body).await?;
+    let encoding = Encoding::from_headers(headers)?;
+    let raw = read_raw(headers, body, MAX_BODY_BYTES).await?;
     let receive_ms = state.now_ms();
     let user_agent = header_text(headers, header::USER_AGENT);
     let salt = match user_agent {
@@ -134,9 +135,19 @@ async fn receive(
         salt,
         max_event_age_days: state.max_event_age_days(),
     };
-    let prepared = tokio::task::spawn_blocking(move || parse(&bytes, &meta))
+    let slot = state
+        .parse_slots()
+        .acquire_owned()
         .await
-        .map_err(|_| ApiError::Unavailable)??;
+        .map_err(|_| ApiError::Unavailable)?;
+    let prepared = tokio::task::spawn_blocking(move || {
+        let bytes = decode(raw, encoding, MAX_BODY_BYTES)?;
+        let prepared = parse(&bytes, &meta);
+        drop(slot);
+        prepared
+    })
+    .await
+    .map_err(|_| ApiError::Unavailable)??;
     Ok((project, prepared))
 }
 

@@ -4,7 +4,6 @@ use std::io::Read;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
-use backfill_protocol::limits::MAX_BODY_BYTES;
 use http_body_util::BodyExt;
 
 use crate::error::ApiError;
@@ -80,18 +79,6 @@ pub fn decode(raw: Vec<u8>, encoding: Encoding, limit: usize) -> Result<Vec<u8>,
         return Err(ApiError::TooLarge { limit });
     }
     Ok(out)
-}
-
-/// Reads and decodes a request body under the contract's 10 MiB limit.
-pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
-    let encoding = Encoding::from_headers(headers)?;
-    let raw = read_raw(headers, body, MAX_BODY_BYTES).await?;
-    if encoding == Encoding::Identity {
-        return Ok(raw);
-    }
-    tokio::task::spawn_blocking(move || decode(raw, encoding, MAX_BODY_BYTES))
-        .await
-        .map_err(|_| ApiError::Unavailable)?
 }
 
 #[cfg(test)]

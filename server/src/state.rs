@@ -23,6 +23,7 @@ struct Inner {
     max_event_age_days: u32,
     metrics: Arc<Metrics>,
     salt: Mutex<Option<(String, String)>>,
+    parse_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -43,6 +44,7 @@ impl AppState {
                 max_event_age_days,
                 metrics,
                 salt: Mutex::new(None),
+                parse_slots: Arc::new(tokio::sync::Semaphore::new(parse_slots())),
             }),
         })
     }
@@ -67,6 +69,11 @@ impl AppState {
         self.inner.max_event_age_days
     }
 
+    /// Permits for decoding and checking request bodies, the CPU-heavy part of a request.
+    pub fn parse_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(&self.inner.parse_slots)
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -87,4 +94,14 @@ impl AppState {
         }
         Ok(salt)
     }
+}
+
+/// How many request bodies are decoded and checked at once: one fewer than the machine's cores,
+/// at least one. Decoded bodies (up to 10 MiB each) are held only this many at a time, and a core
+/// stays free for the store's writer, which every ingest waits for.
+fn parse_slots() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1))
+        .unwrap_or(1)
+        .max(1)
 }
