@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+
 /// What one request came back with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -37,7 +39,10 @@ pub enum Decision {
     Stop,
 }
 
-/// Exponential backoff with full jitter: `draw * min(cap, base * 2^failures)`.
+/// Exponential backoff with full jitter: `draw * min(cap, base * 2^failures)`. The exponential
+/// schedule is `backon`'s; the jitter is drawn over the whole delay ("full jitter"), which spreads
+/// the retries of many devices coming back after one outage better than `backon`'s own jitter,
+/// which only adds to the delay.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     /// Delay scale of the first retry.
@@ -52,10 +57,16 @@ pub const MIN_RETRY: Duration = Duration::from_millis(50);
 impl Backoff {
     /// The delay before retry number `failures + 1`; `draw` is uniform in `[0, 1)`.
     pub fn delay(&self, failures: u32, draw: f64) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32.checked_shl(failures.min(31)).unwrap_or(u32::MAX))
-            .min(self.cap);
+        let base = self.base.min(self.cap);
+        let ceiling = ExponentialBuilder::new()
+            .with_min_delay(base)
+            .with_max_delay(self.cap)
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+            // Past 64 doublings every delay is the cap.
+            .nth(failures.min(64) as usize)
+            .unwrap_or(self.cap);
         ceiling.mul_f64(draw.clamp(0.0, 1.0)).max(MIN_RETRY)
     }
 }
@@ -182,6 +193,16 @@ mod tests {
             "capped at 300 s before jitter"
         );
         assert_eq!(B.delay(1000, 1.0), Duration::from_secs(300));
+        assert_eq!(B.delay(u32::MAX, 1.0), Duration::from_secs(300));
+        let inverted = Backoff {
+            base: Duration::from_secs(10),
+            cap: Duration::from_secs(2),
+        };
+        assert_eq!(
+            inverted.delay(0, 1.0),
+            Duration::from_secs(2),
+            "the cap wins over the base"
+        );
         assert_eq!(
             B.delay(5, 0.0),
             MIN_RETRY,
