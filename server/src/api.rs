@@ -45,9 +45,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
         // Open CORS, as upstream: browsers send events straight from pages.
         .layer(CorsLayer::permissive())
+        // Outside CORS, so that preflight answers are observed and stamped too.
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 

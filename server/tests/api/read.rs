@@ -149,4 +149,8 @@ async fn ingestion_routes_answer_cors_preflight() {
     let (status, headers, _) = h.send(req).await;
     assert!(status.is_success(), "{status}");
     assert_eq!(headers["access-control-allow-origin"], "*");
+    assert_eq!(
+        headers["backfill-max-event-age"], "432000",
+        "every 2xx answer, a preflight's too, carries the window"
+    );
 }
