@@ -15,9 +15,20 @@ struct Filter {
 }
 
 impl Filter {
+    /// Rows of `project`, found through an index that starts with the project.
     fn new(project: i64) -> Self {
         Self {
             clauses: vec!["project = ?1".to_owned()],
+            params: vec![SqlValue::Integer(project)],
+        }
+    }
+
+    /// Rows of `project`, checked on each row of a time-ordered scan: the `+` keeps SQLite from
+    /// planning on the project column, which sits after the time in the index and would make it
+    /// sort what the index already gives in order.
+    fn new_in_time_order(project: i64) -> Self {
+        Self {
+            clauses: vec!["+project = ?1".to_owned()],
             params: vec![SqlValue::Integer(project)],
         }
     }
@@ -48,10 +59,11 @@ impl Filter {
         }
     }
 
-    /// Rows strictly after (`t`, `id`) in (`column`, id) order.
+    /// Rows strictly after (`t`, `id`) in (`column`, id) order. The plain `>=` gives the index
+    /// a lower bound, so a page starts where the last one ended instead of at the beginning.
     fn after(&mut self, column: &str, t: i64, id: SqlValue) {
         self.push(
-            &format!("({column} > ? OR ({column} = ? AND id > ?))"),
+            &format!("{column} >= ? AND ({column} > ? OR id > ?)"),
             vec![SqlValue::Integer(t), SqlValue::Integer(t), id],
         );
     }
@@ -65,8 +77,12 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<StoredEvent>> {
-    let mut f = Filter::new(q.project);
+/// The `SELECT` of an events page and its parameters, or `None` when no row can match.
+fn events_query(
+    conn: &Connection,
+    q: &EventQuery,
+) -> rusqlite::Result<Option<(String, Vec<SqlValue>)>> {
+    let mut f = Filter::new_in_time_order(q.project);
     f.text("device_id", &q.device_id);
     f.text("name", &q.name);
     f.range("created_at", q.from, q.to);
@@ -82,7 +98,7 @@ pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<
             })
             .optional()?;
         let Some((started_at, ended_at)) = span else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         f.range(
             "created_at",
@@ -97,15 +113,24 @@ pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<
             .unwrap_or_default();
         f.after("created_at", *t, SqlValue::Blob(id));
     }
+    // One project, so (created_at, project, id) is (created_at, id) order, and it is the time
+    // index's own order.
     let sql = format!(
         "SELECT id, name, type, device_id, session_id, profile_id, created_at, properties,
                 synced_at, properties ->> '$.__insertId'
-         FROM events WHERE {} ORDER BY created_at, id LIMIT {}",
+         FROM events WHERE {} ORDER BY created_at, project, id LIMIT {}",
         f.sql(),
         limit(q.limit)
     );
+    Ok(Some((sql, f.params)))
+}
+
+pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<StoredEvent>> {
+    let Some((sql, params)) = events_query(conn, q)? else {
+        return Ok(Vec::new());
+    };
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(f.params.iter()), |r| {
+    let rows = stmt.query_map(params_from_iter(params.iter()), |r| {
         let id: Vec<u8> = r.get(0)?;
         Ok(StoredEvent {
             id: uuid::Uuid::from_slice(&id)
@@ -191,4 +216,66 @@ pub(super) fn profile(
         created_at,
         updated_at,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, q: &EventQuery) -> String {
+        let (sql, params) = events_query(conn, q).expect("query").expect("some");
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let steps = stmt
+            .query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("steps");
+        steps.join("; ")
+    }
+
+    #[test]
+    fn pages_are_read_from_the_time_index_where_the_last_one_ended() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        super::super::schema::migrate(&mut conn).expect("schema");
+        let first = EventQuery {
+            project: 1,
+            limit: 100,
+            after: None,
+            device_id: None,
+            session_id: None,
+            name: None,
+            from: None,
+            to: None,
+        };
+        let next = EventQuery {
+            after: Some((1_764_288_000_000, uuid::Uuid::nil().to_string())),
+            ..first.clone()
+        };
+        conn.execute(
+            "INSERT INTO sessions (project, id, device_id, started_at, ended_at, event_count,
+                start_event) VALUES (1, 's', 'd', 10, 20, 1, 1)",
+            [],
+        )
+        .expect("session");
+        let filtered = EventQuery {
+            device_id: Some("d".to_owned()),
+            name: Some("reading".to_owned()),
+            from: Some(1),
+            to: Some(2),
+            ..next.clone()
+        };
+        let in_session = EventQuery {
+            session_id: Some("s".to_owned()),
+            ..first.clone()
+        };
+        for q in [&first, &next, &filtered, &in_session] {
+            let plan = plan(&conn, q);
+            assert!(plan.contains("events_by_time"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+        }
+        let plan = plan(&conn, &next);
+        assert!(plan.contains("created_at>?"), "a lower bound: {plan}");
+    }
 }

@@ -5,9 +5,9 @@ use rusqlite::Connection;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
-const CREATE_V1: &str = "
+const CREATE: &str = "
 CREATE TABLE projects (
     key         INTEGER PRIMARY KEY,
     client_id   TEXT NOT NULL UNIQUE,
@@ -37,13 +37,16 @@ CREATE TABLE events (
     synced_at   INTEGER NOT NULL
 );
 -- The one secondary index: reads by session use the session's time range (from `sessions`).
-CREATE INDEX events_by_time ON events (project, created_at, id);
--- Idempotency keys of every row kind (events, profile and group changes).
+-- Time comes first: it tells entries apart in the first comparison, where a leading project
+-- column, the same in nearly every entry, would not; reads give both.
+CREATE INDEX events_by_time ON events (created_at, project, id);
+-- Idempotency keys of every row kind (events, profile and group changes), key first for the
+-- same reason.
 CREATE TABLE insert_ids (
     project   INTEGER NOT NULL,
     insert_id TEXT NOT NULL,
     seen_at   INTEGER NOT NULL,
-    PRIMARY KEY (project, insert_id)
+    PRIMARY KEY (insert_id, project)
 ) WITHOUT ROWID;
 CREATE TABLE sessions (
     project        INTEGER NOT NULL,
@@ -108,11 +111,31 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 fn create(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(CREATE_V1)
+    conn.execute_batch(CREATE)
 }
 
-/// Steps from each older version to the next. Version 1 is the first, so there is nothing yet.
-fn upgrade(_conn: &Connection, from: i32) -> Result<(), StoreError> {
+/// Version 2 puts the distinguishing column first in the time index and the idempotency keys.
+const UPGRADE_TO_2: &str = "
+DROP INDEX events_by_time;
+CREATE INDEX events_by_time ON events (created_at, project, id);
+CREATE TABLE insert_ids_v2 (
+    project   INTEGER NOT NULL,
+    insert_id TEXT NOT NULL,
+    seen_at   INTEGER NOT NULL,
+    PRIMARY KEY (insert_id, project)
+) WITHOUT ROWID;
+INSERT INTO insert_ids_v2 (project, insert_id, seen_at)
+    SELECT project, insert_id, seen_at FROM insert_ids;
+DROP TABLE insert_ids;
+ALTER TABLE insert_ids_v2 RENAME TO insert_ids;
+";
+
+/// Steps from each older version to the next.
+fn upgrade(conn: &Connection, from: i32) -> Result<(), StoreError> {
+    if from == 1 {
+        conn.execute_batch(UPGRADE_TO_2)?;
+        return Ok(());
+    }
     Err(StoreError::Unavailable(format!(
         "no upgrade path from schema version {from}"
     )))
@@ -140,6 +163,72 @@ mod tests {
             .query_row("SELECT count(*) FROM salts", [], |r| r.get(0))
             .expect("count");
         assert_eq!(n, 1);
+    }
+
+    /// A version-1 database: today's schema with the time index and the idempotency keys in
+    /// their first shape.
+    fn version_1(conn: &Connection) {
+        create(conn).expect("create");
+        conn.execute_batch(
+            "DROP INDEX events_by_time;
+             CREATE INDEX events_by_time ON events (project, created_at, id);
+             DROP TABLE insert_ids;
+             CREATE TABLE insert_ids (
+                 project   INTEGER NOT NULL,
+                 insert_id TEXT NOT NULL,
+                 seen_at   INTEGER NOT NULL,
+                 PRIMARY KEY (project, insert_id)
+             ) WITHOUT ROWID;
+             INSERT INTO insert_ids VALUES (1, 'key-a', 5), (2, 'key-a', 6), (1, 'key-b', 7);
+             PRAGMA user_version = 1;",
+        )
+        .expect("version 1");
+    }
+
+    #[test]
+    fn upgrades_version_1_keeping_every_key() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        version_1(&conn);
+        migrate(&mut conn).expect("upgrade");
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, VERSION);
+        let keys: Vec<(i64, String, i64)> = conn
+            .prepare(
+                "SELECT project, insert_id, seen_at FROM insert_ids ORDER BY project, insert_id",
+            )
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            keys,
+            vec![
+                (1, "key-a".to_owned(), 5),
+                (1, "key-b".to_owned(), 7),
+                (2, "key-a".to_owned(), 6)
+            ]
+        );
+        let claimed = conn
+            .execute(
+                "INSERT OR IGNORE INTO insert_ids (project, insert_id, seen_at) VALUES (2, 'key-a', 9)",
+                [],
+            )
+            .expect("claim");
+        assert_eq!(
+            claimed, 0,
+            "a key stored before the upgrade is still a duplicate"
+        );
+        let index: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'events_by_time'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("index");
+        assert!(index.contains("(created_at, project, id)"), "{index}");
     }
 
     #[test]
