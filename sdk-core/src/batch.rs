@@ -17,6 +17,8 @@ const RESERVE_PER_EVENT: usize = 256;
 pub struct Batch {
     /// Buffer positions of the rows, in order.
     pub seqs: Vec<i64>,
+    /// Each row's size in the buffer (its JSON), in the same order.
+    pub sizes: Vec<u32>,
     /// The body without its end: the head and the rows' JSON joined by commas. The rows are
     /// written here once, and [`seal`] adds `sentAt` just before sending, without a copy.
     pub open_body: Vec<u8>,
@@ -75,6 +77,7 @@ impl Packer {
             max_bytes,
             batch: Batch {
                 seqs: Vec::with_capacity(max_events),
+                sizes: Vec::with_capacity(max_events),
                 open_body,
             },
         }
@@ -95,6 +98,10 @@ impl Packer {
         }
         self.batch.open_body.extend_from_slice(json.as_bytes());
         self.batch.seqs.push(seq);
+        // A row is at most 256 KiB; the size only feeds the buffer's byte count.
+        self.batch
+            .sizes
+            .push(u32::try_from(json.len()).unwrap_or(u32::MAX));
         true
     }
 

@@ -303,18 +303,31 @@ impl Buffer {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut freed_rows = 0u64;
         let mut freed_bytes = 0u64;
-        {
-            // One statement for the whole batch: the seqs travel as one JSON array.
+        // Whether the totals must be counted again from the table (see below).
+        let mut recount = false;
+        if let (Some(first), Some(last)) = (
+            settled.delivered.iter().min(),
+            settled.delivered.iter().max(),
+        ) {
+            // One statement for the whole batch: the seqs travel as one JSON array, and the
+            // range lets SQLite walk the rows in order instead of seeking each one.
             let seqs =
                 serde_json::to_string(&settled.delivered).unwrap_or_else(|_| "[]".to_owned());
-            let freed: Vec<i64> = tx
+            let deleted = tx
                 .prepare_cached(
-                    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?1)) RETURNING bytes",
+                    "DELETE FROM events WHERE seq BETWEEN ?2 AND ?3
+                        AND +seq IN (SELECT value FROM json_each(?1))",
                 )?
-                .query_map(params![seqs], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            freed_rows += freed.len() as u64;
-            freed_bytes += freed.iter().map(|b| *b as u64).sum::<u64>();
+                .execute(params![seqs, first, last])?;
+            if deleted == settled.delivered.len() {
+                freed_rows += deleted as u64;
+                freed_bytes += settled.delivered_bytes;
+            } else {
+                // Some were evicted or expired while in flight, and already counted then.
+                recount = true;
+            }
+        }
+        {
             let mut delete =
                 tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING bytes")?;
             let mut dead = tx.prepare_cached(
@@ -341,9 +354,23 @@ impl Buffer {
         bump(&tx, counter::DEAD_LETTERED, settled.refused.len() as u64)?;
         bump(&tx, counter::REQUESTS, settled.requests)?;
         bump(&tx, counter::BYTES_SENT, settled.bytes_sent)?;
+        let totals = if recount {
+            Some(tx.query_row(
+                "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )?)
+        } else {
+            None
+        };
         tx.commit()?;
-        inner.rows = inner.rows.saturating_sub(freed_rows);
-        inner.bytes = inner.bytes.saturating_sub(freed_bytes);
+        if let Some((rows, bytes)) = totals {
+            inner.rows = rows.max(0) as u64;
+            inner.bytes = bytes.max(0) as u64;
+        } else {
+            inner.rows = inner.rows.saturating_sub(freed_rows);
+            inner.bytes = inner.bytes.saturating_sub(freed_bytes);
+        }
         Ok(())
     }
 
@@ -418,6 +445,8 @@ impl Buffer {
 pub struct Settled {
     /// Rows the server stored (or already had).
     pub delivered: Vec<i64>,
+    /// The buffer bytes of `delivered` (their JSON), so that settling need not read them back.
+    pub delivered_bytes: u64,
     /// How many of `delivered` were duplicates.
     pub duplicates: u64,
     /// Rows refused for good, with the reason.
@@ -483,6 +512,50 @@ mod tests {
             })
             .expect("scan");
         bodies
+    }
+
+    /// What a drain would send now: every row, with its size.
+    fn packed(buffer: &Buffer) -> Settled {
+        let mut settled = Settled::default();
+        buffer
+            .scan_oldest(None, |r| {
+                settled.delivered.push(r.seq);
+                settled.delivered_bytes += r.body.len() as u64;
+                true
+            })
+            .expect("scan");
+        settled
+    }
+
+    #[test]
+    fn settling_frees_exactly_the_delivered_rows_and_their_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (buffer, _) = Buffer::open(&dir.path().join("b.db"), 0, None).expect("open");
+        let rows = [row(1_000, 1), row(2_000, 22), row(3_000, 333)];
+        buffer.append(&rows, BOUNDS, |_| Ok(())).expect("append");
+        let sent = packed(&buffer);
+        buffer.settle(&sent, 0, 10).expect("settle");
+        assert_eq!(buffer.totals().expect("totals"), (0, 0));
+
+        // In flight: the oldest row expires and an older event is recorded between the others.
+        buffer.append(&rows, BOUNDS, |_| Ok(())).expect("append");
+        let sent = packed(&buffer);
+        assert_eq!(buffer.expire(1_500).expect("expire"), 1);
+        let late = row(2_500, 4444);
+        buffer
+            .append(std::slice::from_ref(&late), BOUNDS, |_| Ok(()))
+            .expect("append");
+        buffer.settle(&sent, 0, 10).expect("settle");
+        assert_eq!(
+            order(&buffer),
+            vec![late.body.clone()],
+            "the unsent row stays"
+        );
+        assert_eq!(
+            buffer.totals().expect("totals"),
+            (1, late.body.len() as u64),
+            "counted again, not guessed"
+        );
     }
 
     #[test]

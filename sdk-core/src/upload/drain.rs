@@ -357,7 +357,7 @@ impl Drain<'_> {
                 sent = Settled {
                     requests: 1,
                     bytes_sent: wire_len,
-                    ..settle(&batch.seqs, &accepted)
+                    ..settle(&batch, &accepted)
                 };
                 let retry_rows = sent.delivered.len() + sent.refused.len() < batch.len();
                 report.sent += sent.delivered.len() as u64;
@@ -417,7 +417,7 @@ impl Drain<'_> {
 
 /// Splits a batch's rows by the `202` answer: delivered, refused for good, or (left out of
 /// both) to be resent.
-fn settle(seqs: &[i64], answer: &BatchResponse) -> Settled {
+fn settle(batch: &Batch, answer: &BatchResponse) -> Settled {
     let mut settled = Settled {
         duplicates: answer.duplicates as u64,
         ..Default::default()
@@ -425,13 +425,16 @@ fn settle(seqs: &[i64], answer: &BatchResponse) -> Settled {
     // The contract sorts `rejected` by index; a map keeps this right even if a server does not.
     let rejected: std::collections::HashMap<usize, &Rejection> =
         answer.rejected.iter().map(|r| (r.index, r)).collect();
-    for (index, seq) in seqs.iter().enumerate() {
+    for (index, (seq, size)) in batch.seqs.iter().zip(&batch.sizes).enumerate() {
         match rejected.get(&index) {
             Some(r) if r.reason == RejectReason::Validation => {
                 settled.refused.push((*seq, r.error.clone()))
             }
             Some(_) => {}
-            None => settled.delivered.push(*seq),
+            None => {
+                settled.delivered.push(*seq);
+                settled.delivered_bytes += u64::from(*size);
+            }
         }
     }
     settled
@@ -459,8 +462,14 @@ mod tests {
                 },
             ],
         };
-        let s = settle(&[10, 11, 12, 13], &answer);
+        let batch = Batch {
+            seqs: vec![10, 11, 12, 13],
+            sizes: vec![100, 200, 300, 400],
+            open_body: Vec::new(),
+        };
+        let s = settle(&batch, &answer);
         assert_eq!(s.delivered, vec![10, 13]);
+        assert_eq!(s.delivered_bytes, 500);
         assert_eq!(s.refused, vec![(12, "bad".to_owned())]);
         assert_eq!(s.duplicates, 1);
     }
