@@ -62,6 +62,8 @@ struct Inner {
     conn: Connection,
     rows: u64,
     bytes: u64,
+    /// How many times eviction or expiry has removed rows since the buffer was opened.
+    removals: u64,
 }
 
 /// The buffer. Writes are serialised through one connection; the drain reads the rows it packs
@@ -162,6 +164,7 @@ impl Buffer {
             conn,
             rows: rows.max(0) as u64,
             bytes: bytes.max(0) as u64,
+            removals: 0,
         };
         let scanner = open_connection(path)?;
         Ok((
@@ -200,6 +203,13 @@ impl Buffer {
     /// Copies the WAL back into the database file without waiting for readers or writers.
     pub fn checkpoint(&self) -> Result<(), Error> {
         self.read(|conn| Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?))
+    }
+
+    /// How many times eviction or expiry has removed rows since the buffer was opened. A drain
+    /// reads it before packing: when it has not changed by the time the answer is settled, every
+    /// packed row is still in the buffer.
+    pub fn removals(&self) -> Result<u64, Error> {
+        Ok(self.lock()?.removals)
     }
 
     /// Buffered rows and bytes.
@@ -264,6 +274,9 @@ impl Buffer {
         tx.commit()?;
         inner.rows = count + rows.len() as u64;
         inner.bytes = bytes + add_bytes;
+        if evicted > 0 {
+            inner.removals += 1;
+        }
         Ok(evicted)
     }
 
@@ -298,46 +311,46 @@ impl Buffer {
         max_dead_letters: u64,
     ) -> Result<(), Error> {
         let mut inner = self.lock()?;
-        let mut tx = inner
+        let removals_before = inner.removals;
+        let tx = inner
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut freed_rows = 0u64;
         let mut freed_bytes = 0u64;
-        if let (Some(first), Some(last)) = (
+        let mut recount = false;
+        // One statement for the whole batch: the seqs travel as one JSON array.
+        let seqs = serde_json::to_string(&settled.delivered).unwrap_or_else(|_| "[]".to_owned());
+        let first_last = (
             settled.delivered.iter().min(),
             settled.delivered.iter().max(),
+        );
+        if let (Some(first), Some(last), true) = (
+            first_last.0,
+            first_last.1,
+            settled.removals_when_packed == Some(removals_before),
         ) {
-            // One statement for the whole batch: the seqs travel as one JSON array, and the
-            // range lets SQLite walk the rows in order instead of seeking each one. Their bytes
-            // are known from packing, so the rows are not read back...
-            let seqs =
-                serde_json::to_string(&settled.delivered).unwrap_or_else(|_| "[]".to_owned());
-            let mut fast = tx.savepoint()?;
-            let deleted = fast
+            // Nothing was evicted or expired since packing, so every delivered row is still
+            // here and its bytes are known: the rows need not be read back, and the range lets
+            // SQLite walk them in order instead of seeking each one.
+            let deleted = tx
                 .prepare_cached(
                     "DELETE FROM events WHERE seq BETWEEN ?2 AND ?3
                         AND +seq IN (SELECT value FROM json_each(?1))",
                 )?
                 .execute(params![seqs, first, last])?;
-            if deleted == settled.delivered.len() {
-                fast.commit()?;
-                freed_rows += deleted as u64;
-                freed_bytes += settled.delivered_bytes;
-            } else {
-                // ...unless some were evicted or expired while in flight (and counted then):
-                // then the rows that are left say what they weigh.
-                fast.rollback()?;
-                drop(fast);
-                let freed: Vec<i64> = tx
-                    .prepare_cached(
-                        "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?1))
-                         RETURNING bytes",
-                    )?
-                    .query_map(params![seqs], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                freed_rows += freed.len() as u64;
-                freed_bytes += freed.iter().map(|b| *b as u64).sum::<u64>();
-            }
+            freed_rows += deleted as u64;
+            freed_bytes += settled.delivered_bytes;
+            recount = deleted != settled.delivered.len();
+        } else if !settled.delivered.is_empty() {
+            let freed: Vec<i64> = tx
+                .prepare_cached(
+                    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?1))
+                     RETURNING bytes",
+                )?
+                .query_map(params![seqs], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            freed_rows += freed.len() as u64;
+            freed_bytes += freed.iter().map(|b| *b as u64).sum::<u64>();
         }
         {
             let mut delete =
@@ -366,9 +379,24 @@ impl Buffer {
         bump(&tx, counter::DEAD_LETTERED, settled.refused.len() as u64)?;
         bump(&tx, counter::REQUESTS, settled.requests)?;
         bump(&tx, counter::BYTES_SENT, settled.bytes_sent)?;
+        // A safety net: the buffer's totals are counted again if rows went missing anyway.
+        let totals = if recount {
+            Some(tx.query_row(
+                "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )?)
+        } else {
+            None
+        };
         tx.commit()?;
-        inner.rows = inner.rows.saturating_sub(freed_rows);
-        inner.bytes = inner.bytes.saturating_sub(freed_bytes);
+        if let Some((rows, bytes)) = totals {
+            inner.rows = rows.max(0) as u64;
+            inner.bytes = bytes.max(0) as u64;
+        } else {
+            inner.rows = inner.rows.saturating_sub(freed_rows);
+            inner.bytes = inner.bytes.saturating_sub(freed_bytes);
+        }
         Ok(())
     }
 
@@ -384,6 +412,9 @@ impl Buffer {
             .collect::<Result<_, _>>()?;
         bump(&tx, counter::EXPIRED, freed.len() as u64)?;
         tx.commit()?;
+        if !freed.is_empty() {
+            inner.removals += 1;
+        }
         inner.rows = inner.rows.saturating_sub(freed.len() as u64);
         inner.bytes = inner
             .bytes
@@ -445,6 +476,8 @@ pub struct Settled {
     pub delivered: Vec<i64>,
     /// The buffer bytes of `delivered` (their JSON), so that settling need not read them back.
     pub delivered_bytes: u64,
+    /// [`Buffer::removals`] read before the rows were packed; `None` when unknown.
+    pub removals_when_packed: Option<u64>,
     /// How many of `delivered` were duplicates.
     pub duplicates: u64,
     /// Rows refused for good, with the reason.
@@ -514,7 +547,10 @@ mod tests {
 
     /// What a drain would send now: every row, with its size.
     fn packed(buffer: &Buffer) -> Settled {
-        let mut settled = Settled::default();
+        let mut settled = Settled {
+            removals_when_packed: Some(buffer.removals().expect("removals")),
+            ..Settled::default()
+        };
         buffer
             .scan_oldest(None, |r| {
                 settled.delivered.push(r.seq);
@@ -553,6 +589,21 @@ mod tests {
             buffer.totals().expect("totals"),
             (1, late.body.len() as u64),
             "the bytes of the rows actually freed"
+        );
+
+        // Should a packed row go missing anyway, the totals are counted again.
+        let first = row(500, 1);
+        buffer
+            .append(std::slice::from_ref(&first), BOUNDS, |_| Ok(()))
+            .expect("append");
+        let mut sent = packed(&buffer);
+        sent.delivered.truncate(1);
+        sent.delivered.push(i64::MAX);
+        sent.delivered_bytes = first.body.len() as u64 + 10;
+        buffer.settle(&sent, 0, 10).expect("settle");
+        assert_eq!(
+            buffer.totals().expect("totals"),
+            (1, late.body.len() as u64)
         );
     }
 

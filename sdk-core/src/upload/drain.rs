@@ -22,6 +22,8 @@ pub const PIPELINE_DEPTH: usize = 6;
 /// A sent request and the rows it carries.
 struct InFlight<'scope> {
     batch: Batch,
+    /// The buffer's removal count read before the batch was packed.
+    removals: u64,
     request: ScopedJoinHandle<'scope, (u64, Result<Reply, NetworkError>)>,
 }
 
@@ -256,6 +258,7 @@ impl Drain<'_> {
                         report.expired += buffer.expire(now - self.window())?;
                         expired_at = Some(now);
                     }
+                    let removals = buffer.removals()?;
                     let mut packer = Packer::new(cap, self.max_bytes);
                     self.buffer
                         .scan_oldest(after, |row| packer.offer(row.seq, row.body))?;
@@ -267,7 +270,11 @@ impl Drain<'_> {
                     after = batch.last_seq();
                     let open_body = std::mem::take(&mut batch.open_body);
                     let request = scope.spawn(move || send(transport, clock, open_body, compress));
-                    in_flight.push_back(InFlight { batch, request });
+                    in_flight.push_back(InFlight {
+                        batch,
+                        removals,
+                        request,
+                    });
                 }
                 let Some(next) = in_flight.pop_front() else {
                     settled_all(&settler)?;
@@ -328,7 +335,11 @@ impl Drain<'_> {
         flight: InFlight<'_>,
         report: &mut DrainReport,
     ) -> Result<Answered, Error> {
-        let InFlight { batch, request } = flight;
+        let InFlight {
+            batch,
+            removals,
+            request,
+        } = flight;
         let (wire_len, result) = request
             .join()
             .unwrap_or((0, Err(NetworkError("request thread panicked".into()))));
@@ -357,6 +368,7 @@ impl Drain<'_> {
                 sent = Settled {
                     requests: 1,
                     bytes_sent: wire_len,
+                    removals_when_packed: Some(removals),
                     ..settle(&batch, &accepted)
                 };
                 let retry_rows = sent.delivered.len() + sent.refused.len() < batch.len();
