@@ -9,6 +9,7 @@ pub mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{
     Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
@@ -62,8 +63,6 @@ struct Inner {
     conn: Connection,
     rows: u64,
     bytes: u64,
-    /// How many times eviction or expiry has removed rows since the buffer was opened.
-    removals: u64,
 }
 
 /// The buffer. Writes are serialised through one connection; the drain reads the rows it packs
@@ -72,6 +71,11 @@ struct Inner {
 pub struct Buffer {
     inner: Mutex<Inner>,
     scanner: Mutex<Connection>,
+    /// Copies the WAL back into the file, so that neither `track` nor a settle waits for it.
+    checkpointer: Mutex<Connection>,
+    /// How many times eviction or expiry has removed rows since the buffer was opened; changed
+    /// only under the `inner` lock, read without it so that packing never waits for a settle.
+    removals: AtomicU64,
 }
 
 /// Counter names kept in the `counters` table.
@@ -103,14 +107,18 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// WAL pages after which a commit checkpoints by itself, when no drain does it.
+const AUTO_CHECKPOINT_PAGES: u32 = 8192;
+
 fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Checkpoints run after drains (`Buffer::checkpoint`); the automatic one is only a backstop
-    // for long offline stretches, so that `track` rarely pays for copying the WAL back.
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 8192;",
-    )?;
+    // Checkpoints run during and after drains (`Buffer::checkpoint`); the automatic one is only
+    // a backstop for long offline stretches, so that `track` rarely pays for copying the WAL back.
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+         PRAGMA wal_autocheckpoint = {AUTO_CHECKPOINT_PAGES};"
+    ))?;
     // Reading the schema touches the file header and the first pages: a damaged file fails here.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
@@ -164,13 +172,15 @@ impl Buffer {
             conn,
             rows: rows.max(0) as u64,
             bytes: bytes.max(0) as u64,
-            removals: 0,
         };
         let scanner = open_connection(path)?;
+        let checkpointer = open_connection(path)?;
         Ok((
             Self {
                 inner: Mutex::new(inner),
                 scanner: Mutex::new(scanner),
+                checkpointer: Mutex::new(checkpointer),
+                removals: AtomicU64::new(0),
             },
             recovered,
         ))
@@ -200,16 +210,31 @@ impl Buffer {
         f(&inner.conn)
     }
 
-    /// Copies the WAL back into the database file without waiting for readers or writers.
+    /// Copies the WAL back into the database file without waiting for readers or writers, on
+    /// a connection of its own: recording and settling go on meanwhile.
     pub fn checkpoint(&self) -> Result<(), Error> {
-        self.read(|conn| Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?))
+        let conn = self.checkpointer.lock().map_err(|_| poisoned())?;
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Turns the writer's own checkpoints off (while a drain checkpoints in the background) or
+    /// back on.
+    pub fn auto_checkpoints(&self, on: bool) -> Result<(), Error> {
+        let pages = if on { AUTO_CHECKPOINT_PAGES } else { 0 };
+        self.read(|conn| {
+            conn.query_row(&format!("PRAGMA wal_autocheckpoint = {pages}"), [], |_| {
+                Ok(())
+            })?;
+            Ok(())
+        })
     }
 
     /// How many times eviction or expiry has removed rows since the buffer was opened. A drain
     /// reads it before packing: when it has not changed by the time the answer is settled, every
     /// packed row is still in the buffer.
-    pub fn removals(&self) -> Result<u64, Error> {
-        Ok(self.lock()?.removals)
+    pub fn removals(&self) -> u64 {
+        self.removals.load(Ordering::Acquire)
     }
 
     /// Buffered rows and bytes.
@@ -275,7 +300,7 @@ impl Buffer {
         inner.rows = count + rows.len() as u64;
         inner.bytes = bytes + add_bytes;
         if evicted > 0 {
-            inner.removals += 1;
+            self.removals.fetch_add(1, Ordering::Release);
         }
         Ok(evicted)
     }
@@ -311,7 +336,7 @@ impl Buffer {
         max_dead_letters: u64,
     ) -> Result<(), Error> {
         let mut inner = self.lock()?;
-        let removals_before = inner.removals;
+        let removals_before = self.removals.load(Ordering::Acquire);
         let tx = inner
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -413,7 +438,7 @@ impl Buffer {
         bump(&tx, counter::EXPIRED, freed.len() as u64)?;
         tx.commit()?;
         if !freed.is_empty() {
-            inner.removals += 1;
+            self.removals.fetch_add(1, Ordering::Release);
         }
         inner.rows = inner.rows.saturating_sub(freed.len() as u64);
         inner.bytes = inner
@@ -548,7 +573,7 @@ mod tests {
     /// What a drain would send now: every row, with its size.
     fn packed(buffer: &Buffer) -> Settled {
         let mut settled = Settled {
-            removals_when_packed: Some(buffer.removals().expect("removals")),
+            removals_when_packed: Some(buffer.removals()),
             ..Settled::default()
         };
         buffer
@@ -605,6 +630,50 @@ mod tests {
             buffer.totals().expect("totals"),
             (1, late.body.len() as u64)
         );
+    }
+
+    #[test]
+    fn checkpoints_run_beside_the_writer_which_can_leave_them_to_a_drain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("b.db");
+        let (buffer, _) = Buffer::open(&path, 0, None).expect("open");
+        let auto = |b: &Buffer| {
+            b.read(|c| Ok(c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get::<_, i64>(0))?))
+                .expect("pragma")
+        };
+        assert_eq!(auto(&buffer), i64::from(AUTO_CHECKPOINT_PAGES));
+        buffer.auto_checkpoints(false).expect("off");
+        assert_eq!(auto(&buffer), 0);
+        let rows: Vec<NewRow> = (0..500).map(|n| row(1_000 + n as i64, n)).collect();
+        buffer.append(&rows, BOUNDS, |_| Ok(())).expect("append");
+        let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+        let before = std::fs::metadata(&wal).expect("wal").len();
+        assert!(before > 0);
+        // Held by a settle or a `track`, the writer's lock does not stop a checkpoint.
+        let writer = buffer.lock().expect("lock");
+        std::thread::scope(|scope| {
+            let (done, finished) = std::sync::mpsc::channel();
+            let buffer = &buffer;
+            scope.spawn(move || {
+                let _ = done.send(buffer.checkpoint());
+            });
+            let result = finished.recv_timeout(std::time::Duration::from_secs(10));
+            drop(writer);
+            assert!(
+                matches!(result, Ok(Ok(()))),
+                "checkpointed while the writer was busy: {result:?}"
+            );
+        });
+        buffer.auto_checkpoints(true).expect("on");
+        assert_eq!(auto(&buffer), i64::from(AUTO_CHECKPOINT_PAGES));
+        // Everything is in the database file now: a copy of it alone holds the rows.
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).expect("copy");
+        let n: i64 = Connection::open(&copy)
+            .expect("open copy")
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 500);
     }
 
     #[test]

@@ -69,6 +69,19 @@ fn run_settler(
     failed.map_or(Ok(()), Err)
 }
 
+/// How often a drain copies the WAL back into the buffer file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Checkpoints the buffer every [`CHECKPOINT_EVERY`] until `stop` is dropped.
+fn run_checkpointer(buffer: &Buffer, stop: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if let Err(e) = buffer.checkpoint() {
+            tracing::debug!(error = %e, "checkpoint during drain failed");
+        }
+    }
+}
+
 /// Waits until the settler has settled everything sent to it.
 fn settled_all(settler: &std::sync::mpsc::SyncSender<ToSettler>) -> Result<(), Error> {
     let (reply, answer) = std::sync::mpsc::channel();
@@ -236,12 +249,28 @@ impl Drain<'_> {
                 }
             }
         }
+        let buffer = self.buffer;
+        // Settles commit many pages: the WAL is copied back on a thread of the drain's own,
+        // so that no settle waits for it.
+        buffer.auto_checkpoints(false)?;
+        let result = self.pipeline(&mut report);
+        let restored = buffer.auto_checkpoints(true);
+        result?;
+        restored?;
+        Ok(report)
+    }
+
+    /// The body of [`Drain::run`] once the window is known.
+    fn pipeline(&mut self, report: &mut DrainReport) -> Result<(), Error> {
         let transport = self.transport;
         let compress = self.compress;
         let clock = self.clock;
         let buffer = self.buffer;
         let max_dead_letters = self.max_dead_letters;
         std::thread::scope(|scope| {
+            // Dropped when this closure returns, which stops the checkpoint thread.
+            let (_stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+            scope.spawn(move || run_checkpointer(buffer, &stopped));
             let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::new();
             // Successful answers are settled on a thread of their own, in order, while the
             // next requests are packed and sent; every other answer first waits for them.
@@ -258,7 +287,7 @@ impl Drain<'_> {
                         report.expired += buffer.expire(now - self.window())?;
                         expired_at = Some(now);
                     }
-                    let removals = buffer.removals()?;
+                    let removals = buffer.removals();
                     let mut packer = Packer::new(cap, self.max_bytes);
                     self.buffer
                         .scan_oldest(after, |row| packer.offer(row.seq, row.body))?;
@@ -278,9 +307,9 @@ impl Drain<'_> {
                 }
                 let Some(next) = in_flight.pop_front() else {
                     settled_all(&settler)?;
-                    return Ok(report);
+                    return Ok(());
                 };
-                let answered = self.answer(next, &mut report)?;
+                let answered = self.answer(next, report)?;
                 let decision = answered.decision.clone();
                 if decision == Decision::Next && answered.refused_all.is_none() {
                     let job = ToSettler::Settle(answered.settled, clock.now_ms());
@@ -294,7 +323,7 @@ impl Drain<'_> {
                 // Anything but success: let the requests already sent finish and settle what
                 // they delivered, then act from the oldest unsettled row again.
                 while let Some(other) = in_flight.pop_front() {
-                    let answered = self.answer(other, &mut report)?;
+                    let answered = self.answer(other, report)?;
                     self.apply(answered)?;
                 }
                 after = None;
@@ -305,12 +334,12 @@ impl Drain<'_> {
                     Decision::DeadLetter(_) => {}
                     Decision::Stop(code) => {
                         report.end = DrainEnd::Unauthorized(code);
-                        return Ok(report);
+                        return Ok(());
                     }
                     Decision::RetryAfter(wait) => {
                         *self.failures = self.failures.saturating_add(1);
                         report.end = DrainEnd::RetryIn(wait);
-                        return Ok(report);
+                        return Ok(());
                     }
                 }
             }
