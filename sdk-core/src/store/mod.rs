@@ -115,10 +115,8 @@ fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Checkpoints run during and after drains (`Buffer::checkpoint`); the automatic one is only
     // a backstop for long offline stretches, so that `track` rarely pays for copying the WAL back.
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-         PRAGMA wal_autocheckpoint = {AUTO_CHECKPOINT_PAGES};"
-    ))?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    conn.pragma_update(None, "wal_autocheckpoint", AUTO_CHECKPOINT_PAGES)?;
     // Reading the schema touches the file header and the first pages: a damaged file fails here.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
@@ -222,12 +220,7 @@ impl Buffer {
     /// back on.
     pub fn auto_checkpoints(&self, on: bool) -> Result<(), Error> {
         let pages = if on { AUTO_CHECKPOINT_PAGES } else { 0 };
-        self.read(|conn| {
-            conn.query_row(&format!("PRAGMA wal_autocheckpoint = {pages}"), [], |_| {
-                Ok(())
-            })?;
-            Ok(())
-        })
+        self.read(|conn| Ok(conn.pragma_update(None, "wal_autocheckpoint", pages)?))
     }
 
     /// How many times eviction or expiry has removed rows since the buffer was opened. A drain
@@ -345,15 +338,13 @@ impl Buffer {
         let mut recount = false;
         // One statement for the whole batch: the seqs travel as one JSON array.
         let seqs = serde_json::to_string(&settled.delivered).unwrap_or_else(|_| "[]".to_owned());
-        let first_last = (
-            settled.delivered.iter().min(),
-            settled.delivered.iter().max(),
-        );
-        if let (Some(first), Some(last), true) = (
-            first_last.0,
-            first_last.1,
-            settled.removals_when_packed == Some(removals_before),
-        ) {
+        let unchanged = settled.removals_when_packed == Some(removals_before);
+        let range = settled
+            .delivered
+            .iter()
+            .min()
+            .zip(settled.delivered.iter().max());
+        if let Some((first, last)) = range.filter(|_| unchanged) {
             // Nothing was evicted or expired since packing, so every delivered row is still
             // here and its bytes are known: the rows need not be read back, and the range lets
             // SQLite walk them in order instead of seeking each one.

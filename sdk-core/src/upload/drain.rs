@@ -249,12 +249,11 @@ impl Drain<'_> {
                 }
             }
         }
-        let buffer = self.buffer;
         // Settles commit many pages: the WAL is copied back on a thread of the drain's own,
         // so that no settle waits for it.
-        buffer.auto_checkpoints(false)?;
+        self.buffer.auto_checkpoints(false)?;
         let result = self.pipeline(&mut report);
-        let restored = buffer.auto_checkpoints(true);
+        let restored = self.buffer.auto_checkpoints(true);
         result?;
         restored?;
         Ok(report)
