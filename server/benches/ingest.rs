@@ -26,19 +26,23 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A gateway's one-minute readings of 7 sensors, newest last, spread over the past week.
+/// One-minute readings of a fleet of gateways (7 sensors each), oldest first, spread over the
+/// past week: as many sensors as it takes for `total` readings to fit in 10,080 minutes, so no
+/// reading lies in the future.
 fn readings(total: usize, run: &str) -> Vec<Value> {
-    let start = now_ms() - 6 * 86_400_000;
+    const WEEK_MINUTES: usize = 7 * 24 * 60;
+    let sensors = total.div_ceil(WEEK_MINUTES).div_ceil(7).max(1) * 7;
+    let start = now_ms() - 7 * 86_400_000;
     (0..total)
         .map(|i| {
-            let sensor = i % 7;
-            let minute = (i / 7) as i64;
+            let sensor = i % sensors;
+            let minute = (i / sensors) as i64;
             json!({"type": "track", "payload": {"name": "reading", "properties": {
                 "temp": 18.0 + (i % 100) as f64 / 10.0,
                 "humidity": 40 + (i % 30) as i64,
                 "battery": 3.7 - (i % 50) as f64 / 100.0,
                 "rssi": -60 - (i % 20) as i64,
-                "__deviceId": format!("gw-0001-sensor-{sensor:02}"),
+                "__deviceId": format!("gw-{:04}-sensor-{:02}", sensor / 7 + 1, sensor % 7 + 1),
                 "__timestamp": start + minute * 60_000,
                 "__insertId": format!("{run}-{i:08}"),
             }}})
