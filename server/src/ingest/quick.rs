@@ -18,7 +18,7 @@ use backfill_protocol::validate::{
     ClientTime, DEVICE_ID, INSERT_ID, IP, RESERVED_NAMES, SESSION_ID, TIMESTAMP,
 };
 use serde::Deserialize;
-use serde::de::{MapAccess, Visitor};
+use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -37,23 +37,94 @@ pub struct QuickTrack<'a> {
     pub ip: Option<&'a str>,
 }
 
-#[derive(Deserialize)]
+/// A row's top level. Rows and payloads are read as JSON objects only (a derived `Deserialize`
+/// would also take an array), in one pass: the payload is read where it stands.
 struct Row<'a> {
-    #[serde(rename = "type")]
     kind: &'a str,
-    #[serde(borrow)]
-    payload: &'a RawValue,
+    payload: Payload<'a>,
 }
 
-#[derive(Deserialize)]
 struct Payload<'a> {
     name: &'a str,
-    #[serde(borrow, default)]
     properties: Option<Pairs<'a>>,
-    #[serde(rename = "profileId", borrow, default)]
     profile_id: Option<&'a str>,
-    #[serde(borrow, default)]
     groups: Option<Vec<&'a str>>,
+}
+
+/// Stores the value of a key seen for the first time; a repeated key is an error (the full
+/// check decides what it means).
+fn once<T, E: serde::de::Error>(
+    slot: &mut Option<T>,
+    key: &'static str,
+    value: T,
+) -> Result<(), E> {
+    if slot.replace(value).is_some() {
+        return Err(E::duplicate_field(key));
+    }
+    Ok(())
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Row<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RowVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for RowVisitor<'a> {
+            type Value = Row<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a row object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row<'a>, A::Error> {
+                let (mut kind, mut payload) = (None, None);
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "type" => once(&mut kind, "type", map.next_value()?)?,
+                        "payload" => once(&mut payload, "payload", map.next_value()?)?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Row {
+                    kind: kind.ok_or_else(|| A::Error::missing_field("type"))?,
+                    payload: payload.ok_or_else(|| A::Error::missing_field("payload"))?,
+                })
+            }
+        }
+        deserializer.deserialize_map(RowVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PayloadVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for PayloadVisitor<'a> {
+            type Value = Payload<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a payload object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Payload<'a>, A::Error> {
+                let (mut name, mut properties, mut profile_id, mut groups) =
+                    (None, None, None, None);
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "name" => once(&mut name, "name", map.next_value()?)?,
+                        "properties" => once(&mut properties, "properties", map.next_value()?)?,
+                        "profileId" => once(&mut profile_id, "profileId", map.next_value()?)?,
+                        "groups" => once(&mut groups, "groups", map.next_value()?)?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Payload {
+                    name: name.ok_or_else(|| A::Error::missing_field("name"))?,
+                    properties: properties.flatten(),
+                    profile_id: profile_id.flatten(),
+                    groups: groups.flatten(),
+                })
+            }
+        }
+        deserializer.deserialize_map(PayloadVisitor(std::marker::PhantomData))
+    }
 }
 
 /// A JSON object as borrowed key and raw value pairs; only an object deserializes into it.
@@ -98,10 +169,10 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
         return None;
     }
     let row: Row<'_> = serde_json::from_str(json).ok()?;
-    if row.kind != "track" || !is_object(row.payload) {
+    if row.kind != "track" {
         return None;
     }
-    let payload: Payload<'_> = serde_json::from_str(row.payload.get()).ok()?;
+    let payload = row.payload;
     let name = payload.name;
     let chars = name.chars().count();
     if chars == 0
@@ -193,41 +264,45 @@ fn shape(json: &str) -> Option<usize> {
         Some(b'-' | b'0'..=b'9') => return readable_number(json).then_some(0),
         _ => return Some(0),
     }
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    let mut number: Option<usize> = None;
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            if escaped {
-                if b == b'u' {
-                    return None;
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                // Strings are most of a row: jump from quote or backslash to the next one.
+                let mut at = i + 1;
+                loop {
+                    let found = at + memchr::memchr2(b'"', b'\\', bytes.get(at..)?)?;
+                    if bytes[found] == b'"' {
+                        i = found + 1;
+                        break;
+                    }
+                    if bytes.get(found + 1) == Some(&b'u') {
+                        return None;
+                    }
+                    at = found + 2;
                 }
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        if let Some(start) = number {
-            if matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
                 continue;
             }
-            if !readable_number(&json[start..i]) {
-                return None;
-            }
-            number = None;
-        }
-        match b {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 deepest = deepest.max(depth);
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
-            b'-' | b'0'..=b'9' => number = Some(i),
+            b'-' | b'0'..=b'9' => {
+                let len = bytes[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .unwrap_or(bytes.len() - i);
+                if !readable_number(json.get(i..i + len)?) {
+                    return None;
+                }
+                i += len;
+                continue;
+            }
             _ => {}
         }
+        i += 1;
     }
     Some(deepest)
 }
