@@ -84,6 +84,13 @@ impl Drop for Inner {
     }
 }
 
+/// The WAL size past which the writer makes the WAL start over. SQLite starts the WAL over only
+/// when a checkpoint has copied all of it, which under a steady stream of writes the checkpointer
+/// never does (the writer is always a commit ahead), so the WAL would grow for as long as the
+/// stream lasts. Past this size the writer copies, between two groups, what the checkpointer has
+/// not yet copied, and the next group starts the WAL over.
+const WAL_CATCH_UP_BYTES: u64 = 256 << 20;
+
 /// How often the background checkpointer copies the WAL into the database.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -122,6 +129,14 @@ fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection
 impl SqliteStore {
     /// Opens (creating or upgrading) the database at `path` and starts its writer thread.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        Self::open_with(path, options, WAL_CATCH_UP_BYTES)
+    }
+
+    fn open_with(
+        path: &Path,
+        options: SqliteOptions,
+        wal_catch_up_bytes: u64,
+    ) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
@@ -131,6 +146,12 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         schema::migrate(&mut conn)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A WAL that starts over is cut back to a quarter of the catch-up size.
+        conn.pragma_update(
+            None,
+            "journal_size_limit",
+            i64::try_from(wal_catch_up_bytes / 4).unwrap_or(i64::MAX),
+        )?;
         // Durability comes from the syncer's fsync of the WAL (see `run_syncer`), so SQLite's
         // own per-commit sync is not needed; NORMAL keeps the database safe from corruption.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -162,7 +183,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("backfill-writer".to_owned())
-            .spawn(move || run_writer(conn, rx, options, wal, to_syncer))
+            .spawn(move || run_writer(conn, rx, options, wal, to_syncer, wal_catch_up_bytes))
             .map_err(spawn_error)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -244,6 +265,7 @@ fn run_writer(
     options: SqliteOptions,
     wal: Arc<File>,
     syncer: mpsc::Sender<Committed>,
+    wal_catch_up_bytes: u64,
 ) {
     let mut group: Vec<(IngestJob, Reply<Vec<RowOutcome>>)> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -269,6 +291,19 @@ fn run_writer(
             }
         }
         commit_group(&mut conn, &mut group, &options, &syncer);
+        if wal.metadata().is_ok_and(|m| m.len() > wal_catch_up_bytes) {
+            catch_up_checkpoint(&conn);
+        }
+    }
+}
+
+/// Copies the rest of the WAL into the database from the writer's own connection, so that no
+/// commit lands meanwhile and the next one starts the WAL over. When the checkpointer is busy or
+/// a reader still needs old frames, it copies what it can and the writer tries again after its
+/// next group.
+fn catch_up_checkpoint(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "checkpoint failed");
     }
 }
 
@@ -424,5 +459,74 @@ impl Store for SqliteStore {
 
     fn health(&self) -> StoreFuture<()> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewEvent, PreparedRow, RowAction};
+    use backfill_protocol::clock::SystemClock;
+
+    fn job(first: usize, rows: usize) -> IngestJob {
+        let now = SystemClock.now_ms();
+        IngestJob {
+            project: 1,
+            sdk_name: None,
+            sdk_version: None,
+            rows: (first..first + rows)
+                .map(|i| PreparedRow {
+                    insert_id: Some(format!("key-{i:08}")),
+                    time_ms: now,
+                    action: RowAction::Event(NewEvent {
+                        id: crate::ingest::new_event_id(now),
+                        name: "reading".to_owned(),
+                        device_id: "gw-1".to_owned(),
+                        session_id: "s-1".to_owned(),
+                        profile_id: None,
+                        properties: format!(r#"{{"n":{i},"pad":"{}"}}"#, "x".repeat(200)),
+                        groups: None,
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    /// A steady stream of writes never lets the checkpointer copy the whole WAL, so without the
+    /// writer's catch-up the WAL holds the whole stream (38 MB here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_bounded_under_a_steady_stream_of_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("backfill.db");
+        let options = SqliteOptions {
+            clock: Arc::new(SystemClock),
+            commit_latency: None,
+        };
+        let bound = 1 << 20;
+        let store = SqliteStore::open_with(&path, options, bound).expect("open");
+        let (jobs, rows) = (200, 500);
+        let pending: Vec<_> = (0..jobs)
+            .map(|j| store.ingest(job(j * rows, rows)))
+            .collect();
+        for answer in pending {
+            let outcomes = answer.await.expect("stored");
+            assert!(outcomes.iter().all(|o| matches!(o, RowOutcome::Stored)));
+        }
+        let wal = std::fs::metadata(format!("{}-wal", path.display()))
+            .expect("wal")
+            .len();
+        // The bound plus the groups committed before a catch-up finds the checkpointer idle.
+        assert!(wal < 12 << 20, "the WAL grew to {wal} bytes");
+        let stored: i64 = store
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT count(*) FROM events WHERE name = 'reading'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .await
+            .expect("count");
+        assert_eq!(stored, i64::try_from(jobs * rows).expect("fits"));
     }
 }
