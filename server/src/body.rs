@@ -61,11 +61,14 @@ pub async fn read_raw(headers: &HeaderMap, body: Body, limit: usize) -> Result<V
 
 /// Decodes `raw`, refusing output past `limit` bytes without producing more than `limit + 1`.
 pub fn decode(raw: Vec<u8>, encoding: Encoding, limit: usize) -> Result<Vec<u8>, ApiError> {
+    if encoding == Encoding::Identity {
+        return Ok(raw);
+    }
     let cap = limit as u64 + 1;
     // JSON event batches inflate about tenfold; sizing for that spares the copies of growing.
     let mut out = Vec::with_capacity(raw.len().saturating_mul(10).min(limit + 1));
     let result = match encoding {
-        Encoding::Identity => return Ok(raw),
+        Encoding::Identity => Ok(0), // returned above, before sizing `out`
         Encoding::Gzip => flate2::read::MultiGzDecoder::new(raw.as_slice())
             .take(cap)
             .read_to_end(&mut out),
