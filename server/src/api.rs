@@ -211,7 +211,7 @@ async fn track(State(state): State<AppState>, request: Request) -> Result<Respon
     let (headers, peer, body) = split(request);
     let (project, mut prepared) =
         receive(&state, &headers, peer, body, ingest::prepare_single).await?;
-    let placement = prepared.placed.first().cloned();
+    let attribution = prepared.attribution.take();
     let outcomes = store_rows(&state, &headers, &project, &mut prepared).await?;
     let response = ingest::summarize(1, prepared, outcomes);
     count(&state, &response);
@@ -221,10 +221,10 @@ async fn track(State(state): State<AppState>, request: Request) -> Result<Respon
             RejectReason::Internal => ApiError::Unavailable,
         });
     }
-    let placement = placement.ok_or(ApiError::Unavailable)?;
+    let attribution = attribution.ok_or(ApiError::Unavailable)?;
     Ok(Json(TrackResponse {
-        device_id: placement.device_id,
-        session_id: placement.session_id,
+        device_id: attribution.device_id,
+        session_id: attribution.session_id,
     })
     .into_response())
 }

@@ -41,17 +41,17 @@ pub struct RequestMeta {
 pub struct Prepared {
     /// Rows to write.
     pub rows: Vec<PreparedRow>,
-    /// For each entry of `rows`, its index in the request and its device and session ids.
-    pub placed: Vec<Placement>,
+    /// For each entry of `rows`, its index in the request's `events`.
+    pub placed: Vec<usize>,
     /// Rows refused by validation.
     pub rejected: Vec<Rejection>,
+    /// For `POST /track`, the device and session the event was attributed to.
+    pub attribution: Option<Attribution>,
 }
 
-/// Where a written row came from and what it was attributed to.
-#[derive(Debug, Clone)]
-pub struct Placement {
-    /// Index in the request's `events`.
-    pub index: usize,
+/// The ids a row was attributed to.
+#[derive(Debug, Clone, Default)]
+pub struct Attribution {
     /// Device id ("" for server events).
     pub device_id: String,
     /// Session id ("" for server events and profile rows).
@@ -105,13 +105,9 @@ pub fn prepare_batch(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiErr
         };
         let row = checked.and_then(|ev| prepare_row(ev, meta, shift, &mut sessions));
         match row {
-            Ok((row, device_id, session_id)) => {
+            Ok((row, _)) => {
                 prepared.rows.push(row);
-                prepared.placed.push(Placement {
-                    index,
-                    device_id,
-                    session_id,
-                });
+                prepared.placed.push(index);
             }
             Err(error) => prepared.rejected.push(Rejection {
                 index,
@@ -132,13 +128,19 @@ pub fn prepare_single(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiEr
     let row = validate_event(value, body.len())
         .and_then(|ev| prepare_row(ev.into(), meta, None, &mut sessions));
     match row {
-        Ok((row, device_id, session_id)) => {
-            prepared.rows.push(row);
-            prepared.placed.push(Placement {
-                index: 0,
-                device_id,
-                session_id,
+        Ok((row, device_id)) => {
+            prepared.attribution = Some(match &row.action {
+                RowAction::Event(event) => Attribution {
+                    device_id: event.device_id.clone(),
+                    session_id: event.session_id.clone(),
+                },
+                _ => Attribution {
+                    device_id,
+                    session_id: String::new(),
+                },
             });
+            prepared.rows.push(row);
+            prepared.placed.push(0);
         }
         Err(error) => prepared.rejected.push(Rejection {
             index: 0,
@@ -262,11 +264,11 @@ impl SessionIds {
 
 /// Applies the time rules and id derivations to one valid row.
 fn prepare_row(
-    ev: Checked<'_>,
+    mut ev: Checked<'_>,
     meta: &RequestMeta,
     shift: Option<i64>,
     sessions: &mut SessionIds,
-) -> Result<(PreparedRow, String, String), String> {
+) -> Result<(PreparedRow, String), String> {
     let receive = meta.receive_ms;
     let (mut time_ms, mut client_time) = match &ev.timestamp {
         Some(t) => match shift {
@@ -288,8 +290,8 @@ fn prepare_row(
         ));
     }
 
-    let device_id = match (&ev.device_id, &meta.user_agent, &meta.salt) {
-        (Some(id), _, _) => id.clone(),
+    let device_id = match (ev.device_id.take(), &meta.user_agent, &meta.salt) {
+        (Some(id), _, _) => id,
         (None, Some(ua), Some(salt)) => ids::device_id(
             ua,
             ev.ip.as_deref().unwrap_or(&meta.ip),
@@ -314,19 +316,20 @@ fn prepare_row(
         session_id,
         ..
     } = ev;
-    let (action, session_id) = match action {
+    // The device id goes into the event; other rows hand it back for `POST /track`'s answer.
+    let (action, device_id) = match action {
         Action::Track { name, groups } => {
             let session_id = session_id.unwrap_or_else(derived_session);
             let event = NewEvent {
                 id: new_event_id(receive),
                 name,
-                device_id: device_id.clone(),
-                session_id: session_id.clone(),
+                device_id,
+                session_id,
                 profile_id,
                 properties: properties.into_json(client_time),
                 groups: (!groups.is_empty()).then(|| Value::from(groups).to_string()),
             };
-            (RowAction::Event(event), session_id)
+            (RowAction::Event(event), String::new())
         }
         Action::Identify {
             first_name,
@@ -350,7 +353,7 @@ fn prepare_row(
                     fields,
                     properties: without_specials(properties.into_tree()),
                 },
-                String::new(),
+                device_id,
             )
         }
         Action::Increment { property, delta } => {
@@ -361,7 +364,7 @@ fn prepare_row(
                     property,
                     delta,
                 },
-                String::new(),
+                device_id,
             )
         }
         Action::Group {
@@ -375,7 +378,7 @@ fn prepare_row(
                 name,
                 properties: without_specials(properties.into_tree()),
             },
-            String::new(),
+            device_id,
         ),
         Action::AssignGroup { group_ids } => {
             let profile_id = match profile_id {
@@ -388,7 +391,7 @@ fn prepare_row(
                     profile_id,
                     group_ids,
                 },
-                String::new(),
+                device_id,
             )
         }
     };
@@ -399,7 +402,6 @@ fn prepare_row(
             action,
         },
         device_id,
-        session_id,
     ))
 }
 
@@ -426,7 +428,7 @@ pub fn summarize(total: usize, prepared: Prepared, outcomes: Vec<RowOutcome>) ->
         rejected: prepared.rejected,
         ..Default::default()
     };
-    for (placement, outcome) in prepared.placed.iter().zip(outcomes) {
+    for (&index, outcome) in prepared.placed.iter().zip(outcomes) {
         match outcome {
             RowOutcome::Stored => response.accepted += 1,
             RowOutcome::Duplicate => {
@@ -434,12 +436,12 @@ pub fn summarize(total: usize, prepared: Prepared, outcomes: Vec<RowOutcome>) ->
                 response.duplicates += 1;
             }
             RowOutcome::Invalid(error) => response.rejected.push(Rejection {
-                index: placement.index,
+                index,
                 reason: RejectReason::Validation,
                 error,
             }),
             RowOutcome::Failed(error) => response.rejected.push(Rejection {
-                index: placement.index,
+                index,
                 reason: RejectReason::Internal,
                 error,
             }),
