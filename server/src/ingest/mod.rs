@@ -154,7 +154,7 @@ pub fn prepare_single(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiEr
 /// A row's properties: a parsed object, or raw JSON values under unescaped keys sorted by key.
 enum Properties<'a> {
     Tree(Map<String, Value>),
-    Raw(Vec<(&'a str, &'a RawValue)>),
+    Raw(Vec<(&'a str, &'a str)>),
 }
 
 impl Properties<'_> {
@@ -164,7 +164,7 @@ impl Properties<'_> {
             Properties::Raw(pairs) => pairs
                 .into_iter()
                 .map(|(k, v)| {
-                    let value = serde_json::from_str(v.get()).unwrap_or(Value::Null);
+                    let value = serde_json::from_str(v).unwrap_or(Value::Null);
                     (k.to_owned(), value)
                 })
                 .collect(),

@@ -1,12 +1,13 @@
 //! The common batch row read without building a JSON tree.
 //!
 //! Most rows a device drains are plain `track` events: a name, flat properties, the special
-//! ids as plain strings. For those, [`read`] borrows the keys and values straight from the
-//! request body and keeps each property value as the raw JSON text it arrived as, which spares
-//! the allocations of a full `serde_json::Value` per row. It accepts a row only when the full
-//! check ([`validate_event`](backfill_protocol::validate::validate_event)) would accept it with
-//! the same result; anything unusual (escaped strings, duplicate keys, a rule the row breaks)
-//! returns `None` and the caller takes the full path, which also writes every error text.
+//! ids as plain strings. For those, [`read`] walks the row's text once, borrows the keys and
+//! values straight from the request body and keeps each property value as the raw JSON text it
+//! arrived as, which spares the allocations of a full `serde_json::Value` per row. It accepts a
+//! row only when the full check ([`validate_event`](backfill_protocol::validate::validate_event))
+//! would accept it with the same result; anything unusual (escaped keys or ids, duplicate keys, a
+//! rule the row breaks) returns `None` and the caller takes the full path, which also writes
+//! every error text.
 
 use std::net::IpAddr;
 
@@ -17,8 +18,6 @@ use backfill_protocol::time::parse_timestamp;
 use backfill_protocol::validate::{
     ClientTime, DEVICE_ID, INSERT_ID, IP, RESERVED_NAMES, SESSION_ID, TIMESTAMP,
 };
-use serde::Deserialize;
-use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -28,8 +27,8 @@ pub struct QuickTrack<'a> {
     pub name: &'a str,
     pub groups: Vec<&'a str>,
     pub profile_id: Option<&'a str>,
-    /// Properties sorted by key, without `__timestamp`.
-    pub properties: Vec<(&'a str, &'a RawValue)>,
+    /// Properties sorted by key, without `__timestamp`, each value as its JSON text.
+    pub properties: Vec<(&'a str, &'a str)>,
     pub timestamp: Option<ClientTime>,
     pub device_id: Option<&'a str>,
     pub session_id: Option<&'a str>,
@@ -37,143 +36,291 @@ pub struct QuickTrack<'a> {
     pub ip: Option<&'a str>,
 }
 
-/// A row's top level. Rows and payloads are read as JSON objects only (a derived `Deserialize`
-/// would also take an array), in one pass: the payload is read where it stands.
-struct Row<'a> {
-    kind: &'a str,
-    payload: Payload<'a>,
-}
-
+/// The parts of a row's payload the quick path reads.
+#[derive(Default)]
 struct Payload<'a> {
-    name: &'a str,
-    properties: Option<Pairs<'a>>,
-    profile_id: Option<&'a str>,
-    groups: Option<Vec<&'a str>>,
+    name: Option<&'a str>,
+    /// `Some(None)` for `"properties": null`.
+    properties: Option<Option<Vec<(&'a str, &'a str)>>>,
+    profile_id: Option<Option<&'a str>>,
+    groups: Option<Option<Vec<&'a str>>>,
 }
 
-/// Stores the value of a key seen for the first time; a repeated key is an error (the full
-/// check decides what it means).
-fn once<T, E: serde::de::Error>(
-    slot: &mut Option<T>,
-    key: &'static str,
-    value: T,
-) -> Result<(), E> {
-    if slot.replace(value).is_some() {
-        return Err(E::duplicate_field(key));
+/// Stores the value of a key seen for the first time; a repeated key defers to the full check.
+fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    slot.replace(value).is_none().then_some(())
+}
+
+/// A cursor over the text of one JSON value that has already been parsed as valid JSON (the
+/// envelope's parse checks every row). It still never trusts that: whatever it does not expect
+/// ends the walk with `None`.
+///
+/// Reading raw JSON this way does not check that every number fits an `f64` nor that every `\u`
+/// escape pairs its surrogates, as the full check does: rows with either go to it. The walk also
+/// bounds the nesting: the properties object sits at level 3 of the row, so a row no deeper
+/// than 2 + 16 levels has properties no deeper than 16.
+struct Scanner<'a> {
+    text: &'a str,
+    at: usize,
+    depth: usize,
+    deepest: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(text: &'a str) -> Self {
+        Scanner {
+            text,
+            at: 0,
+            depth: 0,
+            deepest: 0,
+        }
     }
-    Ok(())
-}
 
-impl<'de: 'a, 'a> Deserialize<'de> for Row<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct RowVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for RowVisitor<'a> {
-            type Value = Row<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a row object")
+    /// The next byte after any whitespace, which it skips.
+    fn peek(&mut self) -> Option<u8> {
+        let bytes = self.text.as_bytes();
+        while let Some(&b) = bytes.get(self.at) {
+            if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                return Some(b);
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row<'a>, A::Error> {
-                let (mut kind, mut payload) = (None, None);
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    match key {
-                        "type" => once(&mut kind, "type", map.next_value()?)?,
-                        "payload" => once(&mut payload, "payload", map.next_value()?)?,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
+            self.at += 1;
+        }
+        None
+    }
+
+    fn eat(&mut self, expected: u8) -> Option<()> {
+        (self.peek()? == expected).then(|| self.at += 1)
+    }
+
+    fn open(&mut self) {
+        self.depth += 1;
+        self.deepest = self.deepest.max(self.depth);
+    }
+
+    /// A string without escapes, as it stands in the text.
+    fn plain_string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let end = start + memchr::memchr2(b'"', b'\\', self.text.as_bytes().get(start..)?)?;
+        if self.text.as_bytes()[end] != b'"' {
+            return None;
+        }
+        self.at = end + 1;
+        self.text.get(start..end)
+    }
+
+    /// Skips a string that may hold escapes, other than `\u` (whose surrogate pairs only the
+    /// full check verifies), jumping from quote or backslash to the next one.
+    fn skip_string(&mut self) -> Option<()> {
+        let bytes = self.text.as_bytes();
+        self.eat(b'"')?;
+        loop {
+            let found = self.at + memchr::memchr2(b'"', b'\\', bytes.get(self.at..)?)?;
+            if bytes[found] == b'"' {
+                self.at = found + 1;
+                return Some(());
+            }
+            if bytes.get(found + 1) == Some(&b'u') {
+                return None;
+            }
+            self.at = found + 2;
+        }
+    }
+
+    /// Skips a number the full check can read.
+    fn skip_number(&mut self) -> Option<()> {
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        while bytes
+            .get(self.at)
+            .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+        {
+            self.at += 1;
+        }
+        readable_number(self.text.get(start..self.at)?).then_some(())
+    }
+
+    /// Skips an array or object to its closing bracket.
+    fn skip_nested(&mut self) -> Option<()> {
+        let bytes = self.text.as_bytes();
+        let outside = self.depth;
+        loop {
+            match *bytes.get(self.at)? {
+                b'"' => {
+                    self.skip_string()?;
+                    continue;
+                }
+                b'-' | b'0'..=b'9' => {
+                    self.skip_number()?;
+                    continue;
+                }
+                b'{' | b'[' => self.open(),
+                b'}' | b']' => {
+                    self.depth = self.depth.checked_sub(1)?;
+                    if self.depth == outside {
+                        self.at += 1;
+                        return Some(());
                     }
                 }
-                Ok(Row {
-                    kind: kind.ok_or_else(|| A::Error::missing_field("type"))?,
-                    payload: payload.ok_or_else(|| A::Error::missing_field("payload"))?,
-                })
+                _ => {}
             }
+            self.at += 1;
         }
-        deserializer.deserialize_map(RowVisitor(std::marker::PhantomData))
     }
-}
 
-impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PayloadVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for PayloadVisitor<'a> {
-            type Value = Payload<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a payload object")
+    /// Skips any value and returns its text.
+    fn value(&mut self) -> Option<&'a str> {
+        let start = match self.peek()? {
+            b'"' => {
+                let start = self.at;
+                self.skip_string()?;
+                start
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Payload<'a>, A::Error> {
-                let (mut name, mut properties, mut profile_id, mut groups) =
-                    (None, None, None, None);
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    match key {
-                        "name" => once(&mut name, "name", map.next_value()?)?,
-                        "properties" => once(&mut properties, "properties", map.next_value()?)?,
-                        "profileId" => once(&mut profile_id, "profileId", map.next_value()?)?,
-                        "groups" => once(&mut groups, "groups", map.next_value()?)?,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
+            b'{' | b'[' => {
+                let start = self.at;
+                self.skip_nested()?;
+                start
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = self.at;
+                self.skip_number()?;
+                start
+            }
+            _ => {
+                let start = self.at;
+                let bytes = self.text.as_bytes();
+                while bytes.get(self.at).is_some_and(u8::is_ascii_lowercase) {
+                    self.at += 1;
+                }
+                if self.at == start {
+                    return None;
+                }
+                start
+            }
+        };
+        self.text.get(start..self.at)
+    }
+
+    /// `null`, if that comes next.
+    fn null(&mut self) -> Option<bool> {
+        if self.peek()? == b'n' {
+            self.value().map(|v| v == "null")?.then_some(true)
+        } else {
+            Some(false)
+        }
+    }
+
+    /// Walks an object's members, whose keys must be unescaped.
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        self.open();
+        if self.peek()? == b'}' {
+            self.at += 1;
+        } else {
+            loop {
+                let key = self.plain_string()?;
+                self.eat(b':')?;
+                member(self, key)?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b'}' => {
+                        self.at += 1;
+                        break;
                     }
+                    _ => return None,
                 }
-                Ok(Payload {
-                    name: name.ok_or_else(|| A::Error::missing_field("name"))?,
-                    properties: properties.flatten(),
-                    profile_id: profile_id.flatten(),
-                    groups: groups.flatten(),
-                })
             }
         }
-        deserializer.deserialize_map(PayloadVisitor(std::marker::PhantomData))
+        self.depth -= 1;
+        Some(())
     }
-}
 
-/// A JSON object as borrowed key and raw value pairs; only an object deserializes into it.
-struct Pairs<'a>(Vec<(&'a str, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PairsVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for PairsVisitor<'a> {
-            type Value = Pairs<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs<'a>, A::Error> {
-                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(pair) = map.next_entry::<&'de str, &'de RawValue>()? {
-                    pairs.push(pair);
+    /// An array of unescaped strings.
+    fn plain_strings(&mut self) -> Option<Vec<&'a str>> {
+        self.eat(b'[')?;
+        self.open();
+        let mut items = Vec::new();
+        if self.peek()? == b']' {
+            self.at += 1;
+        } else {
+            loop {
+                items.push(self.plain_string()?);
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b']' => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return None,
                 }
-                Ok(Pairs(pairs))
             }
         }
-        deserializer.deserialize_map(PairsVisitor(std::marker::PhantomData))
+        self.depth -= 1;
+        Some(items)
     }
-}
 
-fn is_object(raw: &RawValue) -> bool {
-    raw.get().trim_start().starts_with('{')
+    fn payload(&mut self) -> Option<Payload<'a>> {
+        let mut payload = Payload::default();
+        self.object(|s, key| match key {
+            "name" => once(&mut payload.name, s.plain_string()?),
+            "properties" => {
+                let value = if s.null()? {
+                    None
+                } else {
+                    let mut pairs = Vec::with_capacity(8);
+                    s.object(|s, key| {
+                        pairs.push((key, s.value()?));
+                        Some(())
+                    })?;
+                    Some(pairs)
+                };
+                once(&mut payload.properties, value)
+            }
+            "profileId" => {
+                let value = if s.null()? {
+                    None
+                } else {
+                    Some(s.plain_string()?)
+                };
+                once(&mut payload.profile_id, value)
+            }
+            "groups" => {
+                let value = if s.null()? {
+                    None
+                } else {
+                    Some(s.plain_strings()?)
+                };
+                once(&mut payload.groups, value)
+            }
+            _ => s.value().map(drop),
+        })?;
+        Some(payload)
+    }
+
+    /// A row: `type` and `payload`, other members skipped.
+    fn row(&mut self) -> Option<(&'a str, Payload<'a>)> {
+        let (mut kind, mut payload) = (None, None);
+        self.object(|s, key| match key {
+            "type" => once(&mut kind, s.plain_string()?),
+            "payload" => once(&mut payload, s.payload()?),
+            _ => s.value().map(drop),
+        })?;
+        Some((kind?, payload?))
+    }
 }
 
 /// Reads `raw` as a valid `track` row, or `None` when the full check must decide.
 pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
     let json = raw.get();
-    if json.len() > MAX_EVENT_BYTES || !is_object(raw) {
+    if json.len() > MAX_EVENT_BYTES {
         return None;
     }
-    // Reading raw JSON checks the syntax of what it skips, but not that every number fits an
-    // `f64` nor that every `\u` escape pairs its surrogates, as the full check does: rows with
-    // either go to it (`shape` finds both). The same scan bounds the nesting: the properties
-    // object sits at level 3 of the row, so a row no deeper than 2 + 16 levels has properties no
-    // deeper than 16.
-    if shape(json)? > 2 + MAX_PROPERTY_DEPTH {
+    let mut scanner = Scanner::new(json);
+    let (kind, payload) = scanner.row()?;
+    if scanner.deepest > 2 + MAX_PROPERTY_DEPTH || kind != "track" {
         return None;
     }
-    let row: Row<'_> = serde_json::from_str(json).ok()?;
-    if row.kind != "track" {
-        return None;
-    }
-    let payload = row.payload;
-    let name = payload.name;
+    let name = payload.name?;
     let chars = name.chars().count();
     if chars == 0
         || chars > MAX_EVENT_NAME_CHARS
@@ -182,15 +329,16 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
     {
         return None;
     }
-    if payload.profile_id.is_some_and(|p| p.trim().is_empty()) {
+    let profile_id = payload.profile_id.flatten();
+    if profile_id.is_some_and(|p| p.trim().is_empty()) {
         return None;
     }
-    let groups = payload.groups.unwrap_or_default();
+    let groups = payload.groups.flatten().unwrap_or_default();
     if groups.iter().any(|g| g.trim().is_empty()) {
         return None;
     }
 
-    let mut properties = payload.properties.map(|p| p.0).unwrap_or_default();
+    let mut properties = payload.properties.flatten().unwrap_or_default();
     properties.sort_unstable_by(|a, b| a.0.cmp(b.0));
     if properties.windows(2).any(|w| w[0].0 == w[1].0) {
         return None;
@@ -213,7 +361,7 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
         Err(_) => None,
         Ok(i) => {
             let (_, raw) = properties.remove(i);
-            let value: Value = serde_json::from_str(raw.get()).ok()?;
+            let value: Value = serde_json::from_str(raw).ok()?;
             let ms = parse_timestamp(&value)?;
             Some(ClientTime { ms, raw: value })
         }
@@ -221,7 +369,7 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
     Some(QuickTrack {
         name,
         groups,
-        profile_id: payload.profile_id,
+        profile_id,
         properties,
         timestamp,
         device_id,
@@ -232,15 +380,16 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
 }
 
 /// A raw value as `None` (null), `Some(text)` (an unescaped string), or not this kind at all.
-fn plain_str(raw: &RawValue) -> Option<Option<&str>> {
-    if raw.get() == "null" {
+fn plain_str(raw: &str) -> Option<Option<&str>> {
+    if raw == "null" {
         return Some(None);
     }
-    serde_json::from_str::<&str>(raw.get()).ok().map(Some)
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains(['"', '\\'])).then_some(Some(inner))
 }
 
 /// `__deviceId`, `__sessionId` or `__insertId` under the full check's rule, or `None` to defer.
-fn special_id(raw: Option<&RawValue>, trim: bool) -> Option<Option<&str>> {
+fn special_id(raw: Option<&str>, trim: bool) -> Option<Option<&str>> {
     let Some(raw) = raw else {
         return Some(None);
     };
@@ -255,56 +404,12 @@ fn special_id(raw: Option<&RawValue>, trim: bool) -> Option<Option<&str>> {
 }
 
 /// How deep objects and arrays nest in one valid JSON value (0 for a scalar), or `None` when it
-/// holds a number the full check cannot read (one outside the range of an `f64`) or a `\u`
-/// escape (whose surrogate pairs only the full check verifies).
+/// holds a number the full check cannot read or a `\u` escape.
+#[cfg(test)]
 fn shape(json: &str) -> Option<usize> {
-    let bytes = json.as_bytes();
-    match bytes.first() {
-        Some(b'{' | b'[') => {}
-        Some(b'-' | b'0'..=b'9') => return readable_number(json).then_some(0),
-        _ => return Some(0),
-    }
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'"' => {
-                // Strings are most of a row: jump from quote or backslash to the next one.
-                let mut at = i + 1;
-                loop {
-                    let found = at + memchr::memchr2(b'"', b'\\', bytes.get(at..)?)?;
-                    if bytes[found] == b'"' {
-                        i = found + 1;
-                        break;
-                    }
-                    if bytes.get(found + 1) == Some(&b'u') {
-                        return None;
-                    }
-                    at = found + 2;
-                }
-                continue;
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            b'-' | b'0'..=b'9' => {
-                let len = bytes[i..]
-                    .iter()
-                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-                    .unwrap_or(bytes.len() - i);
-                if !readable_number(json.get(i..i + len)?) {
-                    return None;
-                }
-                i += len;
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    Some(deepest)
+    let mut scanner = Scanner::new(json);
+    scanner.value()?;
+    Some(scanner.deepest)
 }
 
 /// Whether a JSON number reads as a finite `f64`. Without an exponent, 300 digits stay far below
@@ -315,8 +420,8 @@ fn readable_number(token: &str) -> bool {
 }
 
 /// Writes properties (sorted, unescaped keys) as a JSON object, with `extra` set in its place.
-pub fn write_object(pairs: &[(&str, &RawValue)], extra: Option<(&str, &Value)>) -> String {
-    let size: usize = pairs.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum();
+pub fn write_object(pairs: &[(&str, &str)], extra: Option<(&str, &Value)>) -> String {
+    let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
     let mut out = String::with_capacity(size + 48);
     out.push('{');
     let mut extra = extra;
@@ -341,7 +446,7 @@ pub fn write_object(pairs: &[(&str, &RawValue)], extra: Option<(&str, &Value)>) 
                 }
             }
         }
-        put(&mut out, key, value.get());
+        put(&mut out, key, value);
     }
     if let Some((extra_key, extra_value)) = extra {
         put(&mut out, extra_key, &extra_value.to_string());
@@ -394,15 +499,10 @@ mod tests {
         r#"{"type":"track","payload":{"name":"tap","properties":{"t":{"u":[-2e308]}}}}"#,
     ];
 
-    fn tree(pairs: &[(&str, &RawValue)]) -> Map<String, Value> {
+    fn tree(pairs: &[(&str, &str)]) -> Map<String, Value> {
         pairs
             .iter()
-            .map(|(k, v)| {
-                (
-                    (*k).to_owned(),
-                    serde_json::from_str(v.get()).expect("raw json"),
-                )
-            })
+            .map(|(k, v)| ((*k).to_owned(), serde_json::from_str(v).expect("raw json")))
             .collect()
     }
 
@@ -501,34 +601,59 @@ mod tests {
             r#""\uD800""#,
             r#"["\uD83D\uDE00"]"#,
         ];
+        // Other members the quick path must skip, and repeated ones it must leave alone.
+        let extras = [
+            r#""extra":{"x":[1,"}]",{"y":null}],"z":"\"{"}"#,
+            r#""note":"a\"b""#,
+            r#""name":"again""#,
+            r#""deep":[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]"#,
+            r#""big":1e999"#,
+        ];
+        let separators = [",", " , ", ",\n\t"];
+        let colons = [":", " : ", ":\n"];
         let mut taken = 0;
         for _ in 0..20_000 {
+            let comma = separators[rng.usize(..separators.len())];
+            let colon = colons[rng.usize(..colons.len())];
             let mut props: Vec<String> = Vec::new();
             for _ in 0..rng.usize(0..6) {
                 let key = keys[rng.usize(..keys.len())];
                 let value = values[rng.usize(..values.len())];
-                props.push(format!(r#""{key}":{value}"#));
+                props.push(format!(r#""{key}"{colon}{value}"#));
             }
-            let mut payload = vec![format!(r#""name":{}"#, names[rng.usize(..names.len())])];
+            let mut payload = vec![format!(
+                r#""name"{colon}{}"#,
+                names[rng.usize(..names.len())]
+            )];
             match rng.usize(0..4) {
-                0 => payload.push(format!(r#""properties":{{{}}}"#, props.join(","))),
+                0 => payload.push(format!(r#""properties"{colon}{{ {} }}"#, props.join(comma))),
                 1 => payload.push(r#""properties":null"#.to_owned()),
                 2 => payload.push(r#""properties":[]"#.to_owned()),
                 _ => {}
             }
-            match rng.usize(0..5) {
+            match rng.usize(0..8) {
                 0 => payload.push(r#""profileId":"u-1""#.to_owned()),
                 1 => payload.push(r#""profileId":12"#.to_owned()),
                 2 => payload.push(r#""groups":["g1"]"#.to_owned()),
                 3 => payload.push(r#""groups":[""]"#.to_owned()),
+                4 => payload.push(r#""groups":[ "g1" , "g2" ]"#.to_owned()),
+                5 => payload.push(r#""groups":null"#.to_owned()),
+                6 => payload.push(r#""profileId":null"#.to_owned()),
                 _ => {}
             }
+            if rng.bool() {
+                payload.push(extras[rng.usize(..extras.len())].to_owned());
+            }
             rng.shuffle(&mut payload);
-            let json = format!(
-                r#"{{"type":{},"payload":{{{}}}}}"#,
-                kinds[rng.usize(..kinds.len())],
-                payload.join(",")
-            );
+            let mut members = vec![
+                format!(r#""type"{colon}{}"#, kinds[rng.usize(..kinds.len())]),
+                format!(r#""payload"{colon}{{{}}}"#, payload.join(comma)),
+            ];
+            if rng.usize(0..4) == 0 {
+                members.push(extras[rng.usize(..extras.len())].to_owned());
+            }
+            rng.shuffle(&mut members);
+            let json = format!("{{ {} }}", members.join(comma));
             let raw: &RawValue = serde_json::from_str(&json).expect("rows are JSON");
             let Some(quick) = read(raw) else { continue };
             taken += 1;
