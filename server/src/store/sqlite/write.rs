@@ -6,7 +6,7 @@ use backfill_protocol::limits::SESSION_START_LEAD_MS;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 
-use crate::store::{IngestJob, PreparedRow, RowAction, RowOutcome};
+use crate::store::{IngestJob, NewEvent, PreparedRow, RowAction, RowOutcome};
 
 /// Applies one job inside the open transaction. Rows are first written together; if the store
 /// fails part-way, the job is rolled back and replayed row by row so that one failing row is
@@ -79,6 +79,9 @@ fn apply_rows(
     insert.raw_bind_parameter(10, &job.sdk_name)?;
     insert.raw_bind_parameter(11, &job.sdk_version)?;
     insert.raw_bind_parameter(12, synced_at)?;
+    // Consecutive events often share a name, a device and a session: a value already bound
+    // stays bound (each bind copies its text).
+    let mut bound: Option<&NewEvent> = None;
     for (i, row) in rows.iter().enumerate() {
         if let Some(ahead) = rows.get(i + WARM_AHEAD) {
             warm(ahead);
@@ -92,14 +95,25 @@ fn apply_rows(
         }
         let outcome = match &row.action {
             RowAction::Event(event) => {
+                let last = bound.replace(event);
                 insert.raw_bind_parameter(1, &event.id.as_bytes()[..])?;
-                insert.raw_bind_parameter(3, &event.name)?;
-                insert.raw_bind_parameter(4, &event.device_id)?;
-                insert.raw_bind_parameter(5, &event.session_id)?;
-                insert.raw_bind_parameter(6, &event.profile_id)?;
+                if last.is_none_or(|l| l.name != event.name) {
+                    insert.raw_bind_parameter(3, &event.name)?;
+                }
+                if last.is_none_or(|l| l.device_id != event.device_id) {
+                    insert.raw_bind_parameter(4, &event.device_id)?;
+                }
+                if last.is_none_or(|l| l.session_id != event.session_id) {
+                    insert.raw_bind_parameter(5, &event.session_id)?;
+                }
+                if last.is_none_or(|l| l.profile_id != event.profile_id) {
+                    insert.raw_bind_parameter(6, &event.profile_id)?;
+                }
                 insert.raw_bind_parameter(7, row.time_ms)?;
                 insert.raw_bind_parameter(8, &event.properties)?;
-                insert.raw_bind_parameter(9, &event.groups)?;
+                if last.is_none_or(|l| l.groups != event.groups) {
+                    insert.raw_bind_parameter(9, &event.groups)?;
+                }
                 insert.raw_execute()?;
                 if !event.session_id.is_empty() {
                     let delta = sessions.entry(&event.session_id).or_insert(SessionDelta {
