@@ -343,14 +343,31 @@ fn commit_group(
     }
     let started = Instant::now();
     let result = (|| -> rusqlite::Result<Vec<Vec<RowOutcome>>> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let synced_at = options.clock.now_ms();
-        let outcomes = group
+        // The jobs are written together first: a savepoint per job would copy every page it
+        // touches into the statement journal, for a failure that almost never comes.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let together = group
             .iter()
             .map(|(job, _)| write::apply_job(&tx, job, synced_at))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        tx.commit()?;
-        Ok(outcomes)
+            .collect::<rusqlite::Result<Vec<_>>>();
+        match together {
+            Ok(outcomes) => {
+                tx.commit()?;
+                Ok(outcomes)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = group.len(), "group failed as a whole; writing it job by job");
+                tx.rollback()?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let outcomes = group
+                    .iter()
+                    .map(|(job, _)| write::apply_job_apart(&tx, job, synced_at))
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                tx.commit()?;
+                Ok(outcomes)
+            }
+        }
     })();
     if let Some(h) = &options.commit_latency {
         h.observe(started.elapsed().as_secs_f64());
@@ -528,5 +545,63 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(stored, i64::try_from(jobs * rows).expect("fits"));
+    }
+
+    /// Jobs are written together without savepoints; when the database refuses one row, the
+    /// group is written again job by job and that row alone fails, leaving no trace.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_the_database_refuses_fails_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("backfill.db");
+        let options = SqliteOptions {
+            clock: Arc::new(SystemClock),
+            commit_latency: None,
+        };
+        let store = SqliteStore::open(&path, options).expect("open");
+        Connection::open(&path)
+            .expect("side connection")
+            .execute_batch(
+                "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.name = 'poison'
+                 BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;",
+            )
+            .expect("trigger");
+        let (jobs, rows) = (6, 10);
+        let pending: Vec<_> = (0..jobs)
+            .map(|j| {
+                let mut job = job(j * rows, rows);
+                if j == 2
+                    && let RowAction::Event(event) = &mut job.rows[3].action
+                {
+                    event.name = "poison".to_owned();
+                }
+                store.ingest(job)
+            })
+            .collect();
+        for (j, answer) in pending.into_iter().enumerate() {
+            let outcomes = answer.await.expect("the group is written");
+            for (i, outcome) in outcomes.iter().enumerate() {
+                match outcome {
+                    RowOutcome::Failed(error) if (j, i) == (2, 3) => {
+                        assert!(error.contains("poisoned row"), "{error}");
+                    }
+                    RowOutcome::Stored if (j, i) != (2, 3) => {}
+                    other => panic!("job {j} row {i}: {other:?}"),
+                }
+            }
+        }
+        let (events, keys, counted): (i64, i64, i64) = store
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT (SELECT count(*) FROM events WHERE name = 'reading'),
+                            (SELECT count(*) FROM insert_ids),
+                            (SELECT event_count FROM sessions WHERE id = 's-1')",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+            })
+            .await
+            .expect("counts");
+        let expected = i64::try_from(jobs * rows - 1).expect("fits");
+        assert_eq!((events, keys, counted), (expected, expected, expected));
     }
 }

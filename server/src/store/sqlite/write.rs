@@ -8,10 +8,22 @@ use serde_json::{Map, Value};
 
 use crate::store::{IngestJob, NewEvent, PreparedRow, RowAction, RowOutcome};
 
-/// Applies one job inside the open transaction. Rows are first written together; if the store
-/// fails part-way, the job is rolled back and replayed row by row so that one failing row is
-/// reported `Failed` without costing the others.
+/// Applies one job inside the open transaction, with no savepoint of its own: if it fails, the
+/// transaction holds part of it and must be rolled back, and the group written again with
+/// [`apply_job_apart`].
 pub(super) fn apply_job(
+    conn: &Connection,
+    job: &IngestJob,
+    synced_at: i64,
+) -> rusqlite::Result<Vec<RowOutcome>> {
+    let all: Vec<&PreparedRow> = job.rows.iter().collect();
+    apply_rows(conn, job, &all, synced_at)
+}
+
+/// Applies one job inside the open transaction, in a savepoint. Rows are first written
+/// together; if the store fails part-way, the job is rolled back and replayed row by row so that
+/// one failing row is reported `Failed` without costing the others.
+pub(super) fn apply_job_apart(
     conn: &Connection,
     job: &IngestJob,
     synced_at: i64,
