@@ -547,6 +547,48 @@ mod tests {
         assert_eq!(stored, i64::try_from(jobs * rows).expect("fits"));
     }
 
+    /// A key already taken, by an earlier request or an earlier row of the same one, makes
+    /// exactly its row a duplicate, and a refused duplicate leaves its own key unclaimed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_duplicate_key_is_found_within_and_across_requests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = SqliteOptions {
+            clock: Arc::new(SystemClock),
+            commit_latency: None,
+        };
+        let store = SqliteStore::open(&dir.path().join("backfill.db"), options).expect("open");
+        let stored = |outcomes: &[RowOutcome]| {
+            outcomes
+                .iter()
+                .map(|o| matches!(o, RowOutcome::Stored))
+                .collect::<Vec<_>>()
+        };
+        // Rows 0..300, with row 250 repeating row 7's key and row 9 repeating row 8's.
+        let mut first = job(0, 300);
+        first.rows[250].insert_id = first.rows[7].insert_id.clone();
+        first.rows[9].insert_id = first.rows[8].insert_id.clone();
+        let outcomes = store.ingest(first).await.expect("first");
+        let expected: Vec<bool> = (0..300).map(|i| i != 250 && i != 9).collect();
+        assert_eq!(stored(&outcomes), expected);
+        // A resend of rows 100..400: the first 200 are there already (row 250's key was taken
+        // by row 7, row 250's own never), the last 100 are new.
+        let outcomes = store.ingest(job(100, 300)).await.expect("resend");
+        let expected: Vec<bool> = (100..400).map(|i| i == 250 || i >= 300).collect();
+        assert_eq!(stored(&outcomes), expected);
+        let (events, keys): (i64, i64) = store
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT (SELECT count(*) FROM events WHERE name = 'reading'),
+                            (SELECT count(*) FROM insert_ids)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .await
+            .expect("counts");
+        assert_eq!((events, keys), (399, 399));
+    }
+
     /// Jobs are written together without savepoints; when the database refuses one row, the
     /// group is written again job by job and that row alone fails, leaving no trace.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
