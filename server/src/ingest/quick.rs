@@ -210,20 +210,32 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Walks an object's members, whose keys must be unescaped.
-    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
+    /// `null` as `None`, or what `read` reads.
+    fn nullable<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.null()? {
+            Some(None)
+        } else {
+            read(self).map(Some)
+        }
+    }
+
+    /// Walks the items of an array or object, from its opening bracket past its closing one.
+    fn walk(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(open)?;
         self.open();
-        if self.peek()? == b'}' {
+        if self.peek()? == close {
             self.at += 1;
         } else {
             loop {
-                let key = self.plain_string()?;
-                self.eat(b':')?;
-                member(self, key)?;
+                item(self)?;
                 match self.peek()? {
                     b',' => self.at += 1,
-                    b'}' => {
+                    b if b == close => {
                         self.at += 1;
                         break;
                     }
@@ -235,27 +247,22 @@ impl<'a> Scanner<'a> {
         Some(())
     }
 
+    /// Walks an object's members, whose keys must be unescaped.
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.walk(b'{', b'}', |s| {
+            let key = s.plain_string()?;
+            s.eat(b':')?;
+            member(s, key)
+        })
+    }
+
     /// An array of unescaped strings.
     fn plain_strings(&mut self) -> Option<Vec<&'a str>> {
-        self.eat(b'[')?;
-        self.open();
         let mut items = Vec::new();
-        if self.peek()? == b']' {
-            self.at += 1;
-        } else {
-            loop {
-                items.push(self.plain_string()?);
-                match self.peek()? {
-                    b',' => self.at += 1,
-                    b']' => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
-        self.depth -= 1;
+        self.walk(b'[', b']', |s| {
+            items.push(s.plain_string()?);
+            Some(())
+        })?;
         Some(items)
     }
 
@@ -264,34 +271,18 @@ impl<'a> Scanner<'a> {
         self.object(|s, key| match key {
             "name" => once(&mut payload.name, s.plain_string()?),
             "properties" => {
-                let value = if s.null()? {
-                    None
-                } else {
+                let value = s.nullable(|s| {
                     let mut pairs = Vec::with_capacity(8);
                     s.object(|s, key| {
                         pairs.push((key, s.value()?));
                         Some(())
                     })?;
                     Some(pairs)
-                };
+                })?;
                 once(&mut payload.properties, value)
             }
-            "profileId" => {
-                let value = if s.null()? {
-                    None
-                } else {
-                    Some(s.plain_string()?)
-                };
-                once(&mut payload.profile_id, value)
-            }
-            "groups" => {
-                let value = if s.null()? {
-                    None
-                } else {
-                    Some(s.plain_strings()?)
-                };
-                once(&mut payload.groups, value)
-            }
+            "profileId" => once(&mut payload.profile_id, s.nullable(Self::plain_string)?),
+            "groups" => once(&mut payload.groups, s.nullable(Self::plain_strings)?),
             _ => s.value().map(drop),
         })?;
         Some(payload)

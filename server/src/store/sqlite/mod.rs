@@ -509,18 +509,21 @@ mod tests {
         }
     }
 
+    fn options() -> SqliteOptions {
+        SqliteOptions {
+            clock: Arc::new(SystemClock),
+            commit_latency: None,
+        }
+    }
+
     /// A steady stream of writes never lets the checkpointer copy the whole WAL, so without the
     /// writer's catch-up the WAL holds the whole stream (38 MB here).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_stays_bounded_under_a_steady_stream_of_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("backfill.db");
-        let options = SqliteOptions {
-            clock: Arc::new(SystemClock),
-            commit_latency: None,
-        };
         let bound = 1 << 20;
-        let store = SqliteStore::open_with(&path, options, bound).expect("open");
+        let store = SqliteStore::open_with(&path, options(), bound).expect("open");
         let (jobs, rows) = (200, 500);
         let pending: Vec<_> = (0..jobs)
             .map(|j| store.ingest(job(j * rows, rows)))
@@ -552,11 +555,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_duplicate_key_is_found_within_and_across_requests() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = SqliteOptions {
-            clock: Arc::new(SystemClock),
-            commit_latency: None,
-        };
-        let store = SqliteStore::open(&dir.path().join("backfill.db"), options).expect("open");
+        let store = SqliteStore::open(&dir.path().join("backfill.db"), options()).expect("open");
         let stored = |outcomes: &[RowOutcome]| {
             outcomes
                 .iter()
@@ -595,11 +594,7 @@ mod tests {
     async fn a_row_the_database_refuses_fails_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("backfill.db");
-        let options = SqliteOptions {
-            clock: Arc::new(SystemClock),
-            commit_latency: None,
-        };
-        let store = SqliteStore::open(&path, options).expect("open");
+        let store = SqliteStore::open(&path, options()).expect("open");
         Connection::open(&path)
             .expect("side connection")
             .execute_batch(
