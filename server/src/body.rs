@@ -61,23 +61,22 @@ pub async fn read_raw(headers: &HeaderMap, body: Body, limit: usize) -> Result<V
 
 /// Decodes `raw`, refusing output past `limit` bytes without producing more than `limit + 1`.
 pub fn decode(raw: Vec<u8>, encoding: Encoding, limit: usize) -> Result<Vec<u8>, ApiError> {
-    if encoding == Encoding::Identity {
-        return Ok(raw);
-    }
-    let cap = limit as u64 + 1;
+    let invalid = |e: std::io::Error| {
+        ApiError::BadRequest(format!("the body is not valid {encoding:?} data: {e}"))
+    };
+    let decoder: Box<dyn Read + '_> = match encoding {
+        Encoding::Identity => return Ok(raw),
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw.as_slice())),
+        Encoding::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(raw.as_slice()).map_err(invalid)?)
+        }
+    };
     // JSON event batches inflate about tenfold; sizing for that spares the copies of growing.
     let mut out = Vec::with_capacity(raw.len().saturating_mul(10).min(limit + 1));
-    let result = match encoding {
-        Encoding::Identity => Ok(0), // returned above, before sizing `out`
-        Encoding::Gzip => flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .take(cap)
-            .read_to_end(&mut out),
-        Encoding::Zstd => zstd::stream::read::Decoder::new(raw.as_slice())
-            .and_then(|d| d.take(cap).read_to_end(&mut out)),
-    };
-    result.map_err(|e| {
-        ApiError::BadRequest(format!("the body is not valid {encoding:?} data: {e}"))
-    })?;
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(invalid)?;
     if out.len() > limit {
         return Err(ApiError::TooLarge { limit });
     }

@@ -50,7 +50,7 @@ pub struct Prepared {
 }
 
 /// The ids a row was attributed to.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Attribution {
     /// Device id ("" for server events).
     pub device_id: String,

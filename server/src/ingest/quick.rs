@@ -170,24 +170,14 @@ impl<'a> Scanner<'a> {
 
     /// Skips any value and returns its text.
     fn value(&mut self) -> Option<&'a str> {
-        let start = match self.peek()? {
-            b'"' => {
-                let start = self.at;
-                self.skip_string()?;
-                start
-            }
-            b'{' | b'[' => {
-                let start = self.at;
-                self.skip_nested()?;
-                start
-            }
-            b'-' | b'0'..=b'9' => {
-                let start = self.at;
-                self.skip_number()?;
-                start
-            }
+        let first = self.peek()?;
+        let start = self.at;
+        match first {
+            b'"' => self.skip_string()?,
+            b'{' | b'[' => self.skip_nested()?,
+            b'-' | b'0'..=b'9' => self.skip_number()?,
             _ => {
-                let start = self.at;
+                // `true`, `false` or `null`.
                 let bytes = self.text.as_bytes();
                 while bytes.get(self.at).is_some_and(u8::is_ascii_lowercase) {
                     self.at += 1;
@@ -195,28 +185,17 @@ impl<'a> Scanner<'a> {
                 if self.at == start {
                     return None;
                 }
-                start
             }
-        };
-        self.text.get(start..self.at)
-    }
-
-    /// `null`, if that comes next.
-    fn null(&mut self) -> Option<bool> {
-        if self.peek()? == b'n' {
-            self.value().map(|v| v == "null")?.then_some(true)
-        } else {
-            Some(false)
         }
+        self.text.get(start..self.at)
     }
 
     /// `null` as `None`, or what `read` reads.
     fn nullable<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
-        if self.null()? {
-            Some(None)
-        } else {
-            read(self).map(Some)
+        if self.peek()? == b'n' {
+            return (self.value()? == "null").then_some(None);
         }
+        read(self).map(Some)
     }
 
     /// Walks the items of an array or object, from its opening bracket past its closing one.
@@ -394,15 +373,6 @@ fn special_id(raw: Option<&str>, trim: bool) -> Option<Option<&str>> {
     }
 }
 
-/// How deep objects and arrays nest in one valid JSON value (0 for a scalar), or `None` when it
-/// holds a number the full check cannot read or a `\u` escape.
-#[cfg(test)]
-fn shape(json: &str) -> Option<usize> {
-    let mut scanner = Scanner::new(json);
-    scanner.value()?;
-    Some(scanner.deepest)
-}
-
 /// Whether a JSON number reads as a finite `f64`. Without an exponent, 300 digits stay far below
 /// `f64::MAX`; anything else is parsed.
 fn readable_number(token: &str) -> bool {
@@ -451,6 +421,14 @@ mod tests {
     use super::*;
     use backfill_protocol::validate::{Action, ValidEvent, validate_event};
     use serde_json::{Map, json};
+
+    /// How deep objects and arrays nest in one valid JSON value (0 for a scalar), or `None` when
+    /// it holds a number the full check cannot read or a `\u` escape.
+    fn shape(json: &str) -> Option<usize> {
+        let mut scanner = Scanner::new(json);
+        scanner.value()?;
+        Some(scanner.deepest)
+    }
 
     /// Rows the quick path must take, each with what makes it ordinary.
     const ORDINARY: &[&str] = &[

@@ -332,6 +332,23 @@ fn run_syncer(wal: Arc<File>, rx: mpsc::Receiver<Committed>) {
     }
 }
 
+/// Writes every job of `group` with `apply` in one transaction; on failure the transaction is
+/// rolled back (when it is dropped) and nothing of the group stays.
+fn write_group(
+    conn: &mut Connection,
+    group: &[(IngestJob, Reply<Vec<RowOutcome>>)],
+    synced_at: i64,
+    apply: fn(&Connection, &IngestJob, i64) -> rusqlite::Result<Vec<RowOutcome>>,
+) -> rusqlite::Result<Vec<Vec<RowOutcome>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let outcomes = group
+        .iter()
+        .map(|(job, _)| apply(&tx, job, synced_at))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.commit()?;
+    Ok(outcomes)
+}
+
 fn commit_group(
     conn: &mut Connection,
     group: &mut Vec<(IngestJob, Reply<Vec<RowOutcome>>)>,
@@ -342,33 +359,13 @@ fn commit_group(
         return;
     }
     let started = Instant::now();
-    let result = (|| -> rusqlite::Result<Vec<Vec<RowOutcome>>> {
-        let synced_at = options.clock.now_ms();
-        // The jobs are written together first: a savepoint per job would copy every page it
-        // touches into the statement journal, for a failure that almost never comes.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let together = group
-            .iter()
-            .map(|(job, _)| write::apply_job(&tx, job, synced_at))
-            .collect::<rusqlite::Result<Vec<_>>>();
-        match together {
-            Ok(outcomes) => {
-                tx.commit()?;
-                Ok(outcomes)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, jobs = group.len(), "group failed as a whole; writing it job by job");
-                tx.rollback()?;
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let outcomes = group
-                    .iter()
-                    .map(|(job, _)| write::apply_job_apart(&tx, job, synced_at))
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                tx.commit()?;
-                Ok(outcomes)
-            }
-        }
-    })();
+    let synced_at = options.clock.now_ms();
+    // The jobs are written together first: a savepoint per job would copy every page it touches
+    // into the statement journal, for a failure that almost never comes.
+    let result = write_group(conn, group, synced_at, write::apply_job).or_else(|e| {
+        tracing::warn!(error = %e, jobs = group.len(), "group failed as a whole; writing it job by job");
+        write_group(conn, group, synced_at, write::apply_job_apart)
+    });
     if let Some(h) = &options.commit_latency {
         h.observe(started.elapsed().as_secs_f64());
     }
