@@ -41,6 +41,40 @@ async fn events_page_in_time_order_with_a_cursor() {
 }
 
 #[tokio::test]
+async fn events_of_one_millisecond_page_in_id_order() {
+    let h = Harness::new().await;
+    // A fleet reporting on the same minute: 23 events share one timestamp, sent in two requests.
+    let rows = |range: std::ops::Range<i64>| -> Vec<Value> {
+        range
+            .map(|i| reading(&format!("d{i}"), NOW - HOUR, &format!("k{i}")))
+            .collect()
+    };
+    h.accept(rows(0..12)).await;
+    h.accept(rows(12..23)).await;
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, body) = h
+            .get(&format!("/api/events?name=reading&limit=5&cursor={cursor}"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        for e in body["events"].as_array().expect("events") {
+            let field = |k: &str| e[k].as_str().expect(k).to_owned();
+            seen.push((field("created_at"), field("id")));
+        }
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 23, "every event once: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "(created_at, id) order across pages: {seen:?}"
+    );
+}
+
+#[tokio::test]
 async fn filters_by_time_device_and_session() {
     let h = Harness::new().await;
     h.accept(vec![

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 const CREATE: &str = "
 CREATE TABLE projects (
@@ -38,8 +38,10 @@ CREATE TABLE events (
 );
 -- The one secondary index: reads by session use the session's time range (from `sessions`).
 -- Time comes first: it tells entries apart in the first comparison, where a leading project
--- column, the same in nearly every entry, would not; reads give both.
-CREATE INDEX events_by_time ON events (created_at, project, id);
+-- column, the same in nearly every entry, would not; reads give both. The event id is left out:
+-- it would double each entry (and each insert's comparisons) to order only the events of one
+-- millisecond, which a read sorts itself.
+CREATE INDEX events_by_time ON events (created_at, project);
 -- Idempotency keys of every row kind (events, profile and group changes), key first for the
 -- same reason.
 CREATE TABLE insert_ids (
@@ -130,15 +132,26 @@ DROP TABLE insert_ids;
 ALTER TABLE insert_ids_v2 RENAME TO insert_ids;
 ";
 
-/// Steps from each older version to the next.
+/// Version 3 leaves the event id out of the time index.
+const UPGRADE_TO_3: &str = "
+DROP INDEX events_by_time;
+CREATE INDEX events_by_time ON events (created_at, project);
+";
+
+/// Steps from each older version to the next, up to [`VERSION`].
 fn upgrade(conn: &Connection, from: i32) -> Result<(), StoreError> {
-    if from == 1 {
-        conn.execute_batch(UPGRADE_TO_2)?;
-        return Ok(());
+    for version in from..VERSION {
+        match version {
+            1 => conn.execute_batch(UPGRADE_TO_2)?,
+            2 => conn.execute_batch(UPGRADE_TO_3)?,
+            _ => {
+                return Err(StoreError::Unavailable(format!(
+                    "no upgrade path from schema version {version}"
+                )));
+            }
+        }
     }
-    Err(StoreError::Unavailable(format!(
-        "no upgrade path from schema version {from}"
-    )))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -228,7 +241,40 @@ mod tests {
                 |r| r.get(0),
             )
             .expect("index");
-        assert!(index.contains("(created_at, project, id)"), "{index}");
+        assert!(index.contains("(created_at, project)"), "{index}");
+    }
+
+    #[test]
+    fn upgrades_version_2_keeping_every_event_readable_by_time() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        create(&conn).expect("create");
+        conn.execute_batch(
+            "DROP INDEX events_by_time;
+             CREATE INDEX events_by_time ON events (created_at, project, id);
+             INSERT INTO events (id, project, type, name, device_id, session_id, created_at,
+                 properties, synced_at)
+             VALUES (x'02', 1, 'track', 'b', 'd', 's', 20, '{}', 30),
+                    (x'01', 1, 'track', 'a', 'd', 's', 10, '{}', 30);
+             PRAGMA user_version = 2;",
+        )
+        .expect("version 2");
+        migrate(&mut conn).expect("upgrade");
+        let index: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'events_by_time'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("index");
+        assert!(index.contains("(created_at, project)"), "{index}");
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM events INDEXED BY events_by_time WHERE created_at > 0 AND +project = 1 ORDER BY created_at")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]
