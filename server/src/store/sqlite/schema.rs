@@ -198,6 +198,16 @@ mod tests {
         .expect("version 1");
     }
 
+    /// The time index's definition.
+    fn time_index(conn: &Connection) -> String {
+        conn.query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = 'events_by_time'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("index")
+    }
+
     #[test]
     fn upgrades_version_1_keeping_every_key() {
         let mut conn = Connection::open_in_memory().expect("open");
@@ -234,13 +244,7 @@ mod tests {
             claimed, 0,
             "a key stored before the upgrade is still a duplicate"
         );
-        let index: String = conn
-            .query_row(
-                "SELECT sql FROM sqlite_schema WHERE name = 'events_by_time'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("index");
+        let index = time_index(&conn);
         assert!(index.contains("(created_at, project)"), "{index}");
     }
 
@@ -259,13 +263,7 @@ mod tests {
         )
         .expect("version 2");
         migrate(&mut conn).expect("upgrade");
-        let index: String = conn
-            .query_row(
-                "SELECT sql FROM sqlite_schema WHERE name = 'events_by_time'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("index");
+        let index = time_index(&conn);
         assert!(index.contains("(created_at, project)"), "{index}");
         let names: Vec<String> = conn
             .prepare("SELECT name FROM events INDEXED BY events_by_time WHERE created_at > 0 AND +project = 1 ORDER BY created_at")
