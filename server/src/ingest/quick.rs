@@ -351,11 +351,7 @@ pub fn read(raw: &RawValue) -> Option<QuickTrack<'_>> {
 
 /// A raw value as `None` (null), `Some(text)` (an unescaped string), or not this kind at all.
 fn plain_str(raw: &str) -> Option<Option<&str>> {
-    if raw == "null" {
-        return Some(None);
-    }
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains(['"', '\\'])).then_some(Some(inner))
+    Scanner::new(raw).nullable(Scanner::plain_string)
 }
 
 /// `__deviceId`, `__sessionId` or `__insertId` under the full check's rule, or `None` to defer.
