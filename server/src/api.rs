@@ -24,6 +24,7 @@ use backfill_protocol::wire::{
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tower_http::cors::CorsLayer;
 
 use crate::auth::Project;
@@ -323,10 +324,10 @@ async fn list_events(
         .into_iter()
         .map(|e| {
             let mut properties = e.properties;
-            properties.insert(
-                SYNCED_AT.to_owned(),
-                Value::String(format_iso_ms(e.synced_at)),
-            );
+            let synced_at = Value::String(format_iso_ms(e.synced_at)).to_string();
+            if let Ok(synced_at) = RawValue::from_string(synced_at) {
+                properties.insert(SYNCED_AT.to_owned(), synced_at);
+            }
             EventRecord {
                 id: e.id,
                 name: e.name,
