@@ -38,10 +38,10 @@ fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
 /// envelope's parse checks every row). It still never trusts that: whatever it does not expect
 /// ends the walk with `None`.
 ///
-/// Reading raw JSON this way does not check that every number fits an `f64` nor that every `\u`
-/// escape pairs its surrogates, as the full check does: rows with either go to it. The walk also
-/// bounds the nesting: the properties object sits at level 3 of the row, so a row no deeper
-/// than 2 + 16 levels has properties no deeper than 16.
+/// Every number it skips must pass [`validate::number_fits`], the full check's number rule; it
+/// does not decode `\u` escapes (whose surrogate pairs the full check verifies), so a row with
+/// one goes to the full check. It records the deepest nesting, which `read` holds to the
+/// nesting rule.
 struct Scanner<'a> {
     text: &'a str,
     at: usize,
