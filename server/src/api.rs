@@ -19,8 +19,8 @@ use backfill_protocol::limits::{
 use backfill_protocol::time::{format_iso_ms, parse_timestamp_str};
 use backfill_protocol::validate::SYNCED_AT;
 use backfill_protocol::wire::{
-    BatchRequest, BatchResponse, ErrorBody, EventRecord, EventsPage, ProfileRecord, RejectReason,
-    SessionRecord, SessionsPage, TrackResponse,
+    BatchResponse, ErrorBody, EventRecord, EventsPage, ProfileRecord, RejectReason, SessionRecord,
+    SessionsPage, TrackResponse,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -266,7 +266,7 @@ fn split(request: Request) -> (HeaderMap, Option<SocketAddr>, Body) {
     post,
     path = "/track/batch",
     tag = "ingest",
-    request_body(content = BatchRequest, description = "1 to 2000 events; at most 10 MiB decoded; may be sent with `Content-Encoding: gzip` or `zstd`"),
+    request_body(content = crate::openapi::Batch, description = "1 to 2000 events; at most 10 MiB decoded; may be sent with `Content-Encoding: gzip` or `zstd`"),
     security(("client_id" = [], "client_secret" = [])),
     responses(
         (status = 202, description = "Every row accepted or rejected, each index once", body = BatchResponse,
@@ -302,7 +302,7 @@ pub(crate) async fn track_batch(
     post,
     path = "/track",
     tag = "ingest",
-    request_body(content = Object, description = "One event: `{\"type\": ..., \"payload\": ...}`"),
+    request_body(content = crate::openapi::Event, description = "One event"),
     security(("client_id" = [], "client_secret" = [])),
     responses(
         (status = 200, description = "Stored (or already stored)", body = TrackResponse,

@@ -1,8 +1,10 @@
 //! The OpenAPI 3.1 document of every route, generated from the handlers' annotations and the
 //! wire types (`backfill-protocol` with its `openapi` feature), served at `/openapi.json`.
 
+use serde::Serialize;
+use serde_json::{Map, Value};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use backfill_protocol::limits::{CLIENT_ID_HEADER, CLIENT_SECRET_HEADER};
 
@@ -32,6 +34,50 @@ use backfill_protocol::limits::{CLIENT_ID_HEADER, CLIENT_SECRET_HEADER};
     )
 )]
 struct ApiDoc;
+
+/// One event of a request (SPEC §3, §4). Bodies are read by the server's own reader, not
+/// through this type: it only documents their shape.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Event {
+    /// The row's kind; `alias` and others are refused with reason `validation`.
+    #[serde(rename = "type")]
+    kind: EventType,
+    /// `name`, `properties`, `profileId` and the fields of the type (SPEC §4); special
+    /// properties (`__timestamp`, `__deviceId`, `__sessionId`, `__insertId`, `__ip`) go in
+    /// `properties`.
+    payload: Map<String, Value>,
+}
+
+/// The event types the server stores (SPEC §4).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code, reason = "documents the wire shape; requests are never read into it")]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum EventType {
+    /// An event.
+    Track,
+    /// Merges fields into a profile.
+    Identify,
+    /// Adds to a numeric profile property.
+    Increment,
+    /// Subtracts from a numeric profile property.
+    Decrement,
+    /// Creates or updates a group.
+    Group,
+    /// Adds a profile to groups.
+    AssignGroup,
+}
+
+/// The body of `POST /track/batch` (SPEC §2).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Batch {
+    /// 1 to 2000 events; each row is accepted or rejected on its own.
+    #[schema(min_items = 1, max_items = 2000)]
+    events: Vec<Event>,
+    /// The client clock's time when the request was sent: ISO-8601 text or epoch ms.
+    #[serde(rename = "sentAt")]
+    #[schema(value_type = Option<String>)]
+    sent_at: Option<Value>,
+}
 
 /// The two credential headers, as API-key security schemes (SPEC §1).
 struct Credentials;
