@@ -70,6 +70,13 @@ enum Command {
     /// within seconds.
     #[command(subcommand)]
     Project(ProjectCommand),
+    /// Write a consistent, compacted copy of the store in --data-dir to a new file, while the
+    /// server keeps running (SQLite's VACUUM INTO). Restore by stopping the server and putting
+    /// the copy in place of backfill.db.
+    Backup {
+        /// The new file to write; an existing file is never overwritten.
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,8 +254,15 @@ async fn main() -> anyhow::Result<()> {
         max_event_age_days: args.max_event_age_days,
         projects,
     };
-    if let Some(Command::Project(command)) = args.command {
-        return project(&config, command).await;
+    match args.command {
+        Some(Command::Project(command)) => return project(&config, command).await,
+        Some(Command::Backup { to }) => {
+            let db = config.data_dir.join(backfill_server::DATABASE_FILE);
+            backfill_server::store::sqlite::backup(&db, &to)?;
+            println!("backed up {} to {}", db.display(), to.display());
+            return Ok(());
+        }
+        None => {}
     }
     let server = backfill_server::start(&config, Arc::new(SystemClock), None)
         .await

@@ -50,7 +50,10 @@ pub(crate) struct Event {
 
 /// The event types the server stores (SPEC §4).
 #[derive(Serialize, ToSchema)]
-#[allow(dead_code, reason = "documents the wire shape; requests are never read into it")]
+#[allow(
+    dead_code,
+    reason = "documents the wire shape; requests are never read into it"
+)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum EventType {
     /// An event.

@@ -429,3 +429,62 @@ async fn text_logs_name_route_status_and_reason() {
     );
     assert!(line.contains("cannot use the read API"), "{line}");
 }
+
+#[tokio::test]
+async fn an_online_backup_is_a_store_a_server_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let id = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f";
+    let secret = "backup-test-secret";
+    let project = format!("{id}:{secret}");
+    let server = spawn(&data, &["--listen", "127.0.0.1:0", "--project", &project]);
+    let (status, _) = ingest(&server.url, id, secret, vec![reading("b1"), reading("b2")]).await;
+    assert_eq!(status, 202);
+    let copy = dir.path().join("copy.db");
+    let backup = |to: &Path| {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("backup")
+            .arg(to)
+            .output()
+            .expect("run")
+    };
+    let out = backup(&copy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = backup(&copy);
+    assert!(
+        !again.status.success(),
+        "an existing file is never overwritten"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let (status, _) = ingest(&server.url, id, secret, vec![reading("b3")]).await;
+    assert_eq!(status, 202, "the server kept serving");
+    drop(server.stop());
+
+    let restored = dir.path().join("restored");
+    std::fs::create_dir_all(&restored).expect("dir");
+    std::fs::copy(&copy, restored.join("backfill.db")).expect("copy");
+    let server = spawn(
+        &restored,
+        &["--listen", "127.0.0.1:0", "--project", &project],
+    );
+    let (status, page) = read(&server.url, "/api/events?name=reading", id, secret).await;
+    assert_eq!(status, 200);
+    let keys: Vec<&str> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["insert_id"].as_str())
+        .collect();
+    assert_eq!(
+        keys.len(),
+        2,
+        "the backup holds what was committed before it: {keys:?}"
+    );
+    assert!(keys.contains(&"b1") && keys.contains(&"b2"));
+}

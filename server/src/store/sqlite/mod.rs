@@ -126,6 +126,34 @@ fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection
     Ok(conn)
 }
 
+/// Writes a consistent copy of the database at `path` to `dest` (a new file) with SQLite's
+/// `VACUUM INTO`, while servers keep writing: it reads one snapshot, and in WAL mode a reader
+/// never blocks the writer. The copy is a complete database, compacted, that a server opens as
+/// its `backfill.db`.
+pub fn backup(path: &Path, dest: &Path) -> Result<(), StoreError> {
+    if dest.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "{} already exists; a backup never overwrites a file",
+            dest.display()
+        )));
+    }
+    if !path.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "no database at {}; is --data-dir right?",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let dest = dest
+        .to_str()
+        .ok_or_else(|| StoreError::Unavailable(format!("{} is not valid UTF-8", dest.display())))?;
+    conn.execute("VACUUM INTO ?1", params![dest])
+        .map_err(|e| StoreError::Unavailable(format!("backup to {dest} failed: {e}")))?;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating or upgrading) the database at `path` and starts its writer thread.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
