@@ -82,8 +82,8 @@ async fn tag_route(path: MatchedPath, request: Request, next: Next) -> Response 
     response
 }
 
-/// Logs every request (method, route, status, duration, client, counts, and the reason of a
-/// failure; never a secret), counts it in the metrics and stamps the age window on every
+/// Logs every request (method, route, status, duration, client and its project, counts, and the
+/// reason of a failure; never a secret), counts it in the metrics and stamps the age window on every
 /// successful answer.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -106,15 +106,18 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let cause = extensions.remove::<StoreFailure>().map(|f| f.0);
     let status = response.status();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
-    let client = client.map(|c| c.to_string());
+    let project = client.and_then(|c| state.projects().project_of(&c));
+    // Displayed, not debugged: ids read the same in text and JSON lines, without quotes.
+    let project = project.as_ref().map(tracing::field::display);
+    let client = client.map(tracing::field::display);
     if status.is_server_error() {
         tracing::error!(
-            %method, %route, status = status.as_u16(), duration_ms, client, reason, cause,
+            %method, %route, status = status.as_u16(), duration_ms, client, project, reason, cause,
             "request failed"
         );
     } else {
         tracing::info!(
-            %method, %route, status = status.as_u16(), duration_ms, client,
+            %method, %route, status = status.as_u16(), duration_ms, client, project,
             accepted = counts.accepted, duplicates = counts.duplicates,
             rejected = counts.rejected, returned = counts.returned, reason,
             "request"
@@ -705,8 +708,15 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document of every route", body = Object))
 )]
-pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::openapi::document())
+pub(crate) async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        crate::openapi::json(),
+    )
+        .into_response()
 }
 
 fn with_returned(answer: impl IntoResponse, returned: usize) -> Response {

@@ -230,6 +230,12 @@ impl ProjectRegistry {
             .and_then(|known| known.get(id).cloned())
     }
 
+    /// The project (its client id) that `client` reaches, from the cache, without checking any
+    /// secret: for log lines.
+    pub fn project_of(&self, client: &Uuid) -> Option<String> {
+        self.lookup(client).map(|k| k.project_client_id)
+    }
+
     /// Whether `secret` is the client's current secret, or the previous one inside its grace
     /// period.
     fn accepts(&self, known: &Known, secret: &str) -> bool {

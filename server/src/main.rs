@@ -112,11 +112,18 @@ enum ProjectCommand {
     },
 }
 
-/// Resolves `host:port` (names included) to the first address it names.
+/// Resolves `host:port` (names included) to one address: the first IPv4 one it names, else the
+/// first. `localhost` is then 127.0.0.1, which clients of `localhost` try too.
 fn resolve(s: &str) -> Result<SocketAddr, String> {
-    s.to_socket_addrs()
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {s:?} as host:port: {e}"))?
-        .next()
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
         .ok_or_else(|| format!("{s:?} names no address"))
 }
 

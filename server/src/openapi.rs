@@ -105,6 +105,12 @@ impl Modify for Credentials {
     }
 }
 
+/// The document as JSON text, built once.
+pub fn json() -> &'static str {
+    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    JSON.get_or_init(|| serde_json::to_string(&document()).unwrap_or_else(|_| "{}".to_owned()))
+}
+
 /// The document, with the crate's version.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();

@@ -229,6 +229,14 @@ async fn project_commands_manage_keys_on_a_real_store() {
     for secret in [&root_secret, &write_secret, &new_secret] {
         assert!(!logs.contains(secret.as_str()), "a secret reached the logs");
     }
+    let line = logs
+        .lines()
+        .find(|l| l.contains(&format!("client={write_id}")) && l.contains("status=202"))
+        .unwrap_or_else(|| panic!("no line of the write key in\n{logs}"));
+    assert!(
+        line.contains(&format!("project={root_id}")),
+        "a key issued for a project logs that project: {line}"
+    );
 
     let unknown = Command::new(BIN)
         .arg("--data-dir")
@@ -368,6 +376,7 @@ async fn logs_metrics_and_openapi_after_real_traffic() {
     assert_eq!(batch["level"], json!("INFO"));
     assert_eq!(batch["method"], json!("POST"));
     assert_eq!(batch["client"], json!(id));
+    assert_eq!(batch["project"], json!(id));
     assert_eq!(
         (&batch["accepted"], &batch["duplicates"], &batch["rejected"]),
         (&json!(3), &json!(1), &json!(1))
