@@ -497,3 +497,59 @@ async fn an_online_backup_is_a_store_a_server_opens() {
     );
     assert!(keys.contains(&"b1") && keys.contains(&"b2"));
 }
+
+#[tokio::test]
+async fn a_store_from_before_modes_is_upgraded_with_a_warning_and_its_client_keeps_working() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    admin(&data, &["list"]);
+    let id = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f";
+    let secret = "a-secret-from-before-modes";
+    {
+        // The clients table as schema version 3 wrote it, with one client.
+        let conn = rusqlite::Connection::open(data.join("backfill.db")).expect("open");
+        conn.execute_batch(
+            "DROP TABLE projects;
+             CREATE TABLE projects (
+                 key         INTEGER PRIMARY KEY,
+                 client_id   TEXT NOT NULL UNIQUE,
+                 secret_hash TEXT NOT NULL,
+                 secret_salt TEXT NOT NULL,
+                 created_at  INTEGER NOT NULL
+             );
+             PRAGMA user_version = 3;",
+        )
+        .expect("version 3");
+        conn.execute(
+            "INSERT INTO projects (client_id, secret_hash, secret_salt, created_at)
+             VALUES (?1, ?2, 'salt', 1795860000)",
+            rusqlite::params![id, backfill_server::auth::hash_secret("salt", secret)],
+        )
+        .expect("client");
+    }
+    let server = spawn(&data, &["--listen", "127.0.0.1:0"]);
+    assert!(
+        !server.stdout.join("\n").contains("client secret"),
+        "no client is created next to the stored one"
+    );
+    let (status, body) = ingest(&server.url, id, secret, vec![reading("u1")]).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _) = read(&server.url, "/api/events", id, secret).await;
+    assert_eq!(status, 200, "the old client is root: it reads too");
+    let logs = server.stop();
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("WARN"))
+        .unwrap_or_else(|| panic!("no warning in\n{logs}"));
+    assert!(
+        warning.contains("root") && warning.contains("--mode write"),
+        "the warning tells the operator to issue write keys: {warning}"
+    );
+    let list = admin(&data, &["list"]);
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(id) && l.contains("root")),
+        "{list}"
+    );
+}
