@@ -171,6 +171,12 @@ fn print_secret(p: &NewProject) {
 }
 
 async fn project(config: &Config, command: ProjectCommand) -> anyhow::Result<()> {
+    // Only `create` may start a store (to provision keys before a first start): on a mistyped
+    // --data-dir, the others say so rather than show an empty, new store.
+    let db = config.data_dir.join(backfill_server::DATABASE_FILE);
+    if !matches!(command, ProjectCommand::Create { .. }) && !db.exists() {
+        anyhow::bail!("no store at {}; is --data-dir right?", db.display());
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = backfill_server::open_embedded(config, Arc::clone(&clock), &Metrics::default())
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
