@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::properties::RawMap;
 
 /// The body of `POST /track/batch`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BatchRequest {
     /// 1 to 2000 event objects (`{"type": ..., "payload": ...}`).
@@ -16,6 +17,7 @@ pub struct BatchRequest {
 }
 
 /// Why the server refused one row of a batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum RejectReason {
@@ -36,6 +38,7 @@ impl RejectReason {
 }
 
 /// One refused row of a batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Rejection {
     /// Position of the row in the request's `events`.
@@ -47,6 +50,7 @@ pub struct Rejection {
 }
 
 /// The `202` answer to `POST /track/batch`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchResponse {
     /// Rows stored, counting those already stored before (`duplicates`).
@@ -60,6 +64,7 @@ pub struct BatchResponse {
 }
 
 /// The `200` answer to `POST /track`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TrackResponse {
     /// The device the event was attributed to (empty for a server event).
@@ -71,6 +76,7 @@ pub struct TrackResponse {
 }
 
 /// The body of every non-2xx answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     /// The HTTP status code.
@@ -82,6 +88,7 @@ pub struct ErrorBody {
 }
 
 /// One stored event as `GET /api/events` lists it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventRecord {
     /// Server-generated id.
@@ -100,12 +107,14 @@ pub struct EventRecord {
     /// Event time, ISO-8601 UTC with milliseconds.
     pub created_at: String,
     /// Properties without `__timestamp`, plus `__syncedAt` and, where set, `__clientTimestamp`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub properties: RawMap,
     /// The event's `__insertId`, if it had one.
     pub insert_id: Option<String>,
 }
 
 /// A page of `GET /api/events`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventsPage {
     /// Events in (created_at, id) order.
@@ -115,6 +124,7 @@ pub struct EventsPage {
 }
 
 /// One session as `GET /api/sessions` lists it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionRecord {
     /// Session id.
@@ -134,6 +144,7 @@ pub struct SessionRecord {
 }
 
 /// A page of `GET /api/sessions`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionsPage {
     /// Sessions in (started_at, id) order.
@@ -143,6 +154,7 @@ pub struct SessionsPage {
 }
 
 /// A profile as `GET /api/profiles/{profileId}` returns it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProfileRecord {
     /// Profile id.
@@ -156,6 +168,7 @@ pub struct ProfileRecord {
     /// From `identify`'s `avatar`.
     pub avatar: Option<String>,
     /// Merged `identify` properties and `increment`/`decrement` counters.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub properties: RawMap,
     /// Ids of the groups the profile was assigned to.
     pub groups: Vec<String>,

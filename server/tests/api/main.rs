@@ -7,6 +7,7 @@ mod dedup;
 mod envelope;
 mod faults;
 mod fidelity;
+mod modes;
 mod profiles;
 mod read;
 mod rules;
