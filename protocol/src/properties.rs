@@ -20,10 +20,16 @@ impl<'a> Properties<'a> {
     /// From `(key, value as JSON text)` pairs in any order. A repeated key keeps its last value,
     /// as JSON parsers do.
     pub fn new(mut pairs: Vec<(Cow<'a, str>, &'a str)>) -> Self {
-        pairs.reverse();
-        // A stable sort keeps the last occurrence of a key first among its equals.
+        // A stable sort keeps a repeated key's values in the order sent; each later one then
+        // replaces the value kept.
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        pairs.dedup_by(|later, first| later.0 == first.0);
+        pairs.dedup_by(|later, kept| {
+            let repeated = later.0 == kept.0;
+            if repeated {
+                kept.1 = later.1;
+            }
+            repeated
+        });
         Properties { pairs }
     }
 

@@ -637,6 +637,39 @@ mod tests {
     }
 
     #[test]
+    fn numbers_keep_their_text() {
+        let ev = validate_event(
+            r#"{"type":"track","payload":{"name":"a","profileId":89014103211118510720,
+               "properties":{"iccid":89014103211118510720,"n":1e3,"p":1.10,"c":"caf\u00e9"}}}"#,
+        )
+        .expect("valid");
+        assert_eq!(ev.profile_id.as_deref(), Some("89014103211118510720"));
+        assert_eq!(
+            ev.properties.to_json(None),
+            r#"{"c":"caf\u00e9","iccid":89014103211118510720,"n":1e3,"p":1.10}"#
+        );
+        let out_of_range = r#"{"type":"track","payload":{"name":"a","properties":{"x":[1e400]}}}"#;
+        assert!(
+            validate_event(out_of_range)
+                .unwrap_err()
+                .contains("number out of range")
+        );
+        let inc = |value: &str| {
+            validate_event(Box::leak(
+                format!(r#"{{"type":"increment","payload":{{"profileId":"u","property":"n","value":{value}}}}}"#)
+                    .into_boxed_str(),
+            ))
+        };
+        assert!(inc("89014103211118510720").is_ok());
+        assert!(
+            inc("1234567890123456789012345678901")
+                .unwrap_err()
+                .contains("28 significant digits")
+        );
+        assert_eq!(inc("-0").unwrap_err(), "value must be a positive number");
+    }
+
+    #[test]
     fn special_property_rules() {
         let with = |props: Value| {
             check(json!({"type": "track", "payload": {"name": "a", "properties": props}}))
