@@ -167,7 +167,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
 
     say("\nonline: draining".to_owned());
     let started = Instant::now();
-    let end = drain_with_progress(&sdk, true)?;
+    let end = drain_with_progress(&sdk, true)?.end;
     let seconds = started.elapsed().as_secs_f64();
     let stats = sdk.stats()?;
     if end != DrainEnd::Empty {
@@ -247,5 +247,5 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
     }
     drop(sdk);
     runtime.block_on(server.stop())?;
-    Ok(if exact { exit::OK } else { exit::FAILURE })
+    Ok(if exact { exit::OK } else { exit::SOFTWARE })
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use backfill_core::{Backfill, Config, DrainEnd, Error};
+use backfill_core::{Backfill, Config, DrainEnd, DrainReport, Error};
 use clap::Args;
 use serde_json::json;
 
@@ -53,6 +53,7 @@ fn open_offline(db: &Path) -> Result<Backfill, Error> {
 fn storage_exit(e: &Error) -> u8 {
     match e {
         Error::Unauthorized(_) => exit::NOPERM,
+        Error::Misconfigured(_) | Error::InvalidConfig(_) => exit::CONFIG,
         Error::InvalidEvent(_) => exit::DATA,
         _ => exit::IO,
     }
@@ -97,8 +98,9 @@ pub fn enqueue(db: &Path, file: Option<&Path>) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// Drains once (or until empty), showing progress; returns how it ended.
-pub fn drain_with_progress(sdk: &Backfill, until_empty: bool) -> Result<DrainEnd, Error> {
+/// Drains once (or, with `until_empty`, again after each wait until the buffer is empty),
+/// showing progress; returns the last drain's report. Each wait names its cause on stderr.
+pub fn drain_with_progress(sdk: &Backfill, until_empty: bool) -> Result<DrainReport, Error> {
     let before = sdk.stats()?;
     let mut progress = Progress::new(before.buffered_events);
     loop {
@@ -116,15 +118,18 @@ pub fn drain_with_progress(sdk: &Backfill, until_empty: bool) -> Result<DrainEnd
         let now = sdk.stats()?;
         progress.update(now.sent - before.sent, now.requests - before.requests);
         match report {
-            Ok(r) if r.end == DrainEnd::Empty => {
-                progress.finish();
-                return Ok(DrainEnd::Empty);
-            }
             Ok(r) => match r.end {
-                DrainEnd::RetryIn(wait) if until_empty => std::thread::sleep(wait),
-                end => {
+                DrainEnd::RetryIn(wait) if until_empty => {
+                    progress.pause(&format!(
+                        "{}; retrying in {:.0} s",
+                        r.last_error.as_deref().unwrap_or("the server is busy"),
+                        wait.as_secs_f64()
+                    ));
+                    std::thread::sleep(wait);
+                }
+                _ => {
                     progress.finish();
-                    return Ok(end);
+                    return Ok(r);
                 }
             },
             Err(e) => {
@@ -159,7 +164,10 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
         let after = sdk.stats()?;
         let sent = after.sent - before.sent;
         match result {
-            Ok(DrainEnd::Empty) => {
+            Ok(DrainReport {
+                end: DrainEnd::Empty,
+                ..
+            }) => {
                 if sent > 0 || !args.watch {
                     println!(
                         "sent {sent} events in {} requests ({} bytes); {} duplicates, {} dead-lettered, {} expired; {} left",
@@ -172,19 +180,40 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
                     );
                 }
             }
-            Ok(DrainEnd::RetryIn(wait)) => {
+            Ok(DrainReport {
+                end: DrainEnd::RetryIn(wait),
+                last_error,
+                ..
+            }) => {
+                let cause = last_error.as_deref().unwrap_or("the server is busy");
                 eprintln!(
-                    "backfill drain: the server is unreachable or busy; {} events kept, retry in {:.0} s",
+                    "backfill drain: {cause}; {} events kept, retry in {:.0} s",
                     after.buffered_events,
                     wait.as_secs_f64()
                 );
-                return Ok(exit::TEMPFAIL);
+                return Ok(exit::UNAVAILABLE);
             }
-            Ok(DrainEnd::Unauthorized(code)) | Err(Error::Unauthorized(code)) => {
+            Ok(DrainReport {
+                end: DrainEnd::Unauthorized(code),
+                ..
+            })
+            | Err(Error::Unauthorized(code)) => {
                 eprintln!(
                     "backfill drain: the server refused the credentials (HTTP {code}); the data is kept"
                 );
                 return Ok(exit::NOPERM);
+            }
+            Ok(DrainReport {
+                end: DrainEnd::Misconfigured(why),
+                ..
+            })
+            | Err(Error::Misconfigured(why)) => {
+                eprintln!(
+                    "backfill drain: {why} (endpoint {}); nothing was deleted, {} events kept. \
+                     Set BACKFILL_ENDPOINT to the server's base URL, e.g. https://ingest.example.com",
+                    args.endpoint, after.buffered_events
+                );
+                return Ok(exit::CONFIG);
             }
             Err(e) => {
                 eprintln!("backfill drain: {e}");

@@ -17,27 +17,56 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Exit codes scripts can rely on (sysexits.h).
+/// Exit codes scripts can rely on, one table for every subcommand (sysexits.h where one fits).
 pub mod exit {
     /// Everything done.
     pub const OK: u8 = 0;
-    /// Something went wrong that is not one of the below.
-    pub const FAILURE: u8 = 1;
-    /// Bad input data (a malformed reading); nothing was written.
+    /// The drain finished, but events older than the server's age window were dropped unsent.
+    pub const EXPIRED: u8 = 3;
+    /// The command line is wrong (EX_USAGE).
+    pub const USAGE: u8 = 64;
+    /// Bad input data (a malformed reading); nothing was written (EX_DATAERR).
     pub const DATA: u8 = 65;
-    /// The buffer could not be read or written.
+    /// The input file or the buffer does not exist or cannot be read (EX_NOINPUT).
+    pub const NO_INPUT: u8 = 66;
+    /// The server is unreachable or busy; the data is kept, try again later (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: u8 = 69;
+    /// A bug in backfill (EX_SOFTWARE).
+    pub const SOFTWARE: u8 = 70;
+    /// The buffer could not be used: not a buffer, damaged, disk full (EX_IOERR).
     pub const IO: u8 = 74;
-    /// The server is unreachable or busy; the data is kept, try again later.
-    pub const TEMPFAIL: u8 = 75;
-    /// The server refused the credentials; the data is kept.
+    /// Another drain holds the buffer; try again later (EX_TEMPFAIL).
+    pub const BUSY: u8 = 75;
+    /// The server refused the credentials; the data is kept (EX_NOPERM).
     pub const NOPERM: u8 = 77;
+    /// The endpoint is wrong (a bad URL, or the server says no such route); the data is kept
+    /// (EX_CONFIG).
+    pub const CONFIG: u8 = 78;
+    /// Interrupted by Ctrl-C (128 + SIGINT); the summary so far is printed.
+    pub const INTERRUPTED: u8 = 130;
+
+    /// The table, as `--help` and the README show it.
+    pub const TABLE: &str = "Exit codes:
+  0    done
+  3    drained, but events older than the server's age window were dropped unsent
+  64   the command line is wrong
+  65   bad input data; nothing was added
+  66   the input file or the buffer does not exist or cannot be read
+  69   the server is unreachable or busy; the data is kept, try again later
+  70   a bug in backfill
+  74   the buffer cannot be used (not a buffer, damaged, disk full); nothing was changed
+  75   another drain holds the buffer; try again later
+  77   the server refused the credentials; the data is kept
+  78   the endpoint is wrong (bad URL, or no Backfill server there); the data is kept
+  130  interrupted (Ctrl-C); the summary so far is printed";
 }
 
 #[derive(Debug, Parser)]
 #[command(
     name = "backfill",
     version,
-    about = "Offline-first events: record on the device, drain when online"
+    about = "Offline-first events: record on the device, drain when online",
+    after_help = exit::TABLE
 )]
 struct Cli {
     #[command(subcommand)]
@@ -83,7 +112,17 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
         )
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
     let code = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Enqueue { db, file } => gateway::enqueue(&db.db, file.as_deref()),
@@ -94,7 +133,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("backfill: {e:#}");
-            ExitCode::from(exit::FAILURE)
+            ExitCode::from(exit::SOFTWARE)
         }
     }
 }

@@ -63,6 +63,15 @@ impl Progress {
         }
     }
 
+    /// Ends the bar's line with a note (why the drain waits), so the next redraw starts below.
+    pub fn pause(&self, note: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.terminal {
+            let _ = writeln!(err);
+        }
+        let _ = writeln!(err, "drain: {note}");
+    }
+
     /// Ends the line.
     pub fn finish(&self) {
         if self.terminal {

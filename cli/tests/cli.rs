@@ -238,7 +238,7 @@ fn drain_empties_the_buffer_into_a_real_server() {
         ("BACKFILL_CLIENT_SECRET", SECRET),
     ];
     let out = backfill(&["drain", "--db", db_arg], None, &unreachable);
-    assert_eq!(out.status.code(), Some(75), "unreachable: try again later");
+    assert_eq!(out.status.code(), Some(69), "unreachable: try again later");
     assert_eq!(status_json(&db)["buffered_events"], 2);
 }
 
@@ -264,4 +264,57 @@ fn status_reports_a_missing_buffer_and_a_table() {
             .as_str()
             .is_some_and(|t| t.ends_with('Z'))
     );
+}
+
+fn creds(url: &str) -> [(&str, &str); 3] {
+    [
+        ("BACKFILL_ENDPOINT", url),
+        ("BACKFILL_CLIENT_ID", PROJECT),
+        ("BACKFILL_CLIENT_SECRET", SECRET),
+    ]
+}
+
+fn enqueue(db: &Path, input: &str) {
+    let out = backfill(
+        &["enqueue", "--db", db.to_str().expect("path")],
+        Some(input),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_wrong_endpoint_keeps_every_reading_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(2500));
+    for wrong in [
+        format!("{}/v1", server.url()),
+        format!("{}/track/batch", server.url()),
+    ] {
+        let out = backfill(
+            &["drain", "--db", db_arg, "--until-empty"],
+            None,
+            &creds(&wrong),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{wrong}: {err}");
+        assert!(err.contains("base URL"), "{err}");
+        let status = status_json(&db);
+        assert_eq!(status["buffered_events"], 2500, "{wrong}: {status}");
+        assert_eq!(status["stats"]["dead_lettered"], 0, "{wrong}: {status}");
+    }
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&server.url()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.count(PROJECT, SECRET, "reading"), 2500);
 }

@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     globals: RwLock<Map<String, Value>>,
     online: AtomicBool,
     unauthorized: AtomicBool,
+    /// The answers said the endpoint is wrong; uploads pause until the app acts.
+    misconfigured: AtomicBool,
     /// Epoch ms before which the background uploader does not retry.
     retry_at_ms: AtomicI64,
     last_error: Mutex<Option<String>>,
@@ -83,19 +85,23 @@ impl Shared {
             Ok(r) => {
                 let unauthorized = matches!(r.end, DrainEnd::Unauthorized(_));
                 self.unauthorized.store(unauthorized, Ordering::Relaxed);
-                match r.end {
+                let misconfigured = matches!(r.end, DrainEnd::Misconfigured(_));
+                self.misconfigured.store(misconfigured, Ordering::Relaxed);
+                match &r.end {
                     DrainEnd::Empty => self.retry_at_ms.store(0, Ordering::Relaxed),
                     DrainEnd::RetryIn(wait) => {
                         let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
                         self.retry_at_ms
                             .store(self.clock.now_ms().saturating_add(wait), Ordering::Relaxed);
-                        self.note_error(format!(
-                            "upload deferred for {wait} ms: server busy or unreachable"
-                        ));
+                        let cause = r.last_error.as_deref().unwrap_or("server busy");
+                        self.note_error(format!("upload deferred for {wait} ms: {cause}"));
                     }
                     DrainEnd::Unauthorized(code) => self.note_error(format!(
                         "the server refused the credentials (HTTP {code}); uploads paused"
                     )),
+                    DrainEnd::Misconfigured(why) => {
+                        self.note_error(format!("{why}; uploads paused, nothing was deleted"))
+                    }
                 }
             }
             Err(e) => self.note_error(format!("drain failed: {e}")),
@@ -153,6 +159,7 @@ fn run_uploader(
     loop {
         let idle = !shared.online.load(Ordering::Relaxed)
             || shared.unauthorized.load(Ordering::Relaxed)
+            || shared.misconfigured.load(Ordering::Relaxed)
             || shared.buffered() == 0;
         let command = if idle {
             commands
@@ -258,6 +265,7 @@ impl Backfill {
             globals: RwLock::new(Map::new()),
             online: AtomicBool::new(true),
             unauthorized: AtomicBool::new(false),
+            misconfigured: AtomicBool::new(false),
             retry_at_ms: AtomicI64::new(0),
             last_error: Mutex::new(recovered),
         });
@@ -520,8 +528,10 @@ impl Backfill {
     pub fn flush(&self) -> Result<DrainReport, Error> {
         self.shared().retry_at_ms.store(0, Ordering::Relaxed);
         let report = self.shared().drain()?;
-        if let DrainEnd::Unauthorized(code) = report.end {
-            return Err(Error::Unauthorized(code));
+        match &report.end {
+            DrainEnd::Unauthorized(code) => return Err(Error::Unauthorized(*code)),
+            DrainEnd::Misconfigured(why) => return Err(Error::Misconfigured(why.clone())),
+            _ => {}
         }
         Ok(report)
     }
@@ -556,6 +566,7 @@ impl Backfill {
             requests: b.counter(counter::REQUESTS)?,
             bytes_sent: b.counter(counter::BYTES_SENT)?,
             unauthorized: shared.unauthorized.load(Ordering::Relaxed),
+            misconfigured: shared.misconfigured.load(Ordering::Relaxed),
             last_error: shared.last_error.lock().ok().and_then(|e| e.clone()),
         })
     }

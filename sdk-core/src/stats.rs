@@ -31,6 +31,9 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// Uploads are paused because the server refused the credentials.
     pub unauthorized: bool,
+    /// Uploads are paused because the answers said the endpoint is wrong (SPEC §9); the data
+    /// is kept and `last_error` says what the server answered.
+    pub misconfigured: bool,
     /// The last error, if any (uploads or storage).
     pub last_error: Option<String>,
 }

@@ -416,15 +416,17 @@ impl Buffer {
         Ok(())
     }
 
-    /// Drops rows with an event time before `cutoff_ms`; returns how many.
-    pub fn expire(&self, cutoff_ms: i64) -> Result<u64, Error> {
+    /// Drops rows with an event time before `cutoff_ms`; says how many and the oldest's time.
+    pub fn expire(&self, cutoff_ms: i64) -> Result<Expired, Error> {
         let mut inner = self.lock()?;
         let tx = inner
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let freed: Vec<i64> = tx
-            .prepare_cached("DELETE FROM events WHERE seq < ?1 RETURNING bytes")?
-            .query_map(params![schema::seq_slot(cutoff_ms).0], |r| r.get(0))?
+        let freed: Vec<(i64, i64)> = tx
+            .prepare_cached("DELETE FROM events WHERE seq < ?1 RETURNING bytes, time_ms")?
+            .query_map(params![schema::seq_slot(cutoff_ms).0], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
         bump(&tx, counter::EXPIRED, freed.len() as u64)?;
         tx.commit()?;
@@ -434,8 +436,11 @@ impl Buffer {
         inner.rows = inner.rows.saturating_sub(freed.len() as u64);
         inner.bytes = inner
             .bytes
-            .saturating_sub(freed.iter().map(|b| *b as u64).sum());
-        Ok(freed.len() as u64)
+            .saturating_sub(freed.iter().map(|(b, _)| *b as u64).sum());
+        Ok(Expired {
+            count: freed.len() as u64,
+            oldest_ms: freed.iter().map(|(_, t)| *t).min(),
+        })
     }
 
     /// A counter's value.
@@ -483,6 +488,15 @@ impl Buffer {
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+}
+
+/// What [`Buffer::expire`] dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// Rows dropped.
+    pub count: u64,
+    /// The event time (epoch ms) of the oldest of them.
+    pub oldest_ms: Option<i64>,
 }
 
 /// What a drain learned about the rows it sent.
@@ -590,7 +604,7 @@ mod tests {
         // In flight: the oldest row expires and an older event is recorded between the others.
         buffer.append(&rows, BOUNDS, |_| Ok(())).expect("append");
         let sent = packed(&buffer);
-        assert_eq!(buffer.expire(1_500).expect("expire"), 1);
+        assert_eq!(buffer.expire(1_500).expect("expire").count, 1);
         let late = row(2_500, 4444);
         buffer
             .append(std::slice::from_ref(&late), BOUNDS, |_| Ok(()))
@@ -684,7 +698,7 @@ mod tests {
             .map(|n| format!(r#"{{"n":{n}}}"#))
             .collect();
         assert_eq!(order(&buffer), expected);
-        assert_eq!(buffer.expire(3_000).expect("expire"), 2);
+        assert_eq!(buffer.expire(3_000).expect("expire").count, 2);
         assert_eq!(order(&buffer), expected[2..]);
         assert_eq!(
             buffer.time_span().expect("span"),
