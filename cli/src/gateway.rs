@@ -238,9 +238,9 @@ fn iso(ms: Option<i64>) -> String {
 pub fn status(db: &Path, as_json: bool) -> anyhow::Result<u8> {
     if !db.exists() {
         eprintln!("backfill status: no buffer at {}", db.display());
-        return Ok(exit::IO);
+        return Ok(exit::NO_INPUT);
     }
-    let sdk = match open_offline(db) {
+    let sdk = match Backfill::open_read_only(db) {
         Ok(sdk) => sdk,
         Err(e) => {
             eprintln!("backfill status: {e}");

@@ -247,7 +247,8 @@ fn status_reports_a_missing_buffer_and_a_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("none.db");
     let out = backfill(&["status", "--db", db.to_str().expect("path")], None, &[]);
-    assert_eq!(out.status.code(), Some(74));
+    assert_eq!(out.status.code(), Some(66));
+    assert!(!db.exists(), "status creates nothing");
     let out = backfill(
         &["enqueue", "--db", db.to_str().expect("path")],
         Some(&readings(2)),
@@ -317,4 +318,84 @@ fn a_wrong_endpoint_keeps_every_reading_and_says_so() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(server.count(PROJECT, SECRET, "reading"), 2500);
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_file_that_is_not_a_buffer_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    let log = work.join("readings.ndjson");
+    let text = readings(3);
+    std::fs::write(&log, &text).expect("write");
+    let log_arg = log.to_str().expect("path");
+    let url = server.url();
+    let runs: [(&[&str], Option<&str>); 4] = [
+        (&["status", "--db", log_arg], None),
+        (&["status", "--db", log_arg, "--json"], None),
+        (&["enqueue", "--db", log_arg], Some(text.as_str())),
+        (&["drain", "--db", log_arg], None),
+    ];
+    for (args, stdin) in runs {
+        let out = backfill(args, stdin, &creds(&url));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(74), "{args:?}: {err}");
+        assert!(err.contains("not a Backfill buffer"), "{args:?}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&log).expect("read"),
+            text,
+            "{args:?}: the file is untouched"
+        );
+        assert_eq!(
+            listing(&work),
+            ["readings.ndjson"],
+            "{args:?}: nothing created"
+        );
+    }
+
+    // Another program's SQLite database is not a buffer either.
+    let other = work.join("app.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&other).expect("sqlite");
+        conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT);")
+            .expect("table");
+    }
+    let before = std::fs::read(&other).expect("read");
+    let out = backfill(
+        &["enqueue", "--db", other.to_str().expect("path")],
+        Some(&text),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(74));
+    assert!(std::fs::read(&other).expect("read") == before, "unchanged");
+
+    // A damaged buffer: status reports it and moves nothing.
+    let damaged = work.join("damaged.db");
+    let mut bytes = b"SQLite format 3\0".to_vec();
+    bytes.extend(std::iter::repeat_n(0xA5u8, 8192));
+    std::fs::write(&damaged, &bytes).expect("write");
+    let out = backfill(
+        &["status", "--db", damaged.to_str().expect("path")],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(74));
+    assert!(
+        std::fs::read(&damaged).expect("read") == bytes,
+        "status moves nothing"
+    );
+    assert_eq!(
+        listing(&work),
+        ["app.sqlite", "damaged.db", "readings.ndjson"]
+    );
 }

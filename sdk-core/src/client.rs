@@ -223,6 +223,31 @@ impl Backfill {
         Self::with_parts(config, Box::new(transport), Arc::new(SystemClock))
     }
 
+    /// Opens an existing buffer to look at it (`stats`, `dead_letters`, `buffered`): nothing
+    /// is created, moved, upgraded or written, whatever state the file is in, and recording or
+    /// draining through it fails. For tools that show a buffer another process uses.
+    pub fn open_read_only(path: impl Into<std::path::PathBuf>) -> Result<Self, Error> {
+        let path = path.into();
+        let buffer = Buffer::open_read_only(&path)?;
+        let config = Config::builder("http://127.0.0.1", "read-only", "read-only", path)
+            .background_upload(false)
+            .build()?;
+        let transport = HttpTransport::new(
+            &config.endpoint,
+            &config.client_id,
+            &config.client_secret,
+            config.request_timeout,
+        )
+        .map_err(|e| Error::InvalidConfig(e.0))?;
+        Self::assemble(
+            config,
+            buffer,
+            None,
+            Box::new(transport),
+            Arc::new(SystemClock),
+        )
+    }
+
     /// Opens with a given transport and clock (tests, simulations, custom networking).
     pub fn with_parts(
         config: Config,
@@ -234,9 +259,21 @@ impl Backfill {
             clock.now_ms(),
             config.max_database_bytes,
         )?;
+        Self::assemble(config, buffer, recovered, transport, clock)
+    }
+
+    fn assemble(
+        config: Config,
+        buffer: Buffer,
+        recovered: Option<String>,
+        transport: Box<dyn Transport>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        let read_only = buffer.is_read_only();
         let device_id = match (&config.device_id, buffer.state(DEVICE_KEY)?) {
             (Some(fixed), _) => fixed.trim().to_owned(),
             (None, Some(stored)) => stored,
+            (None, None) if read_only => String::new(),
             (None, None) => {
                 let id = uuid::Uuid::new_v4().to_string();
                 buffer.set_state(DEVICE_KEY, &id)?;

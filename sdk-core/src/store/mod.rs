@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{
-    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 
 use crate::error::Error;
@@ -73,6 +73,8 @@ pub struct Buffer {
     scanner: Mutex<Connection>,
     /// Copies the WAL back into the file, so that neither `track` nor a settle waits for it.
     checkpointer: Mutex<Connection>,
+    /// Opened by [`Buffer::open_read_only`].
+    read_only: bool,
     /// How many times eviction or expiry has removed rows since the buffer was opened; changed
     /// only under the `inner` lock, read without it so that packing never waits for a settle.
     removals: AtomicU64,
@@ -110,13 +112,23 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
 /// WAL pages after which a commit checkpoints by itself, when no drain does it.
 const AUTO_CHECKPOINT_PAGES: u32 = 8192;
 
-fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let conn = Connection::open(path)?;
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection, rusqlite::Error> {
+    let conn = if read_only {
+        Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?
+    } else {
+        Connection::open(path)?
+    };
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Checkpoints run during and after drains (`Buffer::checkpoint`); the automatic one is only
-    // a backstop for long offline stretches, so that `track` rarely pays for copying the WAL back.
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
-    conn.pragma_update(None, "wal_autocheckpoint", AUTO_CHECKPOINT_PAGES)?;
+    if !read_only {
+        // Checkpoints run during and after drains (`Buffer::checkpoint`); the automatic one is
+        // only a backstop for long offline stretches, so that `track` rarely pays for copying
+        // the WAL back.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        conn.pragma_update(None, "wal_autocheckpoint", AUTO_CHECKPOINT_PAGES)?;
+    }
     // Reading the schema touches the file header and the first pages: a damaged file fails here.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
@@ -124,19 +136,83 @@ fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
+/// The first 16 bytes of every SQLite database file (its file format, section 1.3.1).
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses a file that is not an SQLite database: it is someone's data (an NDJSON log passed as
+/// `--db`), never a buffer to recover. A missing or empty file passes (a new buffer).
+fn check_header(path: &Path) -> Result<(), Error> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let read = match std::fs::File::open(path) {
+        Ok(mut f) => f.read(&mut head),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Storage(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    match read {
+        Ok(0) => Ok(()),
+        Ok(n) if n == head.len() && &head == SQLITE_HEADER => Ok(()),
+        Ok(_) => Err(Error::Storage(format!(
+            "{} is not a Backfill buffer (not an SQLite database); it was left untouched",
+            path.display()
+        ))),
+        Err(e) => Err(Error::Storage(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Refuses an SQLite database that some other program wrote (version 0, with tables of its
+/// own): creating the buffer's tables in it would change someone else's data.
+fn check_foreign(conn: &Connection, path: &Path) -> Result<(), Error> {
+    let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT IN
+            ('events', 'dead_letters', 'state', 'counters') AND name NOT LIKE 'sqlite_%'",
+        [],
+        |r| r.get(0),
+    )?;
+    if version == 0 && tables > 0 {
+        return Err(Error::Storage(format!(
+            "{} is an SQLite database of another program, not a Backfill buffer; it was left \
+             untouched",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 impl Buffer {
-    /// Opens (or creates) the buffer at `path`. A corrupt file is moved aside to
-    /// `<path>.corrupt-<ms>` and a new buffer is created; the second value then says so.
+    /// Opens (or creates) the buffer at `path`. A file that is not an SQLite database, or an
+    /// SQLite database of another program, is refused and left untouched. An SQLite file that
+    /// fails its checks (a damaged buffer) is moved aside to `<path>.corrupt-<ms>` and a new
+    /// buffer is created; the second value then says so.
     pub fn open(
         path: &Path,
         now_ms: i64,
         max_bytes: Option<u64>,
     ) -> Result<(Self, Option<String>), Error> {
+        check_header(path)?;
+        // Looked at read-only first: opening for writing would already switch another
+        // program's database to WAL.
+        if path.metadata().is_ok_and(|m| m.len() > 0) {
+            match open_connection(path, true) {
+                Ok(conn) => check_foreign(&conn, path)?,
+                Err(e) if is_corruption(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let (mut conn, recovered) = match open_connection(path) {
+        let (mut conn, recovered) = match open_connection(path, false) {
             Ok(conn) => (conn, None),
             Err(e) if is_corruption(&e) => {
                 let aside = PathBuf::from(format!("{}.corrupt-{now_ms}", path.display()));
@@ -151,7 +227,7 @@ impl Buffer {
                     aside.display()
                 );
                 tracing::error!("{note}");
-                (open_connection(path)?, Some(note))
+                (open_connection(path, false)?, Some(note))
             }
             Err(e) => return Err(e.into()),
         };
@@ -161,6 +237,35 @@ impl Buffer {
             let pages = (max / page.max(512) as u64).max(8);
             conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
         }
+        let buffer = Self::with_connection(conn, path, false)?;
+        Ok((buffer, recovered))
+    }
+
+    /// Opens an existing buffer for reading only: nothing is created, moved, upgraded or
+    /// written, whatever state the file is in. Writing through it fails.
+    pub fn open_read_only(path: &Path) -> Result<Self, Error> {
+        if !path.is_file() {
+            return Err(Error::Storage(format!("no buffer at {}", path.display())));
+        }
+        check_header(path)?;
+        let conn = open_connection(path, true)?;
+        let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 0 {
+            return Err(Error::Storage(format!(
+                "{} is an SQLite database but not a Backfill buffer",
+                path.display()
+            )));
+        }
+        if version > schema::VERSION {
+            return Err(Error::Storage(format!(
+                "buffer schema version {version} is newer than this SDK's {}",
+                schema::VERSION
+            )));
+        }
+        Self::with_connection(conn, path, true)
+    }
+
+    fn with_connection(conn: Connection, path: &Path, read_only: bool) -> Result<Self, Error> {
         let (rows, bytes): (i64, i64) = conn.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
             [],
@@ -171,17 +276,20 @@ impl Buffer {
             rows: rows.max(0) as u64,
             bytes: bytes.max(0) as u64,
         };
-        let scanner = open_connection(path)?;
-        let checkpointer = open_connection(path)?;
-        Ok((
-            Self {
-                inner: Mutex::new(inner),
-                scanner: Mutex::new(scanner),
-                checkpointer: Mutex::new(checkpointer),
-                removals: AtomicU64::new(0),
-            },
-            recovered,
-        ))
+        let scanner = open_connection(path, read_only)?;
+        let checkpointer = open_connection(path, read_only)?;
+        Ok(Self {
+            inner: Mutex::new(inner),
+            scanner: Mutex::new(scanner),
+            checkpointer: Mutex::new(checkpointer),
+            read_only,
+            removals: AtomicU64::new(0),
+        })
+    }
+
+    /// True when opened by [`Buffer::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, Error> {
