@@ -55,6 +55,7 @@ fn storage_exit(e: &Error) -> u8 {
         Error::Unauthorized(_) => exit::NOPERM,
         Error::Misconfigured(_) | Error::InvalidConfig(_) => exit::CONFIG,
         Error::InvalidEvent(_) => exit::DATA,
+        Error::Busy(_) => exit::BUSY,
         _ => exit::IO,
     }
 }
@@ -158,6 +159,11 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
             return Ok(storage_exit(&e));
         }
     };
+    // One drain per buffer: a second one would send every reading again.
+    if let Err(e) = sdk.hold_drain_lock() {
+        eprintln!("backfill drain: {e}; try again once it ends");
+        return Ok(storage_exit(&e));
+    }
     loop {
         let before = sdk.stats()?;
         let result = drain_with_progress(&sdk, args.until_empty || args.watch);

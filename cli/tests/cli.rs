@@ -399,3 +399,73 @@ fn a_file_that_is_not_a_buffer_is_refused_and_left_untouched() {
         ["app.sqlite", "damaged.db", "readings.ndjson"]
     );
 }
+
+/// Waits for `done` to hold, checking every 50 ms, for at most `limit`.
+fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}
+
+fn spawn_watch(db: &Path, url: &str) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
+    cmd.args([
+        "drain",
+        "--db",
+        db.to_str().expect("path"),
+        "--watch",
+        "--interval",
+        "1",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (k, v) in creds(url) {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn drain --watch")
+}
+
+#[test]
+fn one_drain_per_buffer_and_a_killed_one_leaves_no_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(10));
+    let mut watcher = spawn_watch(&db, &server.url());
+    assert!(
+        wait_until(std::time::Duration::from_secs(60), || server
+            .count(PROJECT, SECRET, "reading")
+            == 10),
+        "the watcher drains"
+    );
+    enqueue(&db, &readings(5));
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&server.url()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains(&format!("another drain (process {})", watcher.id())),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "the refused drain sent nothing");
+    watcher.kill().expect("kill");
+    watcher.wait().expect("reaped");
+    let out = backfill(
+        &["drain", "--db", db_arg, "--until-empty"],
+        None,
+        &creds(&server.url()),
+    );
+    assert!(
+        out.status.success(),
+        "the lock died with its holder: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.count(PROJECT, SECRET, "reading"), 15);
+    assert_eq!(status_json(&db)["buffered_events"], 0);
+}

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::event::{self, Event, Stamp};
 use crate::session::{self, Placement, SessionState};
 use crate::stats::Stats;
+use crate::store::drain_lock::DrainLock;
 use crate::store::{Bounds, Buffer, NewRow, counter, set_state};
 use crate::upload::drain::{Drain, DrainEnd, DrainReport, WINDOW_KEY};
 use crate::upload::policy::Backoff;
@@ -31,6 +32,9 @@ pub(crate) struct Shared {
     transport: Box<dyn Transport>,
     /// Held for the whole of a drain, so there is one at a time; holds the failure count.
     drain: Mutex<u32>,
+    /// The buffer's drain lock, when held for as long as this SDK is open
+    /// ([`Backfill::hold_drain_lock`]); otherwise each drain takes it for its own duration.
+    drain_lock: Mutex<Option<DrainLock>>,
     window_ms: AtomicI64,
     device_id: String,
     session: Mutex<Option<SessionState>>,
@@ -59,6 +63,17 @@ impl Shared {
             .drain
             .lock()
             .map_err(|_| Error::Storage("drain lock poisoned".to_owned()))?;
+        let held = self
+            .drain_lock
+            .lock()
+            .map_err(|_| Error::Storage("drain lock poisoned".to_owned()))?
+            .is_some();
+        // Another process draining the same buffer would send every row a second time.
+        let _lock = if held {
+            None
+        } else {
+            Some(DrainLock::try_acquire(&self.config.database_path)?)
+        };
         let config = &self.config;
         let report = Drain {
             buffer: &self.buffer,
@@ -295,6 +310,7 @@ impl Backfill {
             clock,
             transport,
             drain: Mutex::new(0),
+            drain_lock: Mutex::new(None),
             window_ms: AtomicI64::new(window_ms),
             device_id,
             session: Mutex::new(session),
@@ -571,6 +587,21 @@ impl Backfill {
             _ => {}
         }
         Ok(report)
+    }
+
+    /// Takes the buffer's drain lock until this SDK is dropped, so that no other drain (in
+    /// this or another process) can start meanwhile; this SDK's own drains go on. Fails with
+    /// [`Error::Busy`] when another drain holds it. For tools that own a buffer's uploads.
+    pub fn hold_drain_lock(&self) -> Result<(), Error> {
+        let shared = self.shared();
+        let mut held = shared
+            .drain_lock
+            .lock()
+            .map_err(|_| Error::Storage("drain lock poisoned".to_owned()))?;
+        if held.is_none() {
+            *held = Some(DrainLock::try_acquire(&shared.config.database_path)?);
+        }
+        Ok(())
     }
 
     /// Tells the SDK whether the network is up; going online starts a drain at once.

@@ -25,6 +25,10 @@ pub enum Error {
     /// kept. The text says what the server answered.
     #[error("the endpoint is misconfigured: {0}")]
     Misconfigured(String),
+    /// Another drain holds the buffer (one drain per buffer, across processes); try again
+    /// once it ends.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The SDK was shut down.
     #[error("the SDK is shut down")]
     Shutdown,

@@ -5,6 +5,7 @@
 //! cheap (no fsync per event) and survives a killed process; only a power loss can take the
 //! last transactions.
 
+pub mod drain_lock;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
