@@ -469,3 +469,24 @@ fn one_drain_per_buffer_and_a_killed_one_leaves_no_lock() {
     assert_eq!(server.count(PROJECT, SECRET, "reading"), 15);
     assert_eq!(status_json(&db)["buffered_events"], 0);
 }
+
+#[test]
+fn drain_watch_sends_readings_another_process_enqueues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    enqueue(&db, &readings(1));
+    let mut watcher = spawn_watch(&db, &server.url());
+    let drained = |n| {
+        wait_until(std::time::Duration::from_secs(60), || {
+            server.count(PROJECT, SECRET, "reading") == n
+        })
+    };
+    assert!(drained(1), "the first reading is drained");
+    enqueue(&db, &readings(3));
+    let seen = drained(4);
+    watcher.kill().expect("kill");
+    watcher.wait().expect("reaped");
+    assert!(seen, "readings enqueued by another process are drained");
+    assert_eq!(status_json(&db)["buffered_events"], 0);
+}

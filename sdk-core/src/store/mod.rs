@@ -64,6 +64,30 @@ struct Inner {
     conn: Connection,
     rows: u64,
     bytes: u64,
+    /// `PRAGMA data_version` when `rows` and `bytes` were last counted: it changes when another
+    /// connection (another process recording into this buffer) commits.
+    data_version: i64,
+}
+
+impl Inner {
+    /// Counts the rows and bytes again if another connection has written since they were
+    /// counted.
+    fn refresh(&mut self) -> Result<(), Error> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version != self.data_version {
+            let (rows, bytes): (i64, i64) = self.conn.query_row(
+                "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            self.rows = rows.max(0) as u64;
+            self.bytes = bytes.max(0) as u64;
+            self.data_version = version;
+        }
+        Ok(())
+    }
 }
 
 /// The buffer. Writes are serialised through one connection; the drain reads the rows it packs
@@ -267,16 +291,13 @@ impl Buffer {
     }
 
     fn with_connection(conn: Connection, path: &Path, read_only: bool) -> Result<Self, Error> {
-        let (rows, bytes): (i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let inner = Inner {
+        let mut inner = Inner {
             conn,
-            rows: rows.max(0) as u64,
-            bytes: bytes.max(0) as u64,
+            rows: 0,
+            bytes: 0,
+            data_version: i64::MIN,
         };
+        inner.refresh()?;
         let scanner = open_connection(path, read_only)?;
         let checkpointer = open_connection(path, read_only)?;
         Ok(Self {
@@ -339,9 +360,10 @@ impl Buffer {
         self.removals.load(Ordering::Acquire)
     }
 
-    /// Buffered rows and bytes.
+    /// Buffered rows and bytes, including rows other processes recorded into this buffer.
     pub fn totals(&self) -> Result<(u64, u64), Error> {
-        let inner = self.lock()?;
+        let mut inner = self.lock()?;
+        inner.refresh()?;
         Ok((inner.rows, inner.bytes))
     }
 
@@ -362,6 +384,7 @@ impl Buffer {
             ));
         }
         let mut inner = self.lock()?;
+        inner.refresh()?;
         let (mut count, mut bytes) = (inner.rows, inner.bytes);
         let tx = inner
             .conn
@@ -744,6 +767,23 @@ mod tests {
             buffer.totals().expect("totals"),
             (1, late.body.len() as u64)
         );
+    }
+
+    #[test]
+    fn rows_recorded_through_another_connection_are_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("b.db");
+        let (drainer, _) = Buffer::open(&path, 0, None).expect("open");
+        let (recorder, _) = Buffer::open(&path, 0, None).expect("open again");
+        assert_eq!(drainer.totals().expect("totals"), (0, 0));
+        let rows = [row(1_000, 1), row(2_000, 22)];
+        recorder.append(&rows, BOUNDS, |_| Ok(())).expect("append");
+        let bytes = (rows[0].body.len() + rows[1].body.len()) as u64;
+        assert_eq!(drainer.totals().expect("totals"), (2, bytes));
+        let sent = packed(&drainer);
+        drainer.settle(&sent, 0, 10).expect("settle");
+        assert_eq!(drainer.totals().expect("totals"), (0, 0));
+        assert_eq!(recorder.totals().expect("totals"), (0, 0));
     }
 
     #[test]
