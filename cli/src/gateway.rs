@@ -104,6 +104,9 @@ pub fn enqueue(db: &Path, file: Option<&Path>) -> anyhow::Result<u8> {
 pub fn drain_with_progress(sdk: &Backfill, until_empty: bool) -> Result<DrainReport, Error> {
     let before = sdk.stats()?;
     let mut progress = Progress::new(before.buffered_events);
+    // What earlier rounds expired, so the report returned covers them all.
+    let mut expired = 0;
+    let mut oldest_expired: Option<i64> = None;
     loop {
         let worker = sdk.clone();
         let flush = std::thread::spawn(move || worker.flush());
@@ -118,8 +121,15 @@ pub fn drain_with_progress(sdk: &Backfill, until_empty: bool) -> Result<DrainRep
             .map_err(|_| Error::Storage("the drain thread panicked".to_owned()))?;
         let now = sdk.stats()?;
         progress.update(now.sent - before.sent, now.requests - before.requests);
+        if let Ok(r) = &report {
+            expired += r.expired;
+            oldest_expired = match (oldest_expired, r.oldest_expired_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         match report {
-            Ok(r) => match r.end {
+            Ok(mut r) => match r.end {
                 DrainEnd::RetryIn(wait) if until_empty => {
                     progress.pause(&format!(
                         "{}; retrying in {:.0} s",
@@ -130,6 +140,8 @@ pub fn drain_with_progress(sdk: &Backfill, until_empty: bool) -> Result<DrainRep
                 }
                 _ => {
                     progress.finish();
+                    r.expired = expired;
+                    r.oldest_expired_ms = oldest_expired;
                     return Ok(r);
                 }
             },
@@ -169,6 +181,13 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
         let result = drain_with_progress(&sdk, args.until_empty || args.watch);
         let after = sdk.stats()?;
         let sent = after.sent - before.sent;
+        let mut code = exit::OK;
+        if let Ok(report) = &result
+            && report.expired > 0
+        {
+            warn_expired(report);
+            code = exit::EXPIRED;
+        }
         match result {
             Ok(DrainReport {
                 end: DrainEnd::Empty,
@@ -227,12 +246,24 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
             }
         }
         if !args.watch {
-            return Ok(exit::OK);
+            return Ok(code);
         }
         while sdk.stats()?.buffered_events == 0 {
             std::thread::sleep(Duration::from_secs(args.interval.max(1)));
         }
     }
+}
+
+/// Says loudly that events were dropped unsent for their age, and how to keep them.
+fn warn_expired(report: &DrainReport) {
+    let days = report.window_ms as f64 / 86_400_000.0;
+    eprintln!(
+        "backfill drain: {} events were older than the server's {days:.0}-day age window and \
+         were dropped unsent (the oldest from {}). To keep such events, start the server with \
+         --max-event-age-days N (1 to 90) larger than the gateway's longest time offline.",
+        report.expired,
+        iso(report.oldest_expired_ms)
+    );
 }
 
 fn iso(ms: Option<i64>) -> String {

@@ -3,7 +3,7 @@
 use std::io::BufRead;
 
 use backfill_core::Event;
-use backfill_protocol::time::{parse_timestamp, parse_timestamp_str};
+use backfill_protocol::time::parse_timestamp_str;
 use serde_json::{Map, Value};
 
 /// A bad line, named by its number (1-based).
@@ -67,10 +67,11 @@ fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
         };
         let timestamp_ms = match obj.remove("timestamp") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(
-                parse_timestamp(&v)
-                    .ok_or_else(|| bad(n, format!("\"timestamp\" {v} is not a time")))?,
-            ),
+            Some(Value::Number(number)) => {
+                Some(epoch_number(&number.to_string()).map_err(|e| bad(n, e))?)
+            }
+            Some(Value::String(text)) => Some(timestamp(&text).map_err(|e| bad(n, e))?),
+            Some(v) => return Err(bad(n, format!("\"timestamp\" {v} is not a time"))),
         };
         let device_id = match obj.remove("device_id") {
             None | Some(Value::Null) => None,
@@ -123,10 +124,7 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
             .filter(|s| !s.is_empty())
         {
             None => None,
-            Some(t) => Some(
-                parse_timestamp_str(t)
-                    .ok_or_else(|| bad(n, format!("timestamp {t:?} is not a time")))?,
-            ),
+            Some(t) => Some(timestamp(t).map_err(|e| bad(n, e))?),
         };
         let device_id = device_col
             .and_then(|c| record.get(c))
@@ -154,6 +152,52 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
         ));
     }
     Ok(events)
+}
+
+/// The epoch numbers read, by their integer part's number of digits: each unit's range is
+/// 2001-09-09T01:46:40Z to 2286-11-20T17:46:40Z, and the ranges do not overlap.
+const EPOCH_UNITS: [(f64, f64, &str); 4] = [
+    (1e9, 1e3, "seconds"),
+    (1e12, 1.0, "milliseconds"),
+    (1e15, 1e-3, "microseconds"),
+    (1e18, 1e-6, "nanoseconds"),
+];
+
+/// Reads an epoch number by its magnitude: 10 integer digits are seconds, 13 milliseconds,
+/// 16 microseconds, 19 nanoseconds (a fraction is kept to the millisecond). Anything else is
+/// refused: a number of another size is no time in 2001..2286 in any of these units, and
+/// guessing would put readings decades away (seconds read as milliseconds fall in 1970).
+pub fn epoch_number(text: &str) -> Result<i64, String> {
+    let refuse = || {
+        format!(
+            "timestamp {text} is not an epoch time: give 10 digits for seconds, 13 for \
+             milliseconds, 16 for microseconds or 19 for nanoseconds (2001 to 2286), or an \
+             ISO-8601 time"
+        )
+    };
+    let value: f64 = text.trim().parse().map_err(|_| refuse())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(refuse());
+    }
+    EPOCH_UNITS
+        .iter()
+        .find(|(start, _, _)| (*start..start * 10.0).contains(&value))
+        .map(|(_, to_ms, _)| (value * to_ms).round() as i64)
+        .ok_or_else(refuse)
+}
+
+/// Reads a timestamp given as text: an epoch number (see [`epoch_number`]) or an RFC 3339 /
+/// ISO-8601 time (UTC when it has no offset).
+fn timestamp(text: &str) -> Result<i64, String> {
+    let trimmed = text.trim();
+    let numeric = !trimmed.is_empty()
+        && trimmed
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    if numeric && trimmed.parse::<f64>().is_ok() {
+        return epoch_number(trimmed);
+    }
+    parse_timestamp_str(trimmed).ok_or_else(|| format!("timestamp {text:?} is not a time"))
 }
 
 fn cell(field: &str) -> Value {
@@ -191,6 +235,53 @@ mod tests {
                 .line,
             2
         );
+    }
+
+    #[test]
+    fn epoch_numbers_are_read_by_their_size() {
+        let ms = 1_795_946_400_000;
+        for (text, expected) in [
+            ("1795946400", ms),
+            ("1795946400.25", ms + 250),
+            ("1795946400000", ms),
+            ("1795946400000000", ms),
+            ("1795946400000000000", ms),
+            ("1000000000", 1_000_000_000_000),
+            ("9999999999", 9_999_999_999_000),
+        ] {
+            assert_eq!(epoch_number(text), Ok(expected), "{text}");
+        }
+        for text in [
+            "0",
+            "12345",
+            "999999999",
+            "10000000000",
+            "179594640000",
+            "17959464000000",
+            "-1795946400",
+            "99999999999999999999",
+        ] {
+            assert!(epoch_number(text).is_err(), "{text} is no time");
+        }
+        let line = "{\"name\":\"r\",\"timestamp\":1795946400}\n";
+        assert_eq!(
+            read_events(line.as_bytes()).expect("seconds")[0]
+                .1
+                .timestamp_ms,
+            Some(ms)
+        );
+        let line = "{\"name\":\"r\",\"timestamp\":\"1795946400000000\"}\n";
+        assert_eq!(
+            read_events(line.as_bytes()).expect("microseconds as text")[0]
+                .1
+                .timestamp_ms,
+            Some(ms)
+        );
+        let csv = "name,timestamp\nr,1795946400\nr,2026-11-29T10:00:00Z\n";
+        let events = read_events(csv.as_bytes()).expect("csv");
+        assert_eq!(events[0].1.timestamp_ms, Some(ms));
+        let err = read_events("{\"name\":\"r\",\"timestamp\":12345}\n".as_bytes()).unwrap_err();
+        assert!(err.message.contains("10 digits for seconds"), "{err}");
     }
 
     #[test]

@@ -490,3 +490,40 @@ fn drain_watch_sends_readings_another_process_enqueues() {
     assert!(seen, "readings enqueued by another process are drained");
     assert_eq!(status_json(&db)["buffered_events"], 0);
 }
+
+#[test]
+fn expiry_is_loud_and_has_its_exit_code_and_epoch_seconds_are_seconds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let now_s = backfill_protocol::clock::Clock::now_ms(&SystemClock) / 1000;
+    // A week of hourly readings in epoch seconds, as many loggers write them.
+    let week: String = (0..7 * 24)
+        .map(|h| {
+            format!(
+                "{{\"name\":\"reading\",\"timestamp\":{},\"device_id\":\"s1\"}}\n",
+                now_s - 3600 * h - 60
+            )
+        })
+        .collect();
+    enqueue(&db, &week);
+    let out = backfill(
+        &["drain", "--db", db.to_str().expect("path"), "--until-empty"],
+        None,
+        &creds(&server.url()),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    // Readings older than 5 days (120 hours) expire: hours 120 to 167.
+    assert!(err.contains("48 events were older"), "{err}");
+    assert!(err.contains("5-day age window"), "{err}");
+    assert!(err.contains("--max-event-age-days"), "{err}");
+    assert_eq!(
+        server.count(PROJECT, SECRET, "reading"),
+        120,
+        "seconds were read as seconds, not as milliseconds of 1970"
+    );
+    let status = status_json(&db);
+    assert_eq!(status["stats"]["expired"], 48);
+    assert_eq!(status["buffered_events"], 0);
+}
