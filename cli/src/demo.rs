@@ -65,6 +65,7 @@ fn glitches(t: i64) -> Vec<(&'static str, Event)> {
         properties: properties.as_object().cloned().unwrap_or_default(),
         timestamp_ms: Some(t),
         device_id: Some("gw-0001-sensor-00".to_owned()),
+        insert_id: None,
     };
     vec![
         (
@@ -147,6 +148,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
                     properties: reading(s, m),
                     timestamp_ms: Some(start + m * MINUTE + 15_000),
                     device_id: Some(format!("gw-0001-sensor-{s:02}")),
+                    insert_id: None,
                 })
                 .collect();
             recorded += sdk.track_many(events)?.len() as u64;

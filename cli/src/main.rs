@@ -3,14 +3,20 @@
 //! # Layout
 //! - `main.rs`: the command line and exit codes.
 //! - [`demo`]: `backfill demo`, the whole promise in one command.
-//! - [`gateway`]: `enqueue`, `drain` and `status` for gateways.
+//! - [`gateway`]: `enqueue`, `drain`, `status`, `inspect` and `dead-letters` for gateways.
 //! - [`input`]: NDJSON and CSV readings.
+//! - [`dedup`]: content-derived insert ids for `enqueue --dedup-key`.
 //! - [`progress`]: the drain's progress display.
+//! - [`output`]: stdout that respects `-q` and ends quietly on a closed pipe.
+//! - [`units`]: sizes in human units.
 
+mod dedup;
 mod demo;
 mod gateway;
 mod input;
+mod output;
 mod progress;
+mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +75,12 @@ pub mod exit {
     after_help = exit::TABLE
 )]
 struct Cli {
+    /// Print only errors and warnings (no progress, no summaries).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Say more (repeat for more): -v logs the SDK's decisions, -vv its requests.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,21 +90,45 @@ enum Command {
     /// Start a server, record a week of offline gateway readings, drain them, show what arrived.
     Demo(demo::DemoArgs),
     /// Add readings (NDJSON or CSV with a header) from FILE or standard input to the buffer.
-    Enqueue {
-        #[command(flatten)]
-        db: DbArg,
-        /// The readings; `-` or nothing for standard input.
-        file: Option<PathBuf>,
-    },
+    Enqueue(gateway::EnqueueArgs),
     /// Send the buffered readings to the server.
     Drain(gateway::DrainArgs),
-    /// Show what the buffer holds.
+    /// Show what the buffer holds (reads only: creates, moves and changes nothing).
     Status {
         #[command(flatten)]
         db: DbArg,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Show the oldest buffered events, readably (reads only).
+    Inspect {
+        #[command(flatten)]
+        db: DbArg,
+        /// How many events to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print them as NDJSON in enqueue's format instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Events the server refused for good: export them, or put them back in the buffer.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetters {
+    /// Print every dead letter as NDJSON in enqueue's format (with its insert id), oldest
+    /// first, on stdout; the reasons go to stderr.
+    Export {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Move every dead letter back into the buffer, to be sent by the next drain.
+    Requeue {
+        #[command(flatten)]
+        db: DbArg,
     },
 }
 
@@ -105,13 +141,6 @@ pub struct DbArg {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -123,11 +152,27 @@ fn main() -> ExitCode {
             });
         }
     };
+    output::set_quiet(cli.quiet);
+    let level = match cli.verbose {
+        0 => "error",
+        1 => "backfill_core=debug,warn",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .init();
     let code = match cli.command {
         Command::Demo(args) => demo::run(&args),
-        Command::Enqueue { db, file } => gateway::enqueue(&db.db, file.as_deref()),
+        Command::Enqueue(args) => gateway::enqueue(&args),
         Command::Drain(args) => gateway::drain(&args),
         Command::Status { db, json } => gateway::status(&db.db, json),
+        Command::Inspect { db, limit, json } => gateway::inspect(&db.db, limit, json),
+        Command::DeadLetters(DeadLetters::Export { db }) => gateway::export_dead_letters(&db.db),
+        Command::DeadLetters(DeadLetters::Requeue { db }) => gateway::requeue_dead_letters(&db.db),
     };
     match code {
         Ok(code) => ExitCode::from(code),

@@ -75,6 +75,44 @@ impl Server {
         }
     }
 
+    /// A server whose store refuses (reason `validation`) every event named `refused`.
+    fn start_refusing(data: &Path, refused: &'static str) -> Self {
+        use backfill_server::store::fault::FaultInjector;
+        use backfill_server::store::sqlite::{SqliteOptions, SqliteStore};
+        use backfill_server::store::{RowAction, RowOutcome, Store};
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let options = SqliteOptions {
+            clock: Arc::new(SystemClock),
+            commit_latency: None,
+        };
+        std::fs::create_dir_all(data).expect("data dir");
+        let inner: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&data.join("refusing.db"), options).expect("store"));
+        let store = FaultInjector::new(inner, move |row| match &row.action {
+            RowAction::Event(e) if e.name == refused => {
+                Some(RowOutcome::Invalid("refused by the test's rule".into()))
+            }
+            _ => None,
+        });
+        let config = backfill_server::Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: data.to_owned(),
+            max_event_age_days: 5,
+            projects: vec![format!("{PROJECT}:{SECRET}").parse().expect("project")],
+        };
+        let server = runtime
+            .block_on(backfill_server::start(
+                &config,
+                Arc::new(SystemClock),
+                Some(Arc::new(store)),
+            ))
+            .expect("start");
+        Self {
+            runtime,
+            server: Some(server),
+        }
+    }
+
     fn url(&self) -> String {
         self.server.as_ref().map(|s| s.url()).unwrap_or_default()
     }
@@ -526,4 +564,340 @@ fn expiry_is_loud_and_has_its_exit_code_and_epoch_seconds_are_seconds() {
     let status = status_json(&db);
     assert_eq!(status["stats"]["expired"], 48);
     assert_eq!(status["buffered_events"], 0);
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dead_letters_past_the_bound_are_counted_exported_and_requeued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_refusing(&dir.path().join("server"), "poison");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let now = backfill_protocol::clock::Clock::now_ms(&SystemClock);
+    let input: String = (0..10)
+        .map(|i| {
+            let name = if i < 7 { "poison" } else { "reading" };
+            format!(
+                "{{\"name\":\"{name}\",\"properties\":{{\"i\":{i}}},\"timestamp\":{},\"device_id\":\"s1\"}}\n",
+                now - 60_000 * (10 - i)
+            )
+        })
+        .collect();
+    enqueue(&db, &input);
+    let out = backfill(
+        &["drain", "--db", db_arg, "--max-dead-letters", "5"],
+        None,
+        &creds(&server.url()),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("7 dead-lettered"), "{stdout}");
+    let status = status_json(&db);
+    assert_eq!(status["stats"]["dead_lettered"], 7);
+    assert_eq!(status["stats"]["dead_letters_evicted"], 2, "{status}");
+    let out = backfill(&["status", "--db", db_arg], None, &[]);
+    let (table, _) = text(&out);
+    assert!(table.contains("2 of them evicted"), "{table}");
+
+    let out = backfill(&["dead-letters", "export", "--db", db_arg], None, &[]);
+    let (exported, reasons) = text(&out);
+    assert!(out.status.success(), "{reasons}");
+    let lines: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON"))
+        .collect();
+    assert_eq!(lines.len(), 5, "{exported}");
+    let is: Vec<i64> = lines
+        .iter()
+        .map(|l| l["properties"]["i"].as_i64().expect("i"))
+        .collect();
+    assert_eq!(is, [2, 3, 4, 5, 6], "the newest 5, oldest first");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["insert_id"].is_string() && l["name"] == "poison")
+    );
+    assert!(reasons.contains("refused by the test's rule"), "{reasons}");
+    assert!(
+        reasons.contains("2 older dead letters were evicted"),
+        "{reasons}"
+    );
+    // What is exported is enqueue's format.
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--dry-run"],
+        Some(&exported),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    let out = backfill(&["dead-letters", "requeue", "--db", db_arg], None, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("requeued 5"));
+    let status = status_json(&db);
+    assert_eq!(status["buffered_events"], 5);
+    assert_eq!(status["dead_letters"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn replaying_a_log_is_harmless_with_insert_ids_or_a_dedup_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let now_s = backfill_protocol::clock::Clock::now_ms(&SystemClock) / 1000;
+    let log: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"name\":\"reading\",\"properties\":{{\"temp\":{i}}},\"timestamp\":{},\"device_id\":\"s{}\"}}\n",
+                now_s - 60 * i,
+                i % 3
+            )
+        })
+        .collect();
+    let with_ids = "name,timestamp,insert_id,temp\nlabelled,2026-11-29T10:00:00Z,log-0001,1\nlabelled,2026-11-29T10:01:00Z,log-0002,2\n";
+    for _ in 0..2 {
+        let out = backfill(
+            &["enqueue", "--db", db_arg, "--dedup-key", "content"],
+            Some(&log),
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out).1);
+        enqueue(&db, with_ids);
+        let out = backfill(&["drain", "--db", db_arg], None, &creds(&server.url()));
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    assert_eq!(server.count(PROJECT, SECRET, "reading"), 20, "stored once");
+    let status = status_json(&db);
+    assert_eq!(status["stats"]["sent"], 44);
+    assert_eq!(
+        status["stats"]["duplicates"], 22,
+        "the replay came back as duplicates"
+    );
+    // A reading without a timestamp has no stable identity.
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--dedup-key", "content"],
+        Some("{\"name\":\"reading\"}\n"),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(65));
+    assert!(text(&out).1.contains("needs a timestamp"));
+}
+
+#[test]
+fn input_quirks_are_read_as_a_user_means_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let out = backfill(
+        &["enqueue", "--db", db_arg],
+        Some("\u{feff}{\"name\":\"reading\"}\n"),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "a BOM before NDJSON: {}",
+        text(&out).1
+    );
+    let csv = "name,iccid,code,note\nreading,89014103211118510720,007,\"two\nlines\"\nreading,1,2,3\nsession_start,1,2,3\n";
+    let out = backfill(&["enqueue", "--db", db_arg], Some(csv), &[]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        text(&out).1.contains("line 5"),
+        "the physical line: {}",
+        text(&out).1
+    );
+    let csv = "name,iccid,code\nreading,89014103211118510720,007\n";
+    enqueue(&db, csv);
+    let out = backfill(&["inspect", "--db", db_arg, "--json"], None, &[]);
+    let last = text(&out)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+        .find(|r| r["properties"]["iccid"].is_string());
+    let last = last.expect("the CSV reading");
+    assert_eq!(last["properties"]["iccid"], "89014103211118510720");
+    assert_eq!(last["properties"]["code"], "007");
+    for empty in ["", "name,temp\n"] {
+        let out = backfill(&["enqueue", "--db", db_arg], Some(empty), &[]);
+        assert!(out.status.success());
+        assert!(text(&out).1.contains("empty"), "{}", text(&out).1);
+    }
+    let out = backfill(
+        &[
+            "enqueue",
+            "--db",
+            db_arg,
+            &dir.path().join("nope.csv").to_string_lossy(),
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(66), "a missing input file");
+    assert_eq!(status_json(&db)["buffered_events"], 2);
+}
+
+#[test]
+fn causes_are_named_and_bad_endpoints_refused_up_front() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    let url = server.url();
+    for (endpoint, says) in [
+        (format!("{url} "), "spaces"),
+        (url.trim_start_matches("http://").to_owned(), "http"),
+        (format!("{url}/track/batch"), "base URL"),
+    ] {
+        let out = backfill(&["drain", "--db", db_arg], None, &creds(&endpoint));
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(78), "{endpoint:?}: {err}");
+        assert!(err.contains(says), "{endpoint:?}: {err}");
+    }
+    let refused = "http://127.0.0.1:9";
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(refused));
+    assert_eq!(out.status.code(), Some(69));
+    assert!(
+        text(&out).1.contains("connection refused"),
+        "{}",
+        text(&out).1
+    );
+    let tls = url.replace("http://", "https://");
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&tls));
+    assert_eq!(out.status.code(), Some(69));
+    assert!(text(&out).1.contains("TLS"), "{}", text(&out).1);
+    let status = status_json(&db);
+    assert_eq!(
+        status["stats"]["requests"], 0,
+        "only answered requests count"
+    );
+    assert_eq!(status["buffered_events"], 3);
+}
+
+#[test]
+fn until_empty_names_its_wait_and_ctrl_c_prints_the_summary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    enqueue(&db, &readings(3));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
+    cmd.args(["drain", "--db", db.to_str().expect("path"), "--until-empty"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in creds("http://127.0.0.1:9") {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let first = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("retrying in"))
+        .expect("a line while it waits");
+    assert!(
+        first.contains("connection refused") && first.contains("retrying in"),
+        "{first}"
+    );
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("interrupted") && l.contains("3 left")),
+        "{rest:?}"
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly_and_help_shows_the_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    enqueue(&db, &readings(3000));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args([
+            "inspect",
+            "--db",
+            db.to_str().expect("path"),
+            "--limit",
+            "3000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("one line");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let help = backfill(&["--help"], None, &[]);
+    assert!(help.status.success());
+    for code in ["65", "66", "69", "74", "75", "77", "78", "130"] {
+        assert!(text(&help).0.contains(code), "--help lists {code}");
+    }
+    let wrong = backfill(&["drain", "--no-such-flag"], None, &[]);
+    assert_eq!(wrong.status.code(), Some(64));
+}
+
+#[test]
+fn dry_runs_touch_nothing_and_limits_evict_the_oldest_loudly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--dry-run"],
+        Some(&readings(5)),
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(text(&out).0.contains("5 readings are valid"));
+    assert!(!db.exists(), "a dry run creates nothing");
+    enqueue(&db, &readings(5));
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--max-rows", "6"],
+        Some(&readings(3)),
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(
+        text(&out).1.contains("the 2 oldest events were evicted"),
+        "{}",
+        text(&out).1
+    );
+    assert_eq!(status_json(&db)["stats"]["evicted"], 2);
+    let out = backfill(
+        &["drain", "--db", db_arg, "--dry-run"],
+        None,
+        &creds("http://127.0.0.1:9"),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("6 events"), "{}", text(&out).0);
+    assert_eq!(status_json(&db)["buffered_events"], 6);
+    let quiet = backfill(&["-q", "enqueue", "--db", db_arg], Some(&readings(1)), &[]);
+    assert!(quiet.status.success() && quiet.stdout.is_empty());
 }

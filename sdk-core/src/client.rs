@@ -388,6 +388,7 @@ impl Backfill {
             properties,
             timestamp_ms: None,
             device_id: None,
+            insert_id: None,
         })
     }
 
@@ -403,6 +404,7 @@ impl Backfill {
             properties,
             timestamp_ms: Some(timestamp_ms),
             device_id: None,
+            insert_id: None,
         })
     }
 
@@ -420,6 +422,7 @@ impl Backfill {
             properties,
             timestamp_ms: Some(timestamp_ms),
             device_id: Some(device_id.to_owned()),
+            insert_id: None,
         })
     }
 
@@ -459,7 +462,10 @@ impl Backfill {
         let mut ids = Vec::with_capacity(events.len());
         for e in events {
             let time_ms = e.timestamp_ms.unwrap_or(now);
-            let insert_id = uuid::Uuid::now_v7().to_string();
+            let insert_id = match e.insert_id {
+                Some(id) => id,
+                None => uuid::Uuid::now_v7().to_string(),
+            };
             let own = e.device_id.is_none();
             let device = e
                 .device_id
@@ -521,7 +527,10 @@ impl Backfill {
         let shared = self.shared();
         let stamp = Stamp {
             time_ms: event.timestamp_ms.unwrap_or_else(|| shared.clock.now_ms()),
-            insert_id: "00000000-0000-7000-8000-000000000000",
+            insert_id: event
+                .insert_id
+                .as_deref()
+                .unwrap_or("00000000-0000-7000-8000-000000000000"),
             device_id: event.device_id.as_deref().unwrap_or(&shared.device_id),
             session_id: None,
             profile_id: None,
@@ -629,6 +638,7 @@ impl Backfill {
             sent: b.counter(counter::SENT)?,
             duplicates: b.counter(counter::DUPLICATES)?,
             dead_lettered: b.counter(counter::DEAD_LETTERED)?,
+            dead_letters_evicted: b.counter(counter::DEAD_LETTERS_EVICTED)?,
             expired: b.counter(counter::EXPIRED)?,
             evicted: b.counter(counter::EVICTED)?,
             requests: b.counter(counter::REQUESTS)?,
@@ -637,6 +647,29 @@ impl Backfill {
             misconfigured: shared.misconfigured.load(Ordering::Relaxed),
             last_error: shared.last_error.lock().ok().and_then(|e| e.clone()),
         })
+    }
+
+    /// The oldest buffered events (at most `limit`), oldest first, as the wire JSON they will
+    /// be sent as.
+    pub fn buffered(&self, limit: usize) -> Result<Vec<String>, Error> {
+        let mut bodies = Vec::new();
+        self.shared().buffer.scan_oldest(None, |row| {
+            if bodies.len() >= limit {
+                return false;
+            }
+            bodies.push(row.body.to_owned());
+            true
+        })?;
+        Ok(bodies)
+    }
+
+    /// Moves every dead letter back into the buffer to be sent again, each at its own event
+    /// time and with its own insert id (so a copy the server already has is a duplicate).
+    /// Returns how many.
+    pub fn requeue_dead_letters(&self) -> Result<u64, Error> {
+        let n = self.shared().buffer.requeue_dead_letters()?;
+        self.wake_if_due(n);
+        Ok(n)
     }
 
     /// The newest dead-lettered events, newest first.

@@ -21,6 +21,9 @@ pub struct Stats {
     pub duplicates: u64,
     /// Events the server refused for good (kept in the dead-letter table, bounded).
     pub dead_lettered: u64,
+    /// Dead letters deleted because the dead-letter table was past its bound (the oldest go
+    /// first); counted here, never dropped silently.
+    pub dead_letters_evicted: u64,
     /// Events dropped for falling out of the server's age window.
     pub expired: u64,
     /// Events dropped to keep the buffer within its bounds.

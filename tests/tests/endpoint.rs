@@ -15,6 +15,7 @@ fn record(sdk: &Backfill, n: usize) {
             properties: json!({"i": i}).as_object().cloned().unwrap_or_default(),
             timestamp_ms: Some(now - 3_600_000 + i as i64),
             device_id: Some(format!("sensor-{}", i % 7)),
+            insert_id: None,
         })
         .collect();
     sdk.track_many(events).expect("record");
@@ -48,7 +49,19 @@ fn a_wrong_endpoint_keeps_the_whole_backlog() {
         record(&sdk, 1);
         assert_eq!(sdk.flush().expect("drain").sent, 1);
     }
-    for wrong in ["/v1", "/track/batch"] {
+    // A route as the endpoint is refused before anything is opened.
+    let route = Config::builder(
+        format!("{}/track/batch", server.url()),
+        PROJECT,
+        SECRET,
+        &db,
+    )
+    .build();
+    assert!(
+        matches!(&route, Err(Error::InvalidConfig(why)) if why.contains("base URL")),
+        "{route:?}"
+    );
+    for wrong in ["/v1", "/ingest/v2"] {
         let sdk = open(&format!("{}{wrong}", server.url()), &db);
         record(&sdk, 1500);
         let before = sdk.stats().expect("stats").requests;
@@ -58,6 +71,10 @@ fn a_wrong_endpoint_keeps_the_whole_backlog() {
             "{wrong}: {result:?}"
         );
         let stats = sdk.stats().expect("stats");
+        assert_eq!(
+            stats.buffered_events,
+            1500 * if wrong == "/v1" { 1 } else { 2 }
+        );
         // The requests already in flight (at most one per 2000 events) and no split.
         assert!(
             stats.requests - before <= stats.buffered_events.div_ceil(2000),

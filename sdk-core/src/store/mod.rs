@@ -113,6 +113,8 @@ pub mod counter {
     pub const DUPLICATES: &str = "duplicates";
     /// Events the server refused for good, moved to the dead-letter table.
     pub const DEAD_LETTERED: &str = "dead_lettered";
+    /// Dead letters deleted because the dead-letter table was past its bound.
+    pub const DEAD_LETTERS_EVICTED: &str = "dead_letters_evicted";
     /// Events dropped because they fell out of the server's age window.
     pub const EXPIRED: &str = "expired";
     /// Events dropped to keep the buffer within its bounds.
@@ -518,10 +520,16 @@ impl Buffer {
                 }
             }
         }
-        tx.execute(
-            "DELETE FROM dead_letters WHERE seq <= (SELECT max(seq) FROM dead_letters) - ?1",
-            params![max_dead_letters as i64],
-        )?;
+        if !settled.refused.is_empty() {
+            // Past the bound the oldest go, and are counted: never dropped silently.
+            let evicted = tx
+                .prepare_cached(
+                    "DELETE FROM dead_letters
+                     WHERE seq <= (SELECT max(seq) FROM dead_letters) - ?1",
+                )?
+                .execute(params![max_dead_letters as i64])?;
+            bump(&tx, counter::DEAD_LETTERS_EVICTED, evicted as u64)?;
+        }
         bump(&tx, counter::SENT, settled.delivered.len() as u64)?;
         bump(&tx, counter::DUPLICATES, settled.duplicates)?;
         bump(&tx, counter::DEAD_LETTERED, settled.refused.len() as u64)?;
@@ -606,6 +614,36 @@ impl Buffer {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?)
         })
+    }
+
+    /// Moves every dead letter back into the buffer, at its event time, to be sent again (once
+    /// what made the server refuse it is fixed). Returns how many.
+    pub fn requeue_dead_letters(&self) -> Result<u64, Error> {
+        let mut inner = self.lock()?;
+        inner.refresh()?;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let letters: Vec<(String, String)> = tx
+            .prepare("SELECT insert_id, body FROM dead_letters ORDER BY seq")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut bytes = 0u64;
+        for (insert_id, body) in &letters {
+            let time_ms = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["payload"]["properties"]["__timestamp"].as_i64())
+                .ok_or_else(|| {
+                    Error::Storage(format!("dead letter {insert_id} has no __timestamp"))
+                })?;
+            schema::insert_event(&tx, time_ms, insert_id, body, body.len() as i64)?;
+            bytes += body.len() as u64;
+        }
+        tx.execute("DELETE FROM dead_letters", [])?;
+        tx.commit()?;
+        inner.rows += letters.len() as u64;
+        inner.bytes += bytes;
+        Ok(letters.len() as u64)
     }
 
     /// The newest dead letters, newest first.
