@@ -75,7 +75,8 @@ impl Inner {
     fn refresh(&mut self) -> Result<(), Error> {
         let version: i64 = self
             .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         if version != self.data_version {
             let (rows, bytes): (i64, i64) = self.conn.query_row(
                 "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
