@@ -265,14 +265,24 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
     .compress(!args.no_gzip)
     .max_dead_letters(args.max_dead_letters)
     .build();
-    let sdk = match config.and_then(Backfill::open) {
-        Ok(sdk) => sdk,
+    let config = match config {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("backfill drain: {e}");
             return Ok(storage_exit(&e));
         }
     };
+    // A mistyped --db in a cron line would otherwise drain a new, empty buffer forever. A
+    // watching drain may start before the first enqueue.
+    if !args.watch && !args.db.db.exists() {
+        eprintln!("backfill drain: no buffer at {}", args.db.db.display());
+        return Ok(exit::NO_INPUT);
+    }
     if args.dry_run {
+        let sdk = match open_to_read("drain", &args.db.db) {
+            Ok(sdk) => sdk,
+            Err(code) => return Ok(code),
+        };
         let stats = sdk.stats()?;
         output::line(&format!(
             "dry run: {} events ({}) would be sent to {} in about {} requests, oldest from {}; \
@@ -285,6 +295,13 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
         ));
         return Ok(exit::OK);
     }
+    let sdk = match Backfill::open(config) {
+        Ok(sdk) => sdk,
+        Err(e) => {
+            eprintln!("backfill drain: {e}");
+            return Ok(storage_exit(&e));
+        }
+    };
     // One drain per buffer: a second one would send every reading again.
     if let Err(e) = sdk.hold_drain_lock() {
         eprintln!("backfill drain: {e}; try again once it ends");

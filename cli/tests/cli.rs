@@ -288,6 +288,17 @@ fn status_reports_a_missing_buffer_and_a_table() {
     assert_eq!(out.status.code(), Some(66));
     assert!(!db.exists(), "status creates nothing");
     let out = backfill(
+        &["drain", "--db", db.to_str().expect("path")],
+        None,
+        &creds("http://127.0.0.1:9"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(66),
+        "a mistyped --db is not a new buffer"
+    );
+    assert!(!db.exists(), "drain creates nothing either");
+    let out = backfill(
         &["enqueue", "--db", db.to_str().expect("path")],
         Some(&readings(2)),
         &[],
