@@ -358,6 +358,12 @@ fn a_wrong_endpoint_keeps_every_reading_and_says_so() {
         assert!(err.contains("base URL"), "{err}");
         let status = status_json(&db);
         assert_eq!(status["buffered_events"], 2500, "{wrong}: {status}");
+        assert!(
+            status["stats"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("404")),
+            "status says why uploads stopped: {status}"
+        );
         assert_eq!(status["stats"]["dead_lettered"], 0, "{wrong}: {status}");
     }
     let out = backfill(&["drain", "--db", db_arg], None, &creds(&server.url()));

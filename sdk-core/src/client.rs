@@ -23,6 +23,8 @@ use crate::upload::transport::{HttpTransport, Transport};
 const DEVICE_KEY: &str = "device_id";
 const SESSION_KEY: &str = "session";
 const PROFILE_KEY: &str = "profile_id";
+/// State key of the last error, with its time.
+const LAST_ERROR_KEY: &str = "last_error";
 
 /// State shared by the API and the background uploader.
 pub(crate) struct Shared {
@@ -52,6 +54,17 @@ pub(crate) struct Shared {
 impl Shared {
     fn note_error(&self, message: String) {
         tracing::warn!("{message}");
+        // Kept in the buffer too, with its time, so that a tool looking at the buffer from
+        // another process (`backfill status`) can say why uploads stopped.
+        if !self.buffer.is_read_only() {
+            let stamped = format!(
+                "{}: {message}",
+                backfill_protocol::time::format_iso_ms(self.clock.now_ms())
+            );
+            if let Err(e) = self.buffer.set_state(LAST_ERROR_KEY, &stamped) {
+                tracing::debug!(error = %e, "cannot keep the last error");
+            }
+        }
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(message);
         }
@@ -645,7 +658,10 @@ impl Backfill {
             bytes_sent: b.counter(counter::BYTES_SENT)?,
             unauthorized: shared.unauthorized.load(Ordering::Relaxed),
             misconfigured: shared.misconfigured.load(Ordering::Relaxed),
-            last_error: shared.last_error.lock().ok().and_then(|e| e.clone()),
+            last_error: match shared.last_error.lock().ok().and_then(|e| e.clone()) {
+                Some(e) => Some(e),
+                None => b.state(LAST_ERROR_KEY)?,
+            },
         })
     }
 

@@ -37,6 +37,7 @@ pub struct Stats {
     /// Uploads are paused because the answers said the endpoint is wrong (SPEC §9); the data
     /// is kept and `last_error` says what the server answered.
     pub misconfigured: bool,
-    /// The last error, if any (uploads or storage).
+    /// The last error, if any (uploads or storage): this SDK's own, else the last one any SDK
+    /// kept in this buffer, prefixed with its time.
     pub last_error: Option<String>,
 }
