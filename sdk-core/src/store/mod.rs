@@ -809,6 +809,50 @@ mod tests {
     }
 
     #[test]
+    fn dead_letters_past_the_bound_are_counted_and_requeued_at_their_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (buffer, _) = Buffer::open(&dir.path().join("b.db"), 0, None).expect("open");
+        let rows: Vec<NewRow> = (0..7)
+            .map(|n| NewRow {
+                time_ms: 1_000 + n as i64,
+                insert_id: format!("id-{n}"),
+                body: format!(
+                    r#"{{"type":"track","payload":{{"name":"r","properties":{{"__timestamp":{}}}}}}}"#,
+                    1_000 + n
+                ),
+            })
+            .collect();
+        buffer.append(&rows, BOUNDS, |_| Ok(())).expect("append");
+        let mut refused = packed(&buffer);
+        refused.refused = refused
+            .delivered
+            .drain(..)
+            .map(|s| (s, "no".to_owned()))
+            .collect();
+        refused.delivered_bytes = 0;
+        buffer.settle(&refused, 5, 5).expect("settle");
+        assert_eq!(buffer.totals().expect("totals"), (0, 0));
+        assert_eq!(buffer.counter(counter::DEAD_LETTERED).expect("counter"), 7);
+        assert_eq!(
+            buffer
+                .counter(counter::DEAD_LETTERS_EVICTED)
+                .expect("counter"),
+            2,
+            "7 refused, 5 kept"
+        );
+        assert_eq!(buffer.requeue_dead_letters().expect("requeue"), 5);
+        assert!(buffer.dead_letters(10).expect("dead letters").is_empty());
+        let bodies = order(&buffer);
+        assert_eq!(bodies.len(), 5);
+        assert!(
+            bodies[0].contains("1002"),
+            "the newest five, oldest first: {bodies:?}"
+        );
+        let bytes: u64 = rows[2..].iter().map(|r| r.body.len() as u64).sum();
+        assert_eq!(buffer.totals().expect("totals"), (5, bytes));
+    }
+
+    #[test]
     fn rows_recorded_through_another_connection_are_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("b.db");
