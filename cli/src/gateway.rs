@@ -386,7 +386,7 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
     }
 }
 
-/// On Ctrl-C (or SIGTERM), prints what this drain did so far and ends with exit 130. Rows sent
+/// On Ctrl-C (SIGINT), prints what this drain did so far and ends with exit 130. Rows sent
 /// but not yet settled stay buffered and are resent by the next drain: their insert ids make
 /// the server count them as duplicates, not store them twice.
 fn on_interrupt(sdk: &Backfill) {
