@@ -304,8 +304,10 @@ fn status_reports_a_missing_buffer_and_a_table() {
         &[],
     );
     assert!(out.status.success());
+    let files = listing(dir.path());
     let out = backfill(&["status", "--db", db.to_str().expect("path")], None, &[]);
     assert!(out.status.success());
+    assert_eq!(listing(dir.path()), files, "status leaves no file behind");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("buffered        2 events"), "{text}");
     let json = status_json(&db);

@@ -142,10 +142,16 @@ const AUTO_CHECKPOINT_PAGES: u32 = 8192;
 
 fn open_connection(path: &Path, read_only: bool) -> Result<Connection, rusqlite::Error> {
     let conn = if read_only {
-        Connection::open_with_flags(
+        // Opened for reading and writing, never creating, and then refused every write
+        // (`query_only`): a read-only connection to a WAL database leaves its `-wal` and `-shm`
+        // files behind, while this one, when it is the last to close, removes them as SQLite
+        // does for any connection.
+        let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn
     } else {
         Connection::open(path)?
     };
