@@ -4,7 +4,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use backfill_core::{Backfill, Config, DrainEnd, DrainReport, Error};
+use backfill_core::{Backfill, Config, DrainEnd, DrainReport, Error, Event};
 use clap::Args;
 use serde_json::json;
 
@@ -115,6 +115,29 @@ fn open_to_read(command: &str, db: &Path) -> Result<Backfill, u8> {
     })
 }
 
+/// Says at once when readings are already older than the age window: the next drain would drop
+/// them unsent.
+fn warn_too_old(sdk: &Backfill, events: &[(usize, Event)]) {
+    let window = sdk.max_event_age();
+    let now = backfill_protocol::clock::Clock::now_ms(&backfill_core::SystemClock);
+    let cutoff = now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let old: Vec<i64> = events
+        .iter()
+        .filter_map(|(_, e)| e.timestamp_ms)
+        .filter(|t| *t < cutoff)
+        .collect();
+    if let Some(oldest) = old.iter().min() {
+        eprintln!(
+            "backfill enqueue: warning: {} readings (the oldest from {}) are older than the \
+             server's {:.0}-day age window and will be dropped unsent by the next drain; to keep \
+             them, start the server with --max-event-age-days N (1 to 90)",
+            old.len(),
+            iso(Some(*oldest)),
+            window.as_secs_f64() / 86_400.0
+        );
+    }
+}
+
 /// `backfill enqueue`: all readings or none.
 pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
     let db = &args.db.db;
@@ -180,6 +203,7 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
         ));
         return Ok(exit::OK);
     }
+    warn_too_old(&sdk, &events);
     let before = sdk.stats()?;
     if let Err(e) = sdk.track_many(events.into_iter().map(|(_, e)| e).collect()) {
         eprintln!("backfill enqueue: {e}; nothing was added");

@@ -563,7 +563,17 @@ fn expiry_is_loud_and_has_its_exit_code_and_epoch_seconds_are_seconds() {
             )
         })
         .collect();
-    enqueue(&db, &week);
+    let out = backfill(
+        &["enqueue", "--db", db.to_str().expect("path")],
+        Some(&week),
+        &[],
+    );
+    assert!(out.status.success());
+    let warned = text(&out).1;
+    assert!(
+        warned.contains("48 readings") && warned.contains("5-day age window"),
+        "said at once: {warned}"
+    );
     let out = backfill(
         &["drain", "--db", db.to_str().expect("path"), "--until-empty"],
         None,

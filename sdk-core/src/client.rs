@@ -389,6 +389,16 @@ impl Backfill {
         }
     }
 
+    /// The age window events are expired by: the server's (its `backfill-max-event-age`, as
+    /// last seen and kept in the buffer), else the configured default (SPEC §9).
+    pub fn max_event_age(&self) -> Duration {
+        let shared = self.shared();
+        match shared.window_ms.load(Ordering::Relaxed) {
+            ms if ms > 0 => Duration::from_millis(ms as u64),
+            _ => shared.config.default_max_event_age,
+        }
+    }
+
     /// This device's id, sent as `__deviceId` with its own events.
     pub fn device_id(&self) -> &str {
         &self.shared().device_id
