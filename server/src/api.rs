@@ -178,12 +178,18 @@ async fn receive(
     body: Body,
     parse: fn(&[u8], &RequestMeta) -> Result<Prepared, ApiError>,
 ) -> Result<(Project, Prepared), ApiError> {
+    // Refused before the body is read to its end: the connection closes after the answer, or a
+    // keep-alive client's next request would meet a connection the server has given up on.
+    let unread = |e: ApiError| ApiError::BodyUnread(Box::new(e));
     let project = state
         .projects()
         .authenticate(headers, Access::Write)
-        .await?;
-    let encoding = Encoding::from_headers(headers)?;
-    let raw = read_raw(headers, body, MAX_BODY_BYTES).await?;
+        .await
+        .map_err(unread)?;
+    let encoding = Encoding::from_headers(headers).map_err(unread)?;
+    let raw = read_raw(headers, body, MAX_BODY_BYTES)
+        .await
+        .map_err(unread)?;
     let receive_ms = state.now_ms();
     let user_agent = header_text(headers, header::USER_AGENT);
     let salt = match user_agent {

@@ -1,0 +1,202 @@
+//! The real `backfill-server` binary against clients that misbehave, by mistake or on purpose:
+//! answers given before a body is read, odd paths and parameters, stalled connections.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const ROOT: &str = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f";
+const ROOT_SECRET: &str = "hostile-root-secret";
+const READER: &str = "6a1f0c7e-2d3b-4e5f-8a9b-0c1d2e3f4a5b";
+const READER_SECRET: &str = "hostile-read-secret";
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(data_dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--project")
+        .arg(format!("{ROOT}:{ROOT_SECRET}:root"))
+        .arg("--project")
+        .arg(format!("{READER}:{READER_SECRET}:read"))
+        .env_remove("BACKFILL_PROJECTS")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("a first line on stdout");
+    let addr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect("first line names the address")
+        .to_owned();
+    Server { child, addr }
+}
+
+/// An answer read off a raw connection.
+struct Answer {
+    status: u16,
+    /// Header names lower-cased, values as sent.
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the contract's error body (SPEC §2) with `status`.
+    fn assert_error(&self, status: u16) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.body["status"], status, "{}", self.body);
+        assert!(self.body["error"].is_string(), "{}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            self.body
+        );
+    }
+}
+
+fn connect(server: &Server) -> TcpStream {
+    let stream = TcpStream::connect(&server.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    stream
+}
+
+/// Reads one answer with a `content-length` body from `stream`.
+fn read_answer(stream: &mut TcpStream) -> Answer {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).expect("read the answer's head");
+        assert_eq!(n, 1, "the connection closed inside an answer's head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("read the body");
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Whether the server closes `stream` (within the read timeout) rather than waiting for more.
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    matches!(stream.read_to_end(&mut rest), Ok(_))
+}
+
+/// Sends `head` (request line and headers, without the blank line) and the blank line.
+fn send_head(stream: &mut TcpStream, head: &str) {
+    stream
+        .write_all(format!("{head}\r\nHost: test\r\n\r\n").as_bytes())
+        .expect("send");
+}
+
+#[test]
+fn an_answer_given_before_the_body_is_read_closes_the_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = spawn(dir.path());
+    // Each request announces a body the server refuses before reading it: the answer must say
+    // so with `Connection: close`, or a keep-alive client sends its next request on a
+    // connection the server has given up on, and meets a broken pipe instead of an answer.
+    let cases = [
+        (
+            "wrong secret",
+            format!("openpanel-client-id: {ROOT}\r\nopenpanel-client-secret: wrong"),
+            "",
+            401,
+        ),
+        (
+            "a read key",
+            format!("openpanel-client-id: {READER}\r\nopenpanel-client-secret: {READER_SECRET}"),
+            "",
+            403,
+        ),
+        (
+            "an unknown encoding",
+            format!("openpanel-client-id: {ROOT}\r\nopenpanel-client-secret: {ROOT_SECRET}"),
+            "\r\ncontent-encoding: br",
+            415,
+        ),
+    ];
+    for (what, credentials, extra, status) in cases {
+        for path in ["/track/batch", "/track"] {
+            let mut stream = connect(&server);
+            send_head(
+                &mut stream,
+                &format!(
+                    "POST {path} HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n{credentials}{extra}"
+                ),
+            );
+            let answer = read_answer(&mut stream);
+            answer.assert_error(status);
+            assert_eq!(
+                answer.header("connection"),
+                Some("close"),
+                "{what} on {path}: {:?}",
+                answer.headers
+            );
+            assert!(closed_by_server(&mut stream), "{what} on {path}");
+        }
+    }
+    // Declared over the limit: 413, and the connection closes too.
+    let mut stream = connect(&server);
+    send_head(
+        &mut stream,
+        &format!(
+            "POST /track/batch HTTP/1.1\r\ncontent-length: 20000000\r\nopenpanel-client-id: {ROOT}\r\nopenpanel-client-secret: {ROOT_SECRET}"
+        ),
+    );
+    let answer = read_answer(&mut stream);
+    answer.assert_error(413);
+    assert_eq!(answer.header("connection"), Some("close"));
+}
