@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -393,6 +393,11 @@ pub(crate) struct SessionsParams {
     to: Option<String>,
 }
 
+/// Query parameters of `GET /api/profiles/{profile_id}`: none, and any given is refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProfileParams {}
+
 /// A query string parsed into `T`, or a `400` naming what is wrong (an unknown parameter such
 /// as a misspelt `devce_id`, a repeated one).
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -627,6 +632,7 @@ pub(crate) async fn list_sessions(
     security(("client_id" = [], "client_secret" = [])),
     responses(
         (status = 200, description = "The profile", body = ProfileRecord),
+        (status = 400, description = "A query parameter (this route takes none) or a profile id that is not UTF-8", body = ErrorBody),
         (status = 401, description = "Missing, unknown or wrong credentials", body = ErrorBody),
         (status = 403, description = "The client's mode cannot read (a `write` key)", body = ErrorBody),
         (status = 404, description = "No such profile in this project", body = ErrorBody),
@@ -636,12 +642,20 @@ pub(crate) async fn list_sessions(
 pub(crate) async fn get_profile(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(profile_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<ProfileParams>, QueryRejection>,
 ) -> Result<Json<ProfileRecord>, ApiError> {
     let project = state
         .projects()
         .authenticate(&headers, Access::Read)
         .await?;
+    query(q)?;
+    let Path(profile_id) = path.map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "the profile id must be percent-encoded UTF-8 ({})",
+            rejection.body_text()
+        ))
+    })?;
     let profile = state
         .store()
         .profile(project.key, profile_id.clone())

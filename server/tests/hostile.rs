@@ -141,6 +141,17 @@ fn send_head(stream: &mut TcpStream, head: &str) {
         .expect("send");
 }
 
+fn get(server: &Server, target: &str, id: &str, secret: &str) -> Answer {
+    let mut stream = connect(server);
+    send_head(
+        &mut stream,
+        &format!(
+            "GET {target} HTTP/1.1\r\nopenpanel-client-id: {id}\r\nopenpanel-client-secret: {secret}"
+        ),
+    );
+    read_answer(&mut stream)
+}
+
 #[test]
 fn an_answer_given_before_the_body_is_read_closes_the_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -199,4 +210,33 @@ fn an_answer_given_before_the_body_is_read_closes_the_connection() {
     let answer = read_answer(&mut stream);
     answer.assert_error(413);
     assert_eq!(answer.header("connection"), Some("close"));
+}
+
+#[test]
+fn a_profile_path_or_parameter_the_route_cannot_take_is_the_contracts_400() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = spawn(dir.path());
+    // `%FF` decodes to a byte that is not UTF-8.
+    let answer = get(&server, "/api/profiles/%FF", READER, READER_SECRET);
+    answer.assert_error(400);
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("UTF-8")),
+        "{}",
+        answer.body
+    );
+    // Credentials are checked first, as on every other route.
+    get(&server, "/api/profiles/%FF", READER, "wrong").assert_error(401);
+    // The route takes no parameter: a typo is not silently ignored.
+    let answer = get(&server, "/api/profiles/u1?devce_id=x", READER, READER_SECRET);
+    answer.assert_error(400);
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("devce_id")),
+        "{}",
+        answer.body
+    );
+    get(&server, "/api/profiles/u1", READER, READER_SECRET).assert_error(404);
 }
