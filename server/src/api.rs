@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -31,6 +31,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Access, Project};
 use crate::body::{Encoding, decode, read_raw};
+use crate::connections::{BodyIdleTimeout, Timeouts};
 use crate::error::{ApiError, FailureReason, StoreFailure};
 use crate::ingest::{self, Prepared, RequestMeta};
 use crate::state::AppState;
@@ -173,11 +174,16 @@ fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
 /// Authenticates, reads the body and prepares its rows; shared by both ingestion routes.
 async fn receive(
     state: &AppState,
-    headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-    body: Body,
+    request: Received,
     parse: fn(&[u8], &RequestMeta) -> Result<Prepared, ApiError>,
 ) -> Result<(Project, Prepared), ApiError> {
+    let Received {
+        headers,
+        peer,
+        body,
+        idle,
+    } = request;
+    let headers = &headers;
     // Refused before the body is read to its end: the connection closes after the answer, or a
     // keep-alive client's next request would meet a connection the server has given up on.
     let unread = |e: ApiError| ApiError::BodyUnread(Box::new(e));
@@ -187,7 +193,7 @@ async fn receive(
         .await
         .map_err(unread)?;
     let encoding = Encoding::from_headers(headers).map_err(unread)?;
-    let raw = read_raw(headers, body, MAX_BODY_BYTES)
+    let raw = read_raw(headers, body, MAX_BODY_BYTES, idle)
         .await
         .map_err(unread)?;
     let receive_ms = state.now_ms();
@@ -261,13 +267,32 @@ fn counts_of(response: &backfill_protocol::wire::BatchResponse) -> Counts {
     }
 }
 
-fn split(request: Request) -> (HeaderMap, Option<SocketAddr>, Body) {
+/// What the ingestion routes read of a request.
+struct Received {
+    headers: HeaderMap,
+    /// The peer's address, when served over a connection.
+    peer: Option<SocketAddr>,
+    body: Body,
+    /// The longest pause allowed while the body arrives.
+    idle: Duration,
+}
+
+fn split(request: Request) -> Received {
     let (parts, body) = request.into_parts();
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    (parts.headers, peer, body)
+    let idle = parts
+        .extensions
+        .get::<BodyIdleTimeout>()
+        .map_or_else(|| Timeouts::default().body_idle, |t| t.0);
+    Received {
+        headers: parts.headers,
+        peer,
+        body,
+        idle,
+    }
 }
 
 /// Ingests a batch of events (SPEC §2): `202` once every accepted row is durably committed.
@@ -283,6 +308,7 @@ fn split(request: Request) -> (HeaderMap, Option<SocketAddr>, Body) {
         (status = 400, description = "Malformed envelope", body = ErrorBody),
         (status = 401, description = "Missing, unknown or wrong credentials", body = ErrorBody),
         (status = 403, description = "The client's mode cannot ingest (a `read` key)", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving for 30 s; resend", body = ErrorBody),
         (status = 413, description = "Body over 10 MiB after decoding", body = ErrorBody),
         (status = 415, description = "Unknown Content-Encoding", body = ErrorBody),
         (status = 503, description = "Storage unavailable; retry after `Retry-After` seconds", body = ErrorBody,
@@ -293,9 +319,9 @@ pub(crate) async fn track_batch(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (headers, peer, body) = split(request);
-    let (project, mut prepared) =
-        receive(&state, &headers, peer, body, ingest::prepare_batch).await?;
+    let request = split(request);
+    let headers = request.headers.clone();
+    let (project, mut prepared) = receive(&state, request, ingest::prepare_batch).await?;
     let total = prepared.rows.len() + prepared.rejected.len();
     let outcomes = store_rows(&state, &headers, &project, &mut prepared).await?;
     let response = ingest::summarize(total, prepared, outcomes);
@@ -319,6 +345,7 @@ pub(crate) async fn track_batch(
         (status = 400, description = "Malformed body or an event the rules refuse", body = ErrorBody),
         (status = 401, description = "Missing, unknown or wrong credentials", body = ErrorBody),
         (status = 403, description = "The client's mode cannot ingest (a `read` key)", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving for 30 s; resend", body = ErrorBody),
         (status = 413, description = "Body over 10 MiB after decoding", body = ErrorBody),
         (status = 415, description = "Unknown Content-Encoding", body = ErrorBody),
         (status = 503, description = "Storage unavailable; retry after `Retry-After` seconds", body = ErrorBody,
@@ -329,9 +356,9 @@ pub(crate) async fn track(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (headers, peer, body) = split(request);
-    let (project, mut prepared) =
-        receive(&state, &headers, peer, body, ingest::prepare_single).await?;
+    let request = split(request);
+    let headers = request.headers.clone();
+    let (project, mut prepared) = receive(&state, request, ingest::prepare_single).await?;
     let attribution = prepared.attribution.take();
     let outcomes = store_rows(&state, &headers, &project, &mut prepared).await?;
     let response = ingest::summarize(1, prepared, outcomes);

@@ -1,6 +1,7 @@
 //! Reading request bodies: the size limit on the raw stream and on the decoded bytes.
 
 use std::io::Read;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
@@ -35,8 +36,15 @@ impl Encoding {
     }
 }
 
-/// Reads the raw body, refusing it as soon as it passes `limit` bytes (or declares more).
-pub async fn read_raw(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the raw body, refusing it as soon as it passes `limit` bytes (or declares more), or
+/// when no byte of it arrives for `idle` (`408`: a stalled client would otherwise hold its
+/// connection and its share of memory for ever).
+pub async fn read_raw(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    idle: Duration,
+) -> Result<Vec<u8>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -46,7 +54,10 @@ pub async fn read_raw(headers: &HeaderMap, body: Body, limit: usize) -> Result<V
     }
     let mut body = body;
     let mut out = Vec::with_capacity(declared.map_or(64 * 1024, |n| n as usize));
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = tokio::time::timeout(idle, body.frame())
+        .await
+        .map_err(|_| ApiError::BodyTimeout { idle })?
+    {
         let frame = frame
             .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
         if let Some(data) = frame.data_ref() {

@@ -40,6 +40,12 @@ pub enum ApiError {
     UnsupportedEncoding(String),
 
     // --- Retry later.
+    /// The request body stopped arriving for longer than `idle` (`408`).
+    #[error("no byte of the request body arrived for {} s; resend the request", idle.as_secs())]
+    BodyTimeout {
+        /// The longest pause allowed.
+        idle: std::time::Duration,
+    },
     /// Too many requests (`429`).
     #[error("rate limited; retry after {retry_after} s")]
     RateLimited {
@@ -81,6 +87,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable | ApiError::StoreFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyUnread(inner) => inner.status(),

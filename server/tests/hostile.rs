@@ -5,8 +5,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use backfill_server::clock::SystemClock;
+use backfill_server::metrics::Metrics;
+use backfill_server::store::sqlite::{SqliteOptions, SqliteStore};
+use backfill_server::{AppState, Timeouts, app, auth, connections};
 use serde_json::Value;
 
 const ROOT: &str = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f";
@@ -85,7 +90,11 @@ impl Answer {
 }
 
 fn connect(server: &Server) -> TcpStream {
-    let stream = TcpStream::connect(&server.addr).expect("connect");
+    connect_to(&server.addr)
+}
+
+fn connect_to(addr: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
@@ -131,7 +140,10 @@ fn read_answer(stream: &mut TcpStream) -> Answer {
 /// Whether the server closes `stream` (within the read timeout) rather than waiting for more.
 fn closed_by_server(stream: &mut TcpStream) -> bool {
     let mut rest = Vec::new();
-    matches!(stream.read_to_end(&mut rest), Ok(_))
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
 }
 
 /// Sends `head` (request line and headers, without the blank line) and the blank line.
@@ -229,7 +241,12 @@ fn a_profile_path_or_parameter_the_route_cannot_take_is_the_contracts_400() {
     // Credentials are checked first, as on every other route.
     get(&server, "/api/profiles/%FF", READER, "wrong").assert_error(401);
     // The route takes no parameter: a typo is not silently ignored.
-    let answer = get(&server, "/api/profiles/u1?devce_id=x", READER, READER_SECRET);
+    let answer = get(
+        &server,
+        "/api/profiles/u1?devce_id=x",
+        READER,
+        READER_SECRET,
+    );
     answer.assert_error(400);
     assert!(
         answer.body["message"]
@@ -239,4 +256,125 @@ fn a_profile_path_or_parameter_the_route_cannot_take_is_the_contracts_400() {
         answer.body
     );
     get(&server, "/api/profiles/u1", READER, READER_SECRET).assert_error(404);
+}
+
+/// Serves a store in `dir` over a real socket with `timeouts`, as `backfill-server` does with
+/// its defaults; returns the address and the sender that starts the shutdown.
+async fn serve_with(
+    dir: &Path,
+    timeouts: Timeouts,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let options = SqliteOptions {
+        clock: Arc::new(SystemClock),
+        commit_latency: None,
+    };
+    let store: Arc<dyn backfill_server::store::Store> =
+        Arc::new(SqliteStore::open(&dir.join("backfill.db"), options).expect("store"));
+    let root = format!("{ROOT}:{ROOT_SECRET}:root")
+        .parse()
+        .expect("credential");
+    auth::bootstrap(store.as_ref(), &[root], 0)
+        .await
+        .expect("bootstrap");
+    let state = AppState::new(
+        store,
+        Arc::new(SystemClock),
+        Arc::new(Metrics::default()),
+        5,
+        None,
+    )
+    .await
+    .expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(connections::serve(
+        app(state),
+        listener,
+        async {
+            let _ = rx.await;
+        },
+        timeouts,
+    ));
+    (addr, tx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_is_disconnected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timeouts = Timeouts {
+        header_read: Duration::from_millis(300),
+        body_idle: Duration::from_millis(300),
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let (addr, stop, task) = serve_with(dir.path(), timeouts).await;
+    let checks = tokio::task::spawn_blocking(move || {
+        // A head that never ends (no credentials needed to hold a connection this way).
+        let mut head = connect_to(&addr);
+        head.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+            .expect("send");
+        assert!(closed_by_server(&mut head), "a stalled head is dropped");
+
+        // A body that stops half way: 408 with the error body, and the connection closes.
+        let mut body = connect_to(&addr);
+        send_head(
+            &mut body,
+            &format!(
+                "POST /track/batch HTTP/1.1\r\ncontent-length: 100\r\nopenpanel-client-id: {ROOT}\r\nopenpanel-client-secret: {ROOT_SECRET}"
+            ),
+        );
+        body.write_all(b"{\"events\": [").expect("send");
+        let answer = read_answer(&mut body);
+        answer.assert_error(408);
+        assert_eq!(answer.header("connection"), Some("close"));
+        assert!(closed_by_server(&mut body));
+
+        // The server still answers others.
+        let mut fine = connect_to(&addr);
+        send_head(&mut fine, "GET /healthz HTTP/1.1");
+        assert_eq!(read_answer(&mut fine).status, 200);
+    });
+    checks.await.expect("checks");
+    let _ = stop.send(());
+    task.await.expect("join").expect("served");
+}
+
+#[test]
+fn sigterm_does_not_wait_on_connections_that_carry_no_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = spawn(dir.path());
+    // One client connected and sent nothing; another sent half a request head. Neither has a
+    // request in flight, so neither may hold the shutdown (it waited on them for ever).
+    let _silent = connect(&server);
+    let mut half = connect(&server);
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+        .expect("send");
+    // A request answered on the same server before the signal.
+    let mut fine = connect(&server);
+    send_head(&mut fine, "GET /healthz HTTP/1.1");
+    assert_eq!(read_answer(&mut fine).status, 200);
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // Polled rather than awaited, so that a server that hangs fails the test instead of
+    // hanging it; the bound is far above a prompt exit and below the 20 s shutdown grace.
+    let mut exit = None;
+    for _ in 0..150 {
+        if let Some(status) = server.child.try_wait().expect("try_wait") {
+            exit = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exit = exit.expect("the server exits after SIGTERM without waiting on idle clients");
+    assert!(exit.success(), "{exit:?}");
 }
