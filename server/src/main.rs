@@ -101,9 +101,13 @@ enum ProjectCommand {
     Rotate {
         /// The client id.
         client_id: Uuid,
-        /// Hours the old secret stays valid (0: refused at once).
+        /// Hours the old secret stays valid (0: refused at once, with any older one).
         #[arg(long, default_value_t = 24)]
         grace_hours: u32,
+        /// Rotate even while the secret a previous rotation replaced is still accepted: that
+        /// secret is then refused at once (one old secret is kept).
+        #[arg(long)]
+        force: bool,
     },
     /// Revoke a client: its secrets are refused from then on. Its project's data stays.
     Revoke {
@@ -234,12 +238,20 @@ async fn project(config: &Config, command: ProjectCommand) -> anyhow::Result<()>
         ProjectCommand::Rotate {
             client_id,
             grace_hours,
+            force,
         } => {
             let grace_ms = i64::from(grace_hours) * 3_600_000;
-            let p = admin::rotate(store, client_id, grace_ms, now).await?;
-            println!(
-                "rotated client (the new secret is shown once; the old one works for {grace_hours} more hours):"
-            );
+            let options = admin::RotateOptions { grace_ms, force };
+            let p = admin::rotate(store, client_id, options, now).await?;
+            if grace_hours == 0 {
+                println!(
+                    "rotated client (the new secret is shown once; the old ones are refused from now):"
+                );
+            } else {
+                println!(
+                    "rotated client (the new secret is shown once; the old one works for {grace_hours} more hours):"
+                );
+            }
             print_secret(&p);
         }
         ProjectCommand::Revoke { client_id } => {

@@ -31,16 +31,26 @@ impl Drop for Server {
     }
 }
 
+/// The binary on `data_dir` with a root and a read client given on the command line.
 fn spawn(data_dir: &Path) -> Server {
+    spawn_with(
+        data_dir,
+        &[
+            "--project",
+            &format!("{ROOT}:{ROOT_SECRET}:root"),
+            "--project",
+            &format!("{READER}:{READER_SECRET}:read"),
+        ],
+    )
+}
+
+fn spawn_with(data_dir: &Path, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--data-dir")
         .arg(data_dir)
-        .arg("--project")
-        .arg(format!("{ROOT}:{ROOT_SECRET}:root"))
-        .arg("--project")
-        .arg(format!("{READER}:{READER_SECRET}:read"))
+        .args(args)
         .env_remove("BACKFILL_PROJECTS")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -377,4 +387,90 @@ fn sigterm_does_not_wait_on_connections_that_carry_no_request() {
     }
     let exit = exit.expect("the server exits after SIGTERM without waiting on idle clients");
     assert!(exit.success(), "{exit:?}");
+}
+
+/// `backfill-server --data-dir <dir> project <args>`.
+fn project(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_backfill-server"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("project")
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run")
+}
+
+/// The secret a `project create|rotate` printed.
+fn printed_secret(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client secret:"))
+        .map(|s| s.trim().to_owned())
+        .expect("a secret printed")
+}
+
+/// The status of one `POST /track` with `id` and `secret`.
+fn track_status(server: &Server, id: &str, secret: &str) -> u16 {
+    let mut stream = connect(server);
+    let body = r#"{"type":"track","payload":{"name":"x"}}"#;
+    stream
+        .write_all(
+            format!(
+                "POST /track HTTP/1.1\r\nHost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\nopenpanel-client-id: {id}\r\nopenpanel-client-secret: {secret}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("send");
+    read_answer(&mut stream).status
+}
+
+#[test]
+fn a_second_rotation_does_not_silently_refuse_the_secret_apps_still_ship() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let created = project(dir.path(), &["create", "--mode", "write"]);
+    let original = printed_secret(&created);
+    let id = String::from_utf8_lossy(&created.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client id:"))
+        .map(|s| s.trim().to_owned())
+        .expect("an id printed");
+    let first = printed_secret(&project(
+        dir.path(),
+        &["rotate", &id, "--grace-hours", "48"],
+    ));
+    // Run twice by mistake (or after losing the first output): the apps still ship the
+    // original secret, which a second rotation would refuse at once, 48 hours early.
+    let again = project(dir.path(), &["rotate", &id, "--grace-hours", "48"]);
+    assert!(!again.status.success(), "a second rotation is refused");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("still rotating") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&again.stdout).contains("client secret"),
+        "no secret is printed for a refused rotation"
+    );
+    let server = spawn_with(dir.path(), &[]);
+    let status = |secret: &str| track_status(&server, &id, secret);
+    assert_eq!(status(&original), 200, "the original secret still works");
+    assert_eq!(status(&first), 200);
+    // Forced, the rotation goes ahead and says what it does: the original is refused.
+    let forced = printed_secret(&project(
+        dir.path(),
+        &["rotate", &id, "--grace-hours", "48", "--force"],
+    ));
+    drop(server);
+    let server = spawn_with(dir.path(), &[]);
+    let status = |secret: &str| track_status(&server, &id, secret);
+    assert_eq!(status(&original), 401);
+    assert_eq!(status(&first), 200, "the secret this rotation replaced");
+    assert_eq!(status(&forced), 200);
 }
