@@ -21,17 +21,26 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// Reads the `Content-Encoding` header; an unknown one is `415`.
+    /// Reads the `Content-Encoding` header; an unknown one is `415`, named in the message by
+    /// its first 40 characters at most (the header is the client's text, copied into logs).
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
         let Some(value) = headers.get(header::CONTENT_ENCODING) else {
             return Ok(Encoding::Identity);
         };
-        let text = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        let text = String::from_utf8_lossy(value.as_bytes())
+            .trim()
+            .to_ascii_lowercase();
         match text.as_str() {
             "" | "identity" => Ok(Encoding::Identity),
             "gzip" | "x-gzip" => Ok(Encoding::Gzip),
             "zstd" => Ok(Encoding::Zstd),
-            _ => Err(ApiError::UnsupportedEncoding(text)),
+            _ => {
+                let mut shown: String = text.chars().take(40).collect();
+                if shown.len() < text.len() {
+                    shown.push('…');
+                }
+                Err(ApiError::UnsupportedEncoding(shown))
+            }
         }
     }
 }
@@ -103,6 +112,31 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(data).expect("write");
         enc.finish().expect("finish")
+    }
+
+    #[test]
+    fn an_unknown_encoding_is_415_named_briefly() {
+        let mut headers = HeaderMap::new();
+        let long = "x".repeat(20_000);
+        headers.insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_str(&long).expect("header"),
+        );
+        match Encoding::from_headers(&headers) {
+            Err(ApiError::UnsupportedEncoding(shown)) => {
+                assert!(shown.chars().count() <= 41, "{} characters", shown.len());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Bytes that are not visible ASCII are an unknown encoding too, not "no encoding".
+        headers.insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_bytes(b"gzip\xff").expect("header"),
+        );
+        assert!(matches!(
+            Encoding::from_headers(&headers),
+            Err(ApiError::UnsupportedEncoding(_))
+        ));
     }
 
     #[test]
