@@ -466,7 +466,15 @@ fn list_params(
         match value {
             None => Ok(None),
             Some(v) => parse_timestamp_str(v).map(Some).ok_or_else(|| {
-                ApiError::BadRequest(format!("{key} must be ISO-8601 or epoch milliseconds"))
+                // A `+` of an offset arrives as a space unless the client encoded it.
+                let hint = if v.contains(' ') {
+                    " (a '+' in a query string is read as a space: send it as %2B)"
+                } else {
+                    ""
+                };
+                ApiError::BadRequest(format!(
+                    "{key} must be ISO-8601 or epoch milliseconds{hint}"
+                ))
             }),
         }
     };

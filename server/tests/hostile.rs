@@ -268,6 +268,36 @@ fn a_profile_path_or_parameter_the_route_cannot_take_is_the_contracts_400() {
     get(&server, "/api/profiles/u1", READER, READER_SECRET).assert_error(404);
 }
 
+#[test]
+fn a_time_with_an_unencoded_plus_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = spawn(dir.path());
+    // As typed in a shell: the `+` of the offset becomes a space in a query string.
+    for route in ["/api/events", "/api/sessions"] {
+        let answer = get(
+            &server,
+            &format!("{route}?from=2026-11-29T10:00:00+01:00"),
+            READER,
+            READER_SECRET,
+        );
+        answer.assert_error(400);
+        assert!(
+            answer.body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("%2B")),
+            "{}",
+            answer.body
+        );
+        let encoded = get(
+            &server,
+            &format!("{route}?from=2026-11-29T10:00:00%2B01:00"),
+            READER,
+            READER_SECRET,
+        );
+        assert_eq!(encoded.status, 200, "{}", encoded.body);
+    }
+}
+
 /// Serves a store in `dir` over a real socket with `timeouts`, as `backfill-server` does with
 /// its defaults; returns the address and the sender that starts the shutdown.
 async fn serve_with(
