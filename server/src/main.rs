@@ -1,7 +1,7 @@
 //! `backfill-server`: parses flags and environment, then runs [`backfill_server::start`], or,
 //! with `project ...`, administers the clients of the configured store.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -174,6 +174,28 @@ fn print_secret(p: &NewProject) {
     println!("  mode:          {}", p.mode);
 }
 
+/// The address, and the client created on a first start, on stdout.
+fn print_start(server: &backfill_server::RunningServer) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {}", server.url())?;
+    if let Some(p) = &server.created_project {
+        writeln!(
+            out,
+            "created a root client (the secret is shown once; keep it):"
+        )?;
+        writeln!(out, "  client id:     {}", p.client_id)?;
+        writeln!(out, "  client secret: {}", p.secret)?;
+        writeln!(out, "  mode:          {}", p.mode)?;
+        writeln!(
+            out,
+            "root keys can read every stored event: give apps a write key \
+             (backfill-server project create --mode write --for {})",
+            p.client_id
+        )?;
+    }
+    out.flush()
+}
+
 async fn project(config: &Config, command: ProjectCommand) -> anyhow::Result<()> {
     // Only `create` may start a store (to provision keys before a first start): on a mistyped
     // --data-dir, the others say so rather than show an empty, new store.
@@ -292,17 +314,20 @@ async fn main() -> anyhow::Result<()> {
     let server = backfill_server::start(&config, Arc::new(SystemClock), None)
         .await
         .context("starting the server")?;
-    println!("listening on {}", server.url());
-    if let Some(p) = &server.created_project {
-        println!("created a root client (the secret is shown once; keep it):");
-        print_secret(p);
-        println!(
-            "root keys can read every stored event: give apps a write key \
-             (backfill-server project create --mode write --for {})",
-            p.client_id
-        );
+    // A closed stdout (`backfill-server | head -1`) must not stop a running server, as a
+    // `println!` would by panicking; what could not be shown is said on stderr, never a secret.
+    if let Err(e) = print_start(&server) {
+        tracing::error!(error = %e, "cannot write the start-up lines to stdout");
+        if let Some(p) = &server.created_project {
+            tracing::error!(
+                client = %p.client_id,
+                "the root client created on this first start could not be shown; create another \
+                 with `backfill-server project create --mode root` and revoke this one"
+            );
+        }
     }
     tracing::info!(
+        addr = %server.addr,
         data_dir = %config.data_dir.display(),
         max_event_age_days = config.max_event_age_days,
         "serving"

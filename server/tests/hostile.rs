@@ -504,3 +504,56 @@ fn a_second_rotation_does_not_silently_refuse_the_secret_apps_still_ship() {
     assert_eq!(status(&first), 200, "the secret this rotation replaced");
     assert_eq!(status(&forced), 200);
 }
+
+#[test]
+fn a_closed_stdout_does_not_stop_a_first_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A pipe whose reader has already exited, as `backfill-server | head -1` leaves it: every
+    // write to it fails. `true` reads nothing and exits.
+    let mut reader = Command::new("true")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn true");
+    let closed = reader.stdin.take().expect("pipe");
+    reader.wait().expect("true exits");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env_remove("BACKFILL_PROJECTS")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(closed))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    // The server runs on, and says on stderr what it could not show (never the secret).
+    let mut said = Vec::new();
+    let addr = lines
+        .find_map(|line| {
+            let v: Value = serde_json::from_str(&line).ok()?;
+            said.push(v.clone());
+            (v["message"] == "serving").then(|| v["addr"].as_str().map(str::to_owned))?
+        })
+        .expect("a serving line with the address");
+    let server = Server { child, addr };
+    let mut stream = connect(&server);
+    send_head(&mut stream, "GET /healthz HTTP/1.1");
+    assert_eq!(read_answer(&mut stream).status, 200);
+    let told = said.iter().any(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not be shown"))
+    });
+    assert!(told, "{said:?}");
+    assert!(
+        !said.iter().any(|v| v.to_string().contains("sec_")),
+        "no secret on stderr"
+    );
+}
