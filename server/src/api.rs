@@ -89,6 +89,11 @@ async fn tag_route(path: MatchedPath, request: Request, next: Next) -> Response 
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
+    // Answered by the CORS layer before routing, for whatever path it names.
+    let preflight = method == axum::http::Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     // The claimed client id, logged only when it is a UUID: it names the client, never
     // authenticates it, and an arbitrary header is not copied into logs.
     let client = request
@@ -99,9 +104,10 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let mut response = next.run(request).await;
     let elapsed = started.elapsed();
     let extensions = response.extensions_mut();
-    let route = extensions
-        .remove::<RouteLabel>()
-        .map_or_else(|| "unmatched".to_owned(), |r| r.0);
+    let route = extensions.remove::<RouteLabel>().map_or_else(
+        || if preflight { "preflight" } else { "unmatched" }.to_owned(),
+        |r| r.0,
+    );
     let counts = extensions.remove::<Counts>().unwrap_or_default();
     let reason = extensions.remove::<FailureReason>().map(|r| r.0);
     let cause = extensions.remove::<StoreFailure>().map(|f| f.0);

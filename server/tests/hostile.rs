@@ -557,3 +557,36 @@ fn a_closed_stdout_does_not_stop_a_first_start() {
         "no secret on stderr"
     );
 }
+
+#[test]
+fn a_browsers_preflight_is_counted_as_a_preflight_not_as_an_unknown_route() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = spawn(dir.path());
+    let mut stream = connect(&server);
+    send_head(
+        &mut stream,
+        "OPTIONS /track/batch HTTP/1.1\r\norigin: https://app.example\r\naccess-control-request-method: POST\r\naccess-control-request-headers: openpanel-client-id, openpanel-client-secret, content-type",
+    );
+    let answer = read_answer(&mut stream);
+    assert_eq!(answer.status, 200);
+    assert!(answer.header("access-control-allow-origin").is_some());
+    let mut stream = connect(&server);
+    send_head(&mut stream, "GET /nope HTTP/1.1");
+    read_answer(&mut stream).assert_error(404);
+    let mut stream = connect(&server);
+    send_head(&mut stream, "GET /metrics HTTP/1.1");
+    let metrics = read_answer(&mut stream).body;
+    let metrics = metrics.as_str().expect("text");
+    assert!(
+        metrics.contains("backfill_http_requests_total{route=\"preflight\",status=\"200\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("backfill_http_requests_total{route=\"unmatched\",status=\"404\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("route=\"unmatched\",status=\"200\""),
+        "{metrics}"
+    );
+}
