@@ -104,7 +104,7 @@ def test_a_raising_http_client_is_a_network_failure_and_loses_nothing(server, tm
         report = client.flush()
         assert isinstance(report.end, backfill.DrainEnd.RETRY_LATER), report
         stats = client.stats()
-        assert stats.buffered == 1 and "unreachable" in (stats.last_error or "")
+        assert stats.buffered == 1 and "cable unplugged" in (stats.last_error or ""), stats.last_error
     with open_client(server, db, http_client=backfill.UrllibHttpClient(), background_upload=False) as client:
         assert client.flush().sent == 1
     assert [e["insert_id"] for e in server.events(name="kept")] == [insert_id]
