@@ -931,3 +931,70 @@ fn dry_runs_touch_nothing_and_limits_evict_the_oldest_loudly() {
     let quiet = backfill(&["-q", "enqueue", "--db", db_arg], Some(&readings(1)), &[]);
     assert!(quiet.status.success() && quiet.stdout.is_empty());
 }
+
+/// A stub HTTP server outside the project (a proxy, a portal, another host): answers every
+/// request with `answer` (status line, headers and body, without the final CRLFs) and counts
+/// the requests it read.
+fn stub(answer: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let mut length = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = (&stream).write_all(format!("{answer}\r\n\r\n").as_bytes());
+        }
+    });
+    (url, hits)
+}
+
+#[test]
+fn a_redirect_is_a_wrong_endpoint_and_the_secret_never_follows_it() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    // Another host (a captive portal's login page, a parked domain) that must never see the
+    // client secret.
+    let (elsewhere, elsewhere_hits) = stub(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 5\r\nconnection: close\r\n\r\nlogin"
+            .to_owned(),
+    );
+    for code in [
+        "301 Moved Permanently",
+        "302 Found",
+        "307 Temporary Redirect",
+        "308 Permanent Redirect",
+    ] {
+        let (redirector, _) = stub(format!(
+            "HTTP/1.1 {code}\r\nlocation: {elsewhere}/login\r\ncontent-length: 0\r\nconnection: close"
+        ));
+        let out = backfill(&["drain", "--db", db_arg], None, &creds(&redirector));
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(78), "{code}: {err}");
+        assert!(err.contains("redirect"), "{code}: {err}");
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            0,
+            "{code}: the redirect was followed"
+        );
+        assert_eq!(status_json(&db)["buffered_events"], 3);
+    }
+}
