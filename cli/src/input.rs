@@ -35,11 +35,28 @@ fn bad(line: usize, message: impl Into<String>) -> InputError {
 /// CSV by the first non-blank character (`{`), after a UTF-8 byte-order mark if there is one.
 /// Empty input (or a CSV header alone) gives no readings.
 pub fn read_events(mut input: impl BufRead) -> Result<Vec<(usize, Event)>, InputError> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     input
-        .read_to_string(&mut text)
-        .map_err(|e| bad(0, format!("cannot read the input: {e}")))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(1, format!("cannot read the input: {e}")))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let before = &bytes[..e.valid_up_to()];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = before.len()
+            - before
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+        bad(
+            line,
+            format!(
+                "byte {} is not UTF-8 (is the file in another encoding, such as Latin-1 or \
+                 UTF-16? convert it, e.g. with iconv -t UTF-8)",
+                column + 1
+            ),
+        )
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
@@ -122,6 +139,18 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
         .headers()
         .map_err(|e| bad(1, format!("bad CSV header: {e}")))?
         .clone();
+    // A column without a name, or two of one name, would lose values silently.
+    for (c, header) in headers.iter().enumerate() {
+        if header.is_empty() {
+            return Err(bad(
+                1,
+                format!("column {} of the CSV header has no name", c + 1),
+            ));
+        }
+        if headers.iter().take(c).any(|h| h == header) {
+            return Err(bad(1, format!("the CSV header names {header:?} twice")));
+        }
+    }
     let column = |name: &str| headers.iter().position(|h| h == name);
     let name_col = column("name").ok_or_else(|| bad(1, "the CSV header has no \"name\" column"))?;
     let (time_col, device_col) = (column("timestamp"), column("device_id"));

@@ -998,3 +998,35 @@ fn a_redirect_is_a_wrong_endpoint_and_the_secret_never_follows_it() {
         assert_eq!(status_json(&db)["buffered_events"], 3);
     }
 }
+
+#[test]
+fn enqueue_names_the_line_of_invalid_utf8_and_refuses_ambiguous_csv_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let file = dir.path().join("readings");
+    let file_arg = file.to_str().expect("path");
+    // A Latin-1 "é" on the third line of an otherwise good log.
+    let mut latin1 = readings(2).into_bytes();
+    latin1.extend_from_slice(b"{\"name\":\"caf\xe9\"}\n");
+    std::fs::write(&file, &latin1).expect("write");
+    let out = backfill(&["enqueue", "--db", db_arg, file_arg], None, &[]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("line 3") && err.contains("UTF-8"), "{err}");
+    // Two columns of one name: one of the values would be lost.
+    for (csv, says) in [
+        ("name,temp,temp\nreading,1,2\n", "\"temp\""),
+        ("name,,temp\nreading,1,2\n", "column 2"),
+    ] {
+        std::fs::write(&file, csv).expect("write");
+        let out = backfill(&["enqueue", "--db", db_arg, file_arg], None, &[]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(65), "{csv:?}: {err}");
+        assert!(
+            err.contains("line 1") && err.contains(says),
+            "{csv:?}: {err}"
+        );
+    }
+    assert!(!db.exists(), "nothing was written");
+}
