@@ -206,7 +206,15 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
     warn_too_old(&sdk, &events);
     let before = sdk.stats()?;
     if let Err(e) = sdk.track_many(events.into_iter().map(|(_, e)| e).collect()) {
-        eprintln!("backfill enqueue: {e}; nothing was added");
+        let hint = match e {
+            // SQLite names a write refused by the OS (ENOSPC, EFBIG, EIO) as a disk I/O error.
+            Error::Storage(_) | Error::StorageFull(_) => {
+                ". If the disk is full or a file-size limit (ulimit -f, systemd's LimitFSIZE=) \
+                 was reached, free space or raise the limit and enqueue the readings again"
+            }
+            _ => "",
+        };
+        eprintln!("backfill enqueue: {e}; nothing was added, the buffer is unchanged{hint}");
         return Ok(storage_exit(&e));
     }
     let after = sdk.stats()?;

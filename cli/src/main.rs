@@ -140,6 +140,28 @@ pub struct DbArg {
     pub db: PathBuf,
 }
 
+/// Under a file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) the kernel ends a process
+/// that writes past it with SIGXFSZ, silently and with no code of the table. With the signal
+/// handled, the write fails with `EFBIG` instead: the buffer rolls the write back and the
+/// command says so, exit 74, like a full disk.
+fn report_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        let _context = runtime.enter();
+        // The handler stays installed for the life of the process once registered.
+        if let Err(e) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+            tracing::debug!(error = %e, "cannot handle SIGXFSZ");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -153,6 +175,7 @@ fn main() -> ExitCode {
         }
     };
     output::set_quiet(cli.quiet);
+    report_file_size_limit();
     let level = match cli.verbose {
         0 => "error",
         1 => "backfill_core=debug,warn",

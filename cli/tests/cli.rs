@@ -1030,3 +1030,31 @@ fn enqueue_names_the_line_of_invalid_utf8_and_refuses_ambiguous_csv_headers() {
     }
     assert!(!db.exists(), "nothing was written");
 }
+
+#[test]
+fn a_file_size_limit_is_reported_as_a_full_disk_and_keeps_the_buffer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(10));
+    let input = dir.path().join("many.ndjson");
+    std::fs::write(&input, readings(5000)).expect("write");
+    // `ulimit -f` counts 512-byte blocks: 256 KiB, past the buffer's size after 10 readings
+    // and short of 5000 more.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 512 && exec \"$0\" enqueue --db \"$1\" \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_backfill"))
+        .arg(db_arg)
+        .arg(&input)
+        .output()
+        .expect("run backfill under ulimit -f");
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(err.contains("nothing was added"), "{err}");
+    assert!(
+        err.contains("ulimit -f"),
+        "the likely causes are named: {err}"
+    );
+    assert_eq!(status_json(&db)["buffered_events"], 10);
+}
