@@ -1058,3 +1058,27 @@ fn a_file_size_limit_is_reported_as_a_full_disk_and_keeps_the_buffer() {
     );
     assert_eq!(status_json(&db)["buffered_events"], 10);
 }
+
+#[test]
+fn messages_carry_no_terminal_colours_into_a_log_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(500));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .expect("open the buffer");
+    file.set_len(3000).expect("truncate the buffer");
+    let out = backfill(&["enqueue", "--db", db_arg], Some(&readings(1)), &[]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("corrupt"),
+        "the damaged buffer is named: {err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "no escape codes in a pipe: {err:?}"
+    );
+}
