@@ -1082,3 +1082,24 @@ fn messages_carry_no_terminal_colours_into_a_log_file() {
         "no escape codes in a pipe: {err:?}"
     );
 }
+
+#[test]
+fn status_forgets_the_last_error_once_a_drain_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    let wrong = format!("{}/v1", server.url());
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&wrong));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out).1);
+    assert!(status_json(&db)["stats"]["last_error"].is_string());
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&server.url()));
+    assert!(out.status.success(), "{}", text(&out).1);
+    let status = status_json(&db);
+    assert_eq!(status["buffered_events"], 0);
+    assert!(
+        status["stats"]["last_error"].is_null(),
+        "a fixed endpoint no longer shows as paused: {status}"
+    );
+}

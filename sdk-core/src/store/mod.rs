@@ -611,6 +611,15 @@ impl Buffer {
         self.write(|tx| set_state(tx, key, value))
     }
 
+    /// Removes a state value (nothing happens when there is none).
+    pub fn remove_state(&self, key: &str) -> Result<(), Error> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM state WHERE key = ?1")?
+                .execute(params![key])?;
+            Ok(())
+        })
+    }
+
     /// Times of the oldest and newest buffered events.
     pub fn time_span(&self) -> Result<(Option<i64>, Option<i64>), Error> {
         self.read(|conn| {
