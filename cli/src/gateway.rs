@@ -138,6 +138,28 @@ fn warn_too_old(sdk: &Backfill, events: &[(usize, Event)]) {
     }
 }
 
+/// Says at once when readings are stamped later than now (past the server's minute of
+/// tolerance): the server stores those at the time they arrive instead (SPEC §4), keeping the
+/// given time aside as `__clientTimestamp`.
+fn warn_future(events: &[(usize, Event)]) {
+    use backfill_protocol::limits::FUTURE_TOLERANCE_MS;
+    let now = backfill_protocol::clock::Clock::now_ms(&backfill_core::SystemClock);
+    let ahead: Vec<(usize, i64)> = events
+        .iter()
+        .filter_map(|(line, e)| e.timestamp_ms.map(|t| (*line, t)))
+        .filter(|(_, t)| *t > now + FUTURE_TOLERANCE_MS)
+        .collect();
+    if let Some((line, latest)) = ahead.iter().max_by_key(|(_, t)| *t) {
+        eprintln!(
+            "backfill enqueue: warning: {} readings are stamped in the future (the latest, line \
+             {line}, at {}); the server will store them at the time they arrive, keeping the \
+             given time as __clientTimestamp. Is the clock of the device that stamped them right?",
+            ahead.len(),
+            iso(Some(*latest)),
+        );
+    }
+}
+
 /// `backfill enqueue`: all readings or none.
 pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
     let db = &args.db.db;
@@ -204,6 +226,7 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     warn_too_old(&sdk, &events);
+    warn_future(&events);
     let before = sdk.stats()?;
     if let Err(e) = sdk.track_many(events.into_iter().map(|(_, e)| e).collect()) {
         let hint = match e {

@@ -1103,3 +1103,22 @@ fn status_forgets_the_last_error_once_a_drain_succeeds() {
         "a fixed endpoint no longer shows as paused: {status}"
     );
 }
+
+#[test]
+fn enqueue_warns_about_readings_stamped_in_the_future() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let mut input = readings(2);
+    input.push_str("{\"name\":\"reading\",\"timestamp\":\"2099-01-01T00:00:00Z\"}\n");
+    let out = backfill(&["enqueue", "--db", db_arg], Some(&input), &[]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("1 readings are stamped in the future") && err.contains("line 3"),
+        "{err}"
+    );
+    assert_eq!(status_json(&db)["buffered_events"], 3, "kept all the same");
+    let out = backfill(&["enqueue", "--db", db_arg], Some(&readings(2)), &[]);
+    assert!(!text(&out).1.contains("future"), "{}", text(&out).1);
+}
