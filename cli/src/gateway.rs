@@ -410,8 +410,16 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
                 ..
             })
             | Err(Error::Unauthorized(code)) => {
+                // The server's own words (a wrong secret, a read-only key), as the SDK kept them.
+                let why = after
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| format!("the server refused the credentials (HTTP {code})"));
                 eprintln!(
-                    "backfill drain: the server refused the credentials (HTTP {code}); the data is kept"
+                    "backfill drain: {why}; nothing was deleted, {} events kept. Check \
+                     BACKFILL_CLIENT_ID and BACKFILL_CLIENT_SECRET (a write or root key of this \
+                     server)",
+                    after.buffered_events
                 );
                 return Ok(exit::NOPERM);
             }

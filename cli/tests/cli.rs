@@ -244,7 +244,18 @@ fn drain_empties_the_buffer_into_a_real_server() {
     ];
     let out = backfill(&["drain", "--db", db_arg], None, &env);
     assert_eq!(out.status.code(), Some(77), "refused credentials");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wrong client secret") && err.contains("BACKFILL_CLIENT_SECRET"),
+        "the server's reason and what to check: {err}"
+    );
     assert_eq!(status_json(&db)["buffered_events"], 3, "data kept");
+    assert!(
+        status_json(&db)["stats"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("wrong client secret")),
+        "status says it too"
+    );
 
     let env = [
         ("BACKFILL_ENDPOINT", url.as_str()),

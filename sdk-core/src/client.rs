@@ -146,7 +146,10 @@ impl Shared {
                         self.note_error(format!("upload deferred for {wait} ms: {cause}"));
                     }
                     DrainEnd::Unauthorized(code) => self.note_error(format!(
-                        "the server refused the credentials (HTTP {code}); uploads paused"
+                        "the server refused the credentials ({}); uploads paused",
+                        r.last_error
+                            .clone()
+                            .unwrap_or_else(|| format!("HTTP {code}"))
                     )),
                     DrainEnd::Misconfigured(why) => {
                         self.note_error(format!("{why}; uploads paused, nothing was deleted"))
