@@ -93,7 +93,8 @@ fn open_offline(db: &Path, limits: &Limits) -> Result<Backfill, Error> {
     Backfill::open(config)
 }
 
-fn storage_exit(e: &Error) -> u8 {
+/// The exit code of an SDK error (the table in `main`).
+pub fn storage_exit(e: &Error) -> u8 {
     match e {
         Error::Unauthorized(_) => exit::NOPERM,
         Error::Misconfigured(_) | Error::InvalidConfig(_) => exit::CONFIG,

@@ -202,9 +202,20 @@ fn main() -> ExitCode {
     };
     match code {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("backfill: {e:#}");
-            ExitCode::from(exit::SOFTWARE)
-        }
+        // The buffer failing under a command (a table missing, a write refused) is the
+        // buffer's fault, with its code; anything else is a bug.
+        Err(e) => match e.downcast_ref::<backfill_core::Error>() {
+            Some(sdk) => {
+                eprintln!(
+                    "backfill: {sdk}. The buffer may be damaged or changed by another program: \
+                     move it aside (keep it) and start a new one"
+                );
+                ExitCode::from(gateway::storage_exit(sdk))
+            }
+            None => {
+                eprintln!("backfill: {e:#}");
+                ExitCode::from(exit::SOFTWARE)
+            }
+        },
     }
 }

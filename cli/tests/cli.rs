@@ -1133,3 +1133,28 @@ fn enqueue_warns_about_readings_stamped_in_the_future() {
     let out = backfill(&["enqueue", "--db", db_arg], Some(&readings(2)), &[]);
     assert!(!text(&out).1.contains("future"), "{}", text(&out).1);
 }
+
+#[test]
+fn a_buffer_missing_a_table_is_refused_with_74_not_called_a_bug() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.execute_batch("DROP TABLE counters"))
+        .expect("damage the buffer");
+    for args in [
+        vec!["status", "--db", db_arg],
+        vec!["enqueue", "--db", db_arg, "-"],
+        vec!["drain", "--db", db_arg],
+    ] {
+        let out = backfill(&args, Some(&readings(1)), &creds("http://127.0.0.1:9"));
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(74), "{args:?}: {err}");
+        assert!(err.contains("move it aside"), "{args:?}: {err}");
+    }
+    let events: i64 = rusqlite::Connection::open(&db)
+        .and_then(|c| c.query_row("SELECT count(*) FROM events", [], |r| r.get(0)))
+        .expect("count");
+    assert_eq!(events, 3, "nothing lost");
+}
