@@ -19,7 +19,7 @@ use crate::units::{format_size, parse_size};
 #[derive(Debug, Args)]
 pub struct DrainArgs {
     #[command(flatten)]
-    db: crate::DbArg,
+    pub(crate) db: crate::DbArg,
     /// Base URL of the server.
     #[arg(long, env = "BACKFILL_ENDPOINT")]
     endpoint: String,
@@ -54,7 +54,7 @@ pub struct DrainArgs {
 #[derive(Debug, Args)]
 pub struct EnqueueArgs {
     #[command(flatten)]
-    db: crate::DbArg,
+    pub(crate) db: crate::DbArg,
     /// The readings; `-` or nothing for standard input.
     file: Option<PathBuf>,
     /// Give each reading a content-derived insert id, so that enqueueing the same log again is

@@ -133,6 +133,22 @@ enum DeadLetters {
     },
 }
 
+impl Command {
+    /// The buffer the command works on, if it has one.
+    fn db(&self) -> Option<&std::path::Path> {
+        match self {
+            Command::Demo(_) => None,
+            Command::Enqueue(args) => Some(&args.db.db),
+            Command::Drain(args) => Some(&args.db.db),
+            Command::Status { db, .. }
+            | Command::Inspect { db, .. }
+            | Command::DeadLetters(DeadLetters::Export { db } | DeadLetters::Requeue { db }) => {
+                Some(&db.db)
+            }
+        }
+    }
+}
+
 /// The buffer file.
 #[derive(Debug, Clone, Args)]
 pub struct DbArg {
@@ -191,6 +207,14 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
+    if let Some(db) = cli.command.db().filter(|db| db.is_dir()) {
+        eprintln!(
+            "backfill: --db {} is a directory; give the path of the buffer file, e.g. {}",
+            db.display(),
+            db.join("gw.db").display()
+        );
+        return ExitCode::from(exit::NO_INPUT);
+    }
     let code = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Enqueue(args) => gateway::enqueue(&args),

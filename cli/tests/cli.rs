@@ -1158,3 +1158,30 @@ fn a_buffer_missing_a_table_is_refused_with_74_not_called_a_bug() {
         .expect("count");
     assert_eq!(events, 3, "nothing lost");
 }
+
+#[test]
+fn a_directory_as_the_buffer_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db_arg = dir.path().to_str().expect("path");
+    for args in [
+        vec!["status", "--db", db_arg],
+        vec!["inspect", "--db", db_arg],
+        vec!["enqueue", "--db", db_arg, "-"],
+        vec!["drain", "--db", db_arg],
+        vec!["dead-letters", "export", "--db", db_arg],
+        vec!["dead-letters", "requeue", "--db", db_arg],
+    ] {
+        let out = backfill(&args, Some(&readings(1)), &creds("http://127.0.0.1:9"));
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(66), "{args:?}: {err}");
+        assert!(
+            err.contains("is a directory") && err.contains("gw.db"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        listing(dir.path()),
+        Vec::<String>::new(),
+        "nothing created in it"
+    );
+}
