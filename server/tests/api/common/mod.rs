@@ -183,6 +183,24 @@ impl Harness {
         (status, body)
     }
 
+    /// A `GET` answer's status and body text, for what `Value` would alter (number text).
+    pub async fn get_text(&self, path_and_query: &str) -> (StatusCode, String) {
+        let req = Request::get(path_and_query)
+            .header("openpanel-client-id", PROJECT)
+            .header("openpanel-client-secret", SECRET)
+            .body(Body::empty())
+            .expect("request");
+        let response = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// Every event of the project matching `query`, across pages.
     pub async fn all_events(&self, query: &str) -> Vec<Value> {
         self.all("/api/events", "events", query).await
