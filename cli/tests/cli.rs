@@ -1185,3 +1185,29 @@ fn a_directory_as_the_buffer_is_named_as_such() {
         "nothing created in it"
     );
 }
+
+#[test]
+fn an_integer_too_long_to_keep_exactly_is_refused_not_rounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let input = "{\"name\":\"sim\",\"properties\":{\"note\":\"89014103211118510720\",\"n\":-12}}\n\
+                 {\"name\":\"sim\",\"properties\":{\"iccid\":89014103211118510720}}\n";
+    let out = backfill(&["enqueue", "--db", db_arg], Some(input), &[]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("\"89014103211118510720\""),
+        "{err}"
+    );
+    assert!(!db.exists());
+    let exact = "{\"name\":\"sim\",\"properties\":{\"iccid\":\"89014103211118510720\",\
+                 \"max\":18446744073709551615,\"min\":-9223372036854775808,\"f\":1.5e300}}\n";
+    let out = backfill(&["enqueue", "--db", db_arg], Some(exact), &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = backfill(&["inspect", "--db", db_arg, "--json"], None, &[]);
+    let reading: Value = serde_json::from_slice(&out.stdout).expect("inspect --json");
+    assert_eq!(reading["properties"]["iccid"], "89014103211118510720");
+    assert_eq!(reading["properties"]["max"], u64::MAX);
+    assert_eq!(reading["properties"]["min"], i64::MIN);
+}
