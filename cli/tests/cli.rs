@@ -1211,3 +1211,26 @@ fn an_integer_too_long_to_keep_exactly_is_refused_not_rounded() {
     assert_eq!(reading["properties"]["max"], u64::MAX);
     assert_eq!(reading["properties"]["min"], i64::MIN);
 }
+
+#[test]
+fn drain_watch_follows_a_buffer_replaced_under_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    enqueue(&db, &readings(1));
+    let mut watcher = spawn_watch(&db, &server.url());
+    let drained = |n| {
+        wait_until(std::time::Duration::from_secs(60), || {
+            server.count(PROJECT, SECRET, "reading") == n
+        })
+    };
+    assert!(drained(1), "the first reading is drained");
+    // An operator starts afresh: the old buffer is moved away, a new one begins.
+    std::fs::rename(&db, dir.path().join("old.db")).expect("move the buffer aside");
+    enqueue(&db, &readings(2));
+    let seen = drained(3);
+    watcher.kill().expect("kill");
+    watcher.wait().expect("reaped");
+    assert!(seen, "the new buffer's readings are drained");
+    assert_eq!(status_json(&db)["buffered_events"], 0);
+}
