@@ -173,7 +173,18 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
                 return Ok(exit::NO_INPUT);
             }
         },
-        None => read_events(std::io::stdin().lock()),
+        None => {
+            use std::io::IsTerminal;
+            // Run by hand without a file, it would otherwise wait without a word.
+            if std::io::stdin().is_terminal() && !output::quiet() {
+                eprintln!(
+                    "backfill enqueue: reading readings (NDJSON or CSV) from the terminal; end \
+                     with Ctrl-D, or give a file: backfill enqueue --db {} FILE",
+                    db.display()
+                );
+            }
+            read_events(std::io::stdin().lock())
+        }
     };
     let mut events = match events {
         Ok(events) => events,

@@ -1234,3 +1234,34 @@ fn drain_watch_follows_a_buffer_replaced_under_it() {
     assert!(seen, "the new buffer's readings are drained");
     assert_eq!(status_json(&db)["buffered_events"], 0);
 }
+
+#[test]
+fn enqueue_from_a_terminal_says_it_waits_for_readings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    // `script` (util-linux) gives the command a terminal; Ctrl-D (EOT) ends its input.
+    let mut child = Command::new("script")
+        .args(["-qefc"])
+        .arg(format!(
+            "{} enqueue --db {}",
+            env!("CARGO_BIN_EXE_backfill"),
+            db.display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"{\"name\":\"typed\"}\n\x04")
+        .expect("type");
+    let out = child.wait_with_output().expect("wait");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("Ctrl-D"), "{said}");
+    assert_eq!(status_json(&db)["buffered_events"], 1);
+}
