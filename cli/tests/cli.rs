@@ -1265,3 +1265,20 @@ fn enqueue_from_a_terminal_says_it_waits_for_readings() {
     assert!(said.contains("Ctrl-D"), "{said}");
     assert_eq!(status_json(&db)["buffered_events"], 1);
 }
+
+#[test]
+fn a_proxy_refusing_gzip_is_named_with_the_way_around_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    let (proxy, _) = stub(
+        "HTTP/1.1 415 Unsupported Media Type\r\ncontent-type: text/html\r\ncontent-length: 6\r\nconnection: close\r\n\r\n<html>"
+            .to_owned(),
+    );
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&proxy));
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("--no-gzip"), "{err}");
+    assert_eq!(status_json(&db)["buffered_events"], 3);
+}

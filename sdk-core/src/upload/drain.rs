@@ -508,6 +508,10 @@ impl Drain<'_> {
                          the client secret goes nowhere else); give the URL it redirects to, \
                          often its https:// form"
                             .to_owned()
+                    } else if reply.status == 415 {
+                        "the server, or a proxy in front of it, refuses compressed bodies; send \
+                         them uncompressed (compress(false); backfill drain --no-gzip)"
+                            .to_owned()
                     } else if reply.status == 202 {
                         "an answer that is not the contract's".to_owned()
                     } else {
