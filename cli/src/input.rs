@@ -130,6 +130,20 @@ fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
     Ok(events)
 }
 
+/// The physical line (1-based) where the CSV record at byte `offset` of `text` starts. The
+/// reader ends a CRLF record at its CR, so its own positions can point at the LF before the
+/// record's first cell (and its line count then misses a line): line ends are skipped first.
+fn line_at(text: &str, offset: u64) -> usize {
+    let bytes = text.as_bytes();
+    let mut start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    while start < bytes.len() && matches!(bytes[start], b'\r' | b'\n') {
+        start += 1;
+    }
+    bytes[..start].iter().filter(|b| **b == b'\n').count() + 1
+}
+
 /// Refuses a JSON integer that a 64-bit integer cannot hold (a 20-digit ICCID, say): read as
 /// a floating-point number it would lose its last digits without a word. `line` is valid JSON.
 fn exact_integers(line: &str) -> Result<(), String> {
@@ -197,10 +211,20 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
     let mut events = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let record = record.map_err(|e| {
-            let line = e.position().map_or(i + 2, |p| p.line() as usize);
-            bad(line, format!("bad CSV row: {e}"))
+            let line = e.position().map_or(i + 2, |p| line_at(text, p.byte()));
+            // The reader's own text names its own line count; this one is exact.
+            let message = match e.kind() {
+                csv::ErrorKind::UnequalLengths {
+                    expected_len, len, ..
+                } => format!(
+                    "{len} cells where the header has {expected_len} (a quote left open, or a \
+                     comma in a cell that is not quoted?)"
+                ),
+                _ => format!("bad CSV row: {e}"),
+            };
+            bad(line, message)
         })?;
-        let n = record.position().map_or(i + 2, |p| p.line() as usize);
+        let n = record.position().map_or(i + 2, |p| line_at(text, p.byte()));
         let name = record
             .get(name_col)
             .filter(|s| !s.is_empty())

@@ -1282,3 +1282,26 @@ fn a_proxy_refusing_gzip_is_named_with_the_way_around_it() {
     assert!(err.contains("--no-gzip"), "{err}");
     assert_eq!(status_json(&db)["buffered_events"], 3);
 }
+
+#[test]
+fn csv_with_crlf_and_quoted_line_breaks_names_the_right_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    for (csv, line) in [
+        (
+            "name,note,timestamp\r\na,\"x\r\ny\",\r\nb,z,notatime\r\n",
+            "line 4:",
+        ),
+        (
+            "\u{feff}name,note\r\n\r\na,\"x\r\ny\"\r\nb,z,1\r\n",
+            "line 5:",
+        ),
+    ] {
+        let out = backfill(&["enqueue", "--db", db_arg], Some(csv), &[]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(65), "{csv:?}: {err}");
+        assert!(err.contains(line), "{csv:?}: {err}");
+        assert!(!err.contains("(line:"), "one line number only: {err}");
+    }
+}
