@@ -89,6 +89,9 @@ fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
             Some(Value::Object(p)) => p,
             Some(_) => return Err(bad(n, "\"properties\" must be an object")),
         };
+        if let Some(why) = properties.keys().find_map(|key| reserved(key)) {
+            return Err(bad(n, why));
+        }
         let timestamp_ms = match obj.remove("timestamp") {
             None | Some(Value::Null) => None,
             Some(Value::Number(number)) => {
@@ -128,6 +131,22 @@ fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
         ));
     }
     Ok(events)
+}
+
+/// Why a property may not have this name, if it may not: the SDK sets these itself from the
+/// reading's fields (SPEC §9), so a value given as a property would be dropped without a word.
+fn reserved(key: &str) -> Option<String> {
+    use backfill_protocol::validate::{DEVICE_ID, INSERT_ID, SESSION_ID, TIMESTAMP};
+    let field = match key {
+        TIMESTAMP => "give it as the \"timestamp\" field (CSV: column)",
+        INSERT_ID => "give it as the \"insert_id\" field (CSV: column)",
+        DEVICE_ID => "give it as the \"device_id\" field (CSV: column)",
+        SESSION_ID => "the server makes sessions of a device's readings",
+        _ => return None,
+    };
+    Some(format!(
+        "the property {key:?} is set by Backfill itself; {field}"
+    ))
 }
 
 /// The physical line (1-based) where the CSV record at byte `offset` of `text` starts. The
@@ -199,6 +218,9 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
                 1,
                 format!("column {} of the CSV header has no name", c + 1),
             ));
+        }
+        if let Some(why) = reserved(header) {
+            return Err(bad(1, why));
         }
         if headers.iter().take(c).any(|h| h == header) {
             return Err(bad(1, format!("the CSV header names {header:?} twice")));

@@ -1306,3 +1306,26 @@ fn csv_with_crlf_and_quoted_line_breaks_names_the_right_line() {
         assert!(!err.contains("(line:"), "one line number only: {err}");
     }
 }
+
+#[test]
+fn a_property_backfill_sets_itself_is_refused_not_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    for (input, says) in [
+        (
+            "{\"name\":\"a\"}\n{\"name\":\"a\",\"properties\":{\"__insertId\":\"x-1\"}}\n",
+            "line 2",
+        ),
+        ("name,__timestamp\na,2026-01-01T00:00:00Z\n", "line 1"),
+    ] {
+        let out = backfill(&["enqueue", "--db", db_arg], Some(input), &[]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(65), "{input:?}: {err}");
+        assert!(
+            err.contains(says) && err.contains("field"),
+            "{input:?}: {err}"
+        );
+    }
+    assert!(!db.exists());
+}
