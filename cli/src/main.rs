@@ -10,6 +10,16 @@
 //! - [`output`]: stdout that respects `-q` and ends quietly on a closed pipe.
 //! - [`units`]: sizes in human units.
 
+/// `std::eprintln!` without its panic: when the reader of stderr has gone (a closed pipe, a
+/// log process that died), a failure being reported must still end with its exit code, not
+/// a crash. Defined before the modules, so every one of them uses it.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod dedup;
 mod demo;
 mod gateway;

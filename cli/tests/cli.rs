@@ -1329,3 +1329,35 @@ fn a_property_backfill_sets_itself_is_refused_not_dropped() {
     }
     assert!(!db.exists());
 }
+
+#[test]
+fn a_closed_stderr_ends_with_the_exit_code_not_a_panic() {
+    use std::os::fd::OwnedFd;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(2));
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        // A stderr whose reader has already gone: every write fails with EPIPE.
+        let (stderr, reader) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        drop(reader);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(OwnedFd::from(stderr)));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.status().expect("run backfill").code()
+    };
+    assert_eq!(
+        run(&["enqueue", "--db", db_arg, "/nonexistent.ndjson"], &[]),
+        Some(66)
+    );
+    assert_eq!(
+        run(&["drain", "--db", db_arg], &creds("http://127.0.0.1:9")),
+        Some(69)
+    );
+    assert_eq!(status_json(&db)["buffered_events"], 2);
+}
