@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::config::ProjectCredential;
 use crate::error::ApiError;
-use crate::store::{ProjectRecord, Store, StoreError};
+use crate::store::{ProjectRecord, ProjectSecret, Store, StoreError};
 
 /// An authenticated project.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +57,11 @@ pub async fn bootstrap(
     for p in configured {
         let salt = Uuid::new_v4().simple().to_string();
         store
-            .save_project(p.client_id.to_string(), hash_secret(&salt, &p.secret), salt)
+            .save_project(ProjectSecret {
+                client_id: p.client_id.to_string(),
+                secret_hash: hash_secret(&salt, &p.secret),
+                secret_salt: salt,
+            })
             .await?;
     }
     if !configured.is_empty() || !store.projects().await?.is_empty() {
@@ -67,7 +71,11 @@ pub async fn bootstrap(
     let secret = format!("sec_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
     let salt = Uuid::new_v4().simple().to_string();
     store
-        .save_project(client_id.to_string(), hash_secret(&salt, &secret), salt)
+        .save_project(ProjectSecret {
+            client_id: client_id.to_string(),
+            secret_hash: hash_secret(&salt, &secret),
+            secret_salt: salt,
+        })
         .await?;
     Ok(Some(NewProject { client_id, secret }))
 }

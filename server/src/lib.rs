@@ -99,6 +99,7 @@ pub struct RunningServer {
     pub created_project: Option<NewProject>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    store: Arc<dyn Store>,
 }
 
 impl RunningServer {
@@ -107,12 +108,14 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, finishes in-flight requests and waits for the store's writer.
+    /// Stops accepting, finishes in-flight requests, then closes the store.
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.await.map_err(std::io::Error::other)?
+        let served = self.task.await.map_err(std::io::Error::other)?;
+        self.store.close().await.map_err(std::io::Error::other)?;
+        served
     }
 }
 
@@ -130,7 +133,14 @@ pub async fn start(
     let created_project = auth::bootstrap(store.as_ref(), &config.projects).await?;
     let only = (!config.projects.is_empty())
         .then(|| config.projects.iter().map(|p| p.client_id).collect());
-    let state = AppState::new(store, clock, metrics, config.max_event_age_days, only).await?;
+    let state = AppState::new(
+        Arc::clone(&store),
+        clock,
+        metrics,
+        config.max_event_age_days,
+        only,
+    )
+    .await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -150,5 +160,6 @@ pub async fn start(
         created_project,
         shutdown: Some(tx),
         task,
+        store,
     })
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{
-    EventQuery, IngestJob, PreparedRow, ProjectRecord, RowOutcome, SessionQuery, Store, StoreError,
-    StoreFuture, StoredEvent, StoredProfile, StoredSession,
+    EventQuery, IngestJob, PreparedRow, ProjectRecord, ProjectSecret, RowOutcome, SessionQuery,
+    Store, StoreError, StoreFuture, StoredEvent, StoredProfile, StoredSession,
 };
 
 /// Decides a row's fate before the real store sees it: `Some(outcome)` to fail or refuse it,
@@ -73,13 +73,8 @@ impl Store for FaultInjector {
         self.inner.projects()
     }
 
-    fn save_project(
-        &self,
-        client_id: String,
-        secret_hash: String,
-        secret_salt: String,
-    ) -> StoreFuture<i64> {
-        self.inner.save_project(client_id, secret_hash, secret_salt)
+    fn save_project(&self, project: ProjectSecret) -> StoreFuture<i64> {
+        self.inner.save_project(project)
     }
 
     fn events(&self, query: EventQuery) -> StoreFuture<Vec<StoredEvent>> {
@@ -99,5 +94,9 @@ impl Store for FaultInjector {
             return Box::pin(async { Err(StoreError::Unavailable("injected outage".into())) });
         }
         self.inner.health()
+    }
+
+    fn close(&self) -> StoreFuture<()> {
+        self.inner.close()
     }
 }

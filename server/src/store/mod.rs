@@ -1,11 +1,10 @@
 //! The storage boundary: what ingestion and the read API need from a database.
 //!
-//! [`Store`] is implemented by the embedded [`sqlite::SqliteStore`]; a networked database
-//! implements the same trait so that several stateless server nodes can share it. Every
-//! implementation must make [`Store::ingest`] atomic per row, durable before it returns, and
-//! serialise session updates so that each session gets exactly one `session_start`.
+//! [`Store`] is implemented by the embedded [`sqlite::SqliteStore`] (one server). What a
+//! row changes is decided by [`rules`], which both call; each holds only its own SQL.
 
 pub mod fault;
+pub mod rules;
 pub mod sqlite;
 
 use std::future::Future;
@@ -27,12 +26,6 @@ pub enum StoreError {
     Internal(String),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Internal(e.to_string())
-    }
-}
-
 /// A project as stored: its internal key and the hash of its secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProjectRecord {
@@ -44,6 +37,25 @@ pub struct ProjectRecord {
     pub secret_hash: String,
     /// Hex salt of the secret hash.
     pub secret_salt: String,
+}
+
+/// A project's client id and the hash of its secret, as [`Store::save_project`] writes them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProjectSecret {
+    /// The client id (a UUID, lower-case hyphenated).
+    pub client_id: String,
+    /// Hex SHA-256 of `salt || secret`.
+    pub secret_hash: String,
+    /// Hex salt of the secret hash.
+    pub secret_salt: String,
+}
+
+impl std::fmt::Debug for ProjectSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectSecret")
+            .field("client_id", &self.client_id)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ProjectRecord {
@@ -252,35 +264,49 @@ pub struct SessionQuery {
 }
 
 /// What the server needs from a database.
+///
+/// Several server nodes may share one store and call any method at the same time, for the same
+/// project, session, profile or insert id; no method may rely on a lock or cache inside one
+/// process. Each method says what must be atomic. A method that fails because the database
+/// cannot be reached returns [`StoreError::Unavailable`] within a bounded time (the server
+/// answers `503` with `Retry-After`), and the store recovers by itself when it is back.
 pub trait Store: Send + Sync + 'static {
-    /// Writes the rows of one request and returns one outcome per row, in order. Returns only
-    /// after every `Stored` row is durably committed. An `Err` means nothing was written.
+    /// Writes the rows of one request by the rules of [`rules`] and returns one outcome per row,
+    /// in order. Returns only after every `Stored` row is durably committed. An `Err` means
+    /// nothing was written.
+    ///
+    /// Atomic: a row's claim of its insert id, its own change, and its part in its session's
+    /// counts and `session_start` are committed together or not at all. Concurrent requests on
+    /// any number of nodes, overlapping in insert ids and sessions, store each insert id once
+    /// and give each session exactly one `session_start`, 100 ms before its earliest stored
+    /// event (SPEC §5, §6); `identify` and `increment` on one profile never lose an update.
     fn ingest(&self, job: IngestJob) -> StoreFuture<Vec<RowOutcome>>;
 
-    /// The device-id salt of a UTC day (`YYYY-MM-DD`), created on first use; every node sharing
-    /// the store gets the same salt for the same day.
+    /// The device-id salt of a UTC day (`YYYY-MM-DD`), created on first use. Atomic: nodes
+    /// asking for a new day at the same time all get the one salt that was stored first.
     fn daily_salt(&self, day: String) -> StoreFuture<String>;
 
-    /// Every project.
+    /// Every project. May run concurrently with [`Store::save_project`] on another node; it then
+    /// sees the project either before or after the save, never half of it.
     fn projects(&self) -> StoreFuture<Vec<ProjectRecord>>;
 
-    /// Creates a project or replaces its secret hash; returns its key.
-    fn save_project(
-        &self,
-        client_id: String,
-        secret_hash: String,
-        secret_salt: String,
-    ) -> StoreFuture<i64>;
+    /// Creates a project or replaces its secret hash; returns its key. Atomic per project:
+    /// nodes saving one client id at the same time end with one project.
+    fn save_project(&self, project: ProjectSecret) -> StoreFuture<i64>;
 
-    /// A page of events.
+    /// A page of events; sees only committed rows.
     fn events(&self, query: EventQuery) -> StoreFuture<Vec<StoredEvent>>;
 
-    /// A page of sessions.
+    /// A page of sessions; sees only committed rows.
     fn sessions(&self, query: SessionQuery) -> StoreFuture<Vec<StoredSession>>;
 
-    /// One profile, if it exists.
+    /// One profile, if it exists; sees only committed rows.
     fn profile(&self, project: i64, profile_id: String) -> StoreFuture<Option<StoredProfile>>;
 
     /// Succeeds when the store answers.
     fn health(&self) -> StoreFuture<()>;
+
+    /// Finishes the writes already handed to the store, then releases its connections and
+    /// threads. Calls made afterwards fail with [`StoreError::Unavailable`].
+    fn close(&self) -> StoreFuture<()>;
 }

@@ -22,8 +22,8 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::{
-    EventQuery, IngestJob, ProjectRecord, RowOutcome, SessionQuery, Store, StoreError, StoreFuture,
-    StoredEvent, StoredProfile, StoredSession,
+    EventQuery, IngestJob, ProjectRecord, ProjectSecret, RowOutcome, SessionQuery, Store,
+    StoreError, StoreFuture, StoredEvent, StoredProfile, StoredSession,
 };
 use crate::clock::Clock;
 use crate::metrics::Histogram;
@@ -64,9 +64,22 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The writer finishes the jobs it was given, then the checkpointer does a last pass.
+        self.stop();
+    }
+}
+
+impl Inner {
+    /// Stops taking jobs, lets the writer finish those it was given, then the checkpointer does
+    /// a last pass; returns when every thread has ended. Later calls find nothing to stop.
+    fn stop(&self) {
         if let Ok(mut writer) = self.writer.lock() {
             writer.take();
         }
@@ -431,13 +444,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn save_project(
-        &self,
-        client_id: String,
-        secret_hash: String,
-        secret_salt: String,
-    ) -> StoreFuture<i64> {
+    fn save_project(&self, project: ProjectSecret) -> StoreFuture<i64> {
         let now = uuid::Timestamp::now(uuid::NoContext).to_unix().0;
+        let ProjectSecret {
+            client_id,
+            secret_hash,
+            secret_salt,
+        } = project;
         self.call(move |conn| {
             conn.execute(
                 "INSERT INTO projects (client_id, secret_hash, secret_salt, created_at)
@@ -473,6 +486,15 @@ impl Store for SqliteStore {
 
     fn health(&self) -> StoreFuture<()> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
+    fn close(&self) -> StoreFuture<()> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || inner.stop())
+                .await
+                .map_err(|e| StoreError::Internal(format!("closing the store failed: {e}")))
+        })
     }
 }
 
