@@ -5,7 +5,8 @@
 //! - [`api`]: routes, handlers and middleware; [`body`] reads and decodes request bodies.
 //! - [`ingest`]: validation, time rules and id derivation of rows, and the `202` summary.
 //! - [`auth`]: project credentials and the registry that checks them.
-//! - [`store`]: the [`store::Store`] trait and its embedded SQLite implementation.
+//! - [`store`]: the [`store::Store`] trait, the ingest rules every store applies, the embedded
+//!   SQLite store and the PostgreSQL store for several nodes.
 //! - [`state`], [`metrics`], [`clock`], [`error`]: what the handlers share.
 //! - [`read_client`]: a client of the read API, for tools and tests.
 //!
@@ -39,6 +40,7 @@ use crate::clock::Clock;
 pub use crate::config::Config;
 use crate::metrics::Metrics;
 pub use crate::state::AppState;
+use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Store, StoreError};
 
@@ -91,6 +93,29 @@ pub fn open_embedded(
     )?))
 }
 
+/// Longest wait for a PostgreSQL connection before a request is answered `503`.
+pub const DATABASE_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens the store `config` names: the PostgreSQL database of `config.database_url`, else the
+/// embedded store in `config.data_dir`.
+pub async fn open_store(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let Some(url) = &config.database_url else {
+        return open_embedded(config, clock, metrics);
+    };
+    let options = PostgresOptions {
+        url: url.0.clone(),
+        pool_size: config.database_pool_size,
+        acquire_timeout: DATABASE_ACQUIRE_TIMEOUT,
+        clock,
+        commit_latency: Some(Arc::clone(&metrics.commit_latency)),
+    };
+    Ok(Arc::new(PostgresStore::connect(options).await?))
+}
+
 /// A server running in the background.
 pub struct RunningServer {
     /// The address it listens on.
@@ -119,7 +144,7 @@ impl RunningServer {
     }
 }
 
-/// Starts a server for `config` with the embedded store (or `store`, when given) and `clock`.
+/// Starts a server for `config` with the store it names (or `store`, when given) and `clock`.
 pub async fn start(
     config: &Config,
     clock: Arc<dyn Clock>,
@@ -128,7 +153,7 @@ pub async fn start(
     let metrics = Arc::new(Metrics::default());
     let store = match store {
         Some(store) => store,
-        None => open_embedded(config, Arc::clone(&clock), &metrics)?,
+        None => open_store(config, Arc::clone(&clock), &metrics).await?,
     };
     let created_project = auth::bootstrap(store.as_ref(), &config.projects).await?;
     let only = (!config.projects.is_empty())

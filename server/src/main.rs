@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use backfill_server::clock::SystemClock;
-use backfill_server::config::{Config, ProjectCredential, parse_max_event_age_days};
+use backfill_server::config::{
+    Config, DEFAULT_DATABASE_POOL_SIZE, DatabaseUrl, ProjectCredential, parse_max_event_age_days,
+};
 use clap::Parser;
 
 /// The Backfill ingestion server.
@@ -31,6 +33,24 @@ struct Args {
         hide_env_values = true
     )]
     projects: Vec<ProjectCredential>,
+    /// A PostgreSQL database shared by several server nodes
+    /// (`postgres://user:password@host:port/database`); without it, the embedded store in
+    /// --data-dir.
+    #[arg(long, env = "BACKFILL_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<DatabaseUrl>,
+    /// Most connections to the PostgreSQL database this node opens.
+    #[arg(long, env = "BACKFILL_DATABASE_POOL_SIZE", default_value_t = DEFAULT_DATABASE_POOL_SIZE,
+          value_parser = parse_pool_size)]
+    database_pool_size: usize,
+}
+
+fn parse_pool_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "the pool size is a whole number of connections from 1 to 1000, not {s:?}"
+        )),
+    }
 }
 
 async fn shutdown_signal() {
@@ -69,6 +89,8 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         max_event_age_days: args.max_event_age_days,
         projects: args.projects,
+        database_url: args.database_url,
+        database_pool_size: args.database_pool_size,
     };
     let server = backfill_server::start(&config, Arc::new(SystemClock), None)
         .await
@@ -80,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         println!("  client secret: {}", p.secret);
     }
     tracing::info!(
+        store = if config.database_url.is_some() { "postgresql" } else { "embedded" },
         data_dir = %config.data_dir.display(),
         max_event_age_days = config.max_event_age_days,
         "serving"

@@ -1,9 +1,11 @@
 //! The storage boundary: what ingestion and the read API need from a database.
 //!
-//! [`Store`] is implemented by the embedded [`sqlite::SqliteStore`] (one server). What a
+//! [`Store`] is implemented by the embedded [`sqlite::SqliteStore`] (one server) and by
+//! [`postgres::PostgresStore`] (several stateless server nodes sharing one database). What a
 //! row changes is decided by [`rules`], which both call; each holds only its own SQL.
 
 pub mod fault;
+pub mod postgres;
 pub mod rules;
 pub mod sqlite;
 
