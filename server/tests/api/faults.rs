@@ -10,10 +10,11 @@ use serde_json::json;
 
 use crate::common::*;
 
-async fn faulty(down: bool) -> Harness {
+async fn faulty(kind: StoreKind, down: bool) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(NOW);
-    let inner = open_store(dir.path(), &clock);
+    let place = Place::new(kind, dir.path());
+    let inner = place.open(&clock).await;
     let store = FaultInjector::new(inner, |row| {
         row.insert_id
             .as_deref()
@@ -21,12 +22,11 @@ async fn faulty(down: bool) -> Harness {
             .map(|_| RowOutcome::Failed("injected fault".into()))
     });
     store.set_down(down);
-    Harness::over(dir, clock, Arc::new(store), 5).await
+    Harness::over(dir, place, clock, Arc::new(store), 5).await
 }
 
-#[tokio::test]
-async fn rows_the_store_fails_on_are_internal_and_the_rest_is_stored() {
-    let h = faulty(false).await;
+async fn rows_the_store_fails_on_are_internal_and_the_rest_is_stored(store: StoreKind) {
+    let h = faulty(store, false).await;
     let (status, body) = h
         .batch(vec![
             reading("d", NOW - MINUTE, "ok-1"),
@@ -58,9 +58,8 @@ async fn rows_the_store_fails_on_are_internal_and_the_rest_is_stored() {
     );
 }
 
-#[tokio::test]
-async fn a_store_that_is_down_is_503_with_retry_after() {
-    let h = faulty(true).await;
+async fn a_store_that_is_down_is_503_with_retry_after(store: StoreKind) {
+    let h = faulty(store, true).await;
     let (status, headers, body) = h
         .post_raw(
             "/track/batch",
@@ -90,3 +89,8 @@ async fn a_store_that_is_down_is_503_with_retry_after() {
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+store_tests!(
+    rows_the_store_fails_on_are_internal_and_the_rest_is_stored,
+    a_store_that_is_down_is_503_with_retry_after,
+);
