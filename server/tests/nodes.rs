@@ -42,7 +42,7 @@ fn start_nodes(database_url: &str, count: usize) -> Vec<Node> {
                 .env_remove("BACKFILL_PROJECTS")
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
+                .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn server");
             let stdout = child.stdout.take().expect("stdout");
@@ -284,4 +284,176 @@ fn time_ms(v: &Value) -> i64 {
     let text = v.as_str().expect("a time");
     backfill_protocol::time::parse_timestamp_str(text)
         .unwrap_or_else(|| panic!("{text} is not a time"))
+}
+
+/// What a writer saw: each answer's status and whether it carried `Retry-After`.
+type Answer = (u16, bool);
+
+/// Posts batches of 50 new readings until `stop`, resending a batch after anything but `202`
+/// (after a short backoff, as the SDK does), and records the keys of acknowledged batches.
+async fn keep_writing(
+    writer: usize,
+    url: String,
+    acknowledged: Arc<std::sync::Mutex<Vec<String>>>,
+    answers: tokio::sync::mpsc::UnboundedSender<Answer>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let client = client();
+    for n in 0.. {
+        let now = now_ms();
+        let keys: Vec<String> = (0..50).map(|k| format!("w{writer}-{n}-{k}")).collect();
+        let batch: Vec<Value> = keys
+            .iter()
+            .map(|key| {
+                json!({"type": "track", "payload": {"name": "reading", "properties": {
+                    "temp": 1, "__deviceId": "gw-outage", "__timestamp": now - 60_000,
+                    "__insertId": key,
+                }}})
+            })
+            .collect();
+        loop {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let (status, _, retry_after) = post(&client, &url, &batch).await;
+            if status == 202
+                && let Ok(mut acked) = acknowledged.lock()
+            {
+                acked.extend(keys.iter().cloned());
+            }
+            if answers.send((status, retry_after)).is_err() {
+                return;
+            }
+            if status == 202 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits for the writer's next answer that `wanted` accepts, checking each answer on the way.
+async fn wait_for(
+    answers: &mut tokio::sync::mpsc::UnboundedReceiver<Answer>,
+    mut check: impl FnMut(Answer),
+    mut wanted: impl FnMut(Answer) -> bool,
+) {
+    let deadline = Duration::from_secs(120);
+    tokio::time::timeout(deadline, async {
+        while let Some(answer) = answers.recv().await {
+            check(answer);
+            if wanted(answer) {
+                return;
+            }
+        }
+        panic!("the writer stopped");
+    })
+    .await
+    .expect("the awaited answer came within two minutes");
+}
+
+async fn health(url: &str) -> u16 {
+    client()
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_is_503_and_loses_nothing_acknowledged() {
+    if !cluster::available() {
+        return;
+    }
+    // A cluster of its own: this test stops it.
+    let cluster = Arc::new(cluster::Cluster::start());
+    let database = cluster.create_database();
+    let nodes = start_nodes(&database, 2);
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let writers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(writer, node)| {
+            tokio::spawn(keep_writing(
+                writer,
+                node.url.clone(),
+                Arc::clone(&acknowledged),
+                tx.clone(),
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+    drop(tx);
+
+    let mut acks = 0;
+    wait_for(
+        &mut answers,
+        |_| {},
+        |(status, _)| {
+            acks += usize::from(status == 202);
+            acks >= 4
+        },
+    )
+    .await;
+
+    let halting = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || halting.halt())
+        .await
+        .expect("halt");
+    // Requests in flight when the database went down may still be answered 202 (they had
+    // committed); after that every answer is 503 with Retry-After, never a dropped connection.
+    wait_for(
+        &mut answers,
+        |(status, retry_after)| {
+            assert!(
+                status == 202 || (status == 503 && retry_after),
+                "during the outage: {status}, Retry-After {retry_after}"
+            );
+        },
+        |(status, _)| status == 503,
+    )
+    .await;
+    for node in &nodes {
+        assert_eq!(
+            health(&node.url).await,
+            503,
+            "/healthz fails while the database is down"
+        );
+    }
+
+    let resuming = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || resuming.resume())
+        .await
+        .expect("resume");
+    let mut acks = 0;
+    wait_for(
+        &mut answers,
+        |(status, retry_after)| assert!(status == 202 || (status == 503 && retry_after)),
+        |(status, _)| {
+            acks += usize::from(status == 202);
+            acks >= 4
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    for node in &nodes {
+        assert_eq!(health(&node.url).await, 200, "recovered without a restart");
+    }
+
+    let acked: HashSet<String> = acknowledged.lock().expect("keys").iter().cloned().collect();
+    let stored = read_all(&client(), &nodes[0].url, "/api/events", "events").await;
+    let mut keys = HashSet::new();
+    for e in stored.iter().filter(|e| e["name"] == "reading") {
+        let key = e["insert_id"].as_str().expect("key").to_owned();
+        assert!(keys.insert(key), "stored twice: {e}");
+    }
+    let lost: Vec<&String> = acked.difference(&keys).collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    assert!(acked.len() >= 8 * 50, "{} keys acknowledged", acked.len());
 }

@@ -37,7 +37,9 @@ pub(super) fn classify(e: &tokio_postgres::Error) -> Failure {
 /// A driver error as a [`StoreError`].
 pub(super) fn from_pg(e: tokio_postgres::Error) -> StoreError {
     match classify(&e) {
-        Failure::Unavailable => StoreError::Unavailable(format!("database unavailable: {e}")),
+        Failure::Unavailable => {
+            StoreError::Unavailable(format!("database unavailable: {}", describe(&e)))
+        }
         _ => StoreError::Internal(describe(&e)),
     }
 }
@@ -50,7 +52,12 @@ pub(super) fn describe(e: &tokio_postgres::Error) -> String {
             Some(detail) => format!("{}: {detail}", db.message()),
             None => db.message().to_owned(),
         },
-        None => e.to_string(),
+        // The driver's own text ("error connecting to server", "db error") names the step;
+        // its source names the cause (connection refused, reset, ...).
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
