@@ -216,6 +216,12 @@ impl<'a> Plan<'a> {
             .map(|(i, (row, _))| (i, *row))
     }
 
+    /// The rows still to be written, in request order: before [`Plan::claimed`], every row but
+    /// the later ones of a key repeated within the request.
+    pub fn rows(&self) -> impl Iterator<Item = &'a PreparedRow> + '_ {
+        self.live().map(|(_, row)| row)
+    }
+
     /// The events to insert, in request order, with their rows.
     pub fn events(&self) -> impl Iterator<Item = (&'a PreparedRow, &'a NewEvent)> + '_ {
         self.live().filter_map(|(_, row)| match &row.action {

@@ -67,6 +67,8 @@ fn limit(n: usize) -> i64 {
 
 pub(super) async fn events(client: &Client, q: &EventQuery) -> Result<Vec<StoredEvent>> {
     let mut f = Filter::new(q.project);
+    // Marker rows of profile and group changes are not events.
+    f.clauses.push("type = 'track'".to_owned());
     f.text("device_id", &q.device_id);
     f.text("name", &q.name);
     f.range("created_at", q.from, q.to);
@@ -84,8 +86,8 @@ pub(super) async fn events(client: &Client, q: &EventQuery) -> Result<Vec<Stored
         };
         f.range(
             "created_at",
-            Some(session_start_time(span.get(0))),
-            Some(span.get(1)),
+            Some(session_start_time(span.try_get(0)?)),
+            Some(span.try_get(1)?),
         );
         f.text("session_id", &q.session_id);
     }

@@ -30,7 +30,8 @@ CREATE TABLE salts (
     salt TEXT NOT NULL
 );
 -- The primary key is the read order of a project's events, so it is also the one index a read
--- of a page or a time range uses.
+-- of a page or a time range uses. Rows of other types than 'track' are marker rows that hold
+-- the insert id of a profile or group change; reads list only 'track' rows.
 CREATE TABLE events (
     project     BIGINT NOT NULL,
     created_at  BIGINT NOT NULL,
@@ -45,16 +46,11 @@ CREATE TABLE events (
     sdk_name    TEXT,
     sdk_version TEXT,
     synced_at   BIGINT NOT NULL,
-    insert_id   TEXT,
+    insert_id   TEXT COLLATE "C",
     PRIMARY KEY (project, created_at, id)
 );
--- Idempotency keys of every row kind (events, profile and group changes).
-CREATE TABLE insert_ids (
-    project   BIGINT NOT NULL,
-    insert_id TEXT COLLATE "C" NOT NULL,
-    seen_at   BIGINT NOT NULL,
-    PRIMARY KEY (project, insert_id)
-);
+-- Idempotency keys of every row kind: each key is stored once per project (SPEC §5).
+CREATE UNIQUE INDEX events_by_insert_id ON events (project, insert_id);
 -- start_event is the id of the session's one session_start, which sits at started_at - 100 ms;
 -- previous_started_at is started_at before the last upsert (NULL when that upsert created the
 -- row), which tells the writer where to find the session_start it moves.
@@ -135,7 +131,8 @@ async fn apply_missing(client: &mut Client) -> Result<(), StoreError> {
         )
         .await
         .map_err(from_pg)?
-        .get(0);
+        .try_get(0)
+        .map_err(from_pg)?;
     if found > version() {
         return Err(StoreError::Unavailable(format!(
             "database schema version {found} is newer than this server's {}; run a newer server",

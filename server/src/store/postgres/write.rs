@@ -1,6 +1,12 @@
 //! The PostgreSQL store's SQL for writing one request in one transaction: one statement per
 //! table, each taking the request's rows as arrays (`unnest`), each sorted by its conflict key.
 //! What each row changes is decided by [`crate::store::rules`].
+//!
+//! Insert ids are claimed by the `events` table's own unique index on (project, insert id):
+//! every row with a key, of whatever type, is a row of `events` (a profile or group change as
+//! a marker row of its type, which the read API does not list), so one statement both claims
+//! the keys and stores the events, and one constraint keeps every key once. A separate key
+//! table would cost a second index and a second speculative insert per event.
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,16 +15,23 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::store::rules::{Plan, Profile, session_start_time};
-use crate::store::{IngestJob, PreparedRow, RowOutcome};
+use crate::store::{IngestJob, PreparedRow, RowAction, RowOutcome};
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 
-/// Claims insert ids; a key another transaction holds is waited for, so that of two nodes
-/// writing one key at once exactly one stores it.
-const CLAIM: &str = "
-INSERT INTO insert_ids (project, insert_id, seen_at)
-SELECT $1, k, $3 FROM unnest($2::text[]) AS k ORDER BY k COLLATE \"C\"
-ON CONFLICT DO NOTHING
+/// Stores the request's rows (events, and marker rows of the other types) and claims their
+/// insert ids: a row whose key is stored is skipped, and a key another transaction holds is
+/// waited for, so that of two nodes writing one key at once exactly one stores it.
+const CLAIM_AND_INSERT: &str = "
+INSERT INTO events (project, created_at, id, type, name, device_id, session_id, profile_id,
+    properties, groups, sdk_name, sdk_version, synced_at, insert_id)
+SELECT $1, u.created_at, u.id, u.type, u.name, u.device_id, u.session_id, u.profile_id,
+    u.properties, u.groups, $12, $13, $14, u.insert_id
+FROM unnest($2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+    $9::text[], $10::text[], $11::text[])
+    AS u (created_at, id, type, name, device_id, session_id, profile_id, properties, groups,
+        insert_id)
+ON CONFLICT (project, insert_id) DO NOTHING
 RETURNING insert_id";
 
 /// Creates or widens sessions. The row lock it takes serialises every node's changes to one
@@ -38,14 +51,16 @@ ON CONFLICT (project, id) DO UPDATE SET
     previous_started_at = s.started_at
 RETURNING id, start_event, started_at, previous_started_at";
 
+/// Inserts rows that have no insert id (`session_start` events).
 const INSERT_EVENTS: &str = "
 INSERT INTO events (project, created_at, id, type, name, device_id, session_id, profile_id,
     properties, groups, sdk_name, sdk_version, synced_at, insert_id)
-SELECT $1, u.created_at, u.id, 'track', u.name, u.device_id, u.session_id, u.profile_id,
-    u.properties, u.groups, $11, $12, $13, u.insert_id
+SELECT $1, u.created_at, u.id, u.type, u.name, u.device_id, u.session_id, u.profile_id,
+    u.properties, u.groups, $12, $13, $14, u.insert_id
 FROM unnest($2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-    $9::text[], $10::text[])
-    AS u (created_at, id, name, device_id, session_id, profile_id, properties, groups, insert_id)";
+    $9::text[], $10::text[], $11::text[])
+    AS u (created_at, id, type, name, device_id, session_id, profile_id, properties, groups,
+        insert_id)";
 
 /// Moves `session_start` events earlier; each is found by its old place in the primary key.
 const MOVE_STARTS: &str = "
@@ -85,14 +100,15 @@ SELECT $1, u.profile_id, u.group_id FROM unnest($2::text[], $3::text[]) AS u (pr
 ORDER BY u.profile_id COLLATE \"C\", u.group_id COLLATE \"C\"
 ON CONFLICT DO NOTHING";
 
-const RELEASE_KEYS: &str =
-    "DELETE FROM insert_ids WHERE project = $1 AND insert_id = ANY($2::text[])";
+/// Removes the marker rows of refused rows, and with them their keys.
+const RELEASE_KEYS: &str = "DELETE FROM events WHERE project = $1 AND insert_id = ANY($2::text[])";
 
-/// The columns of the events to insert, one array each.
+/// The columns of the rows of `events` to insert, one array each.
 #[derive(Default)]
 struct EventColumns<'a> {
     created_at: Vec<i64>,
     id: Vec<Uuid>,
+    kind: Vec<&'a str>,
     name: Vec<&'a str>,
     device_id: Vec<&'a str>,
     session_id: Vec<&'a str>,
@@ -100,6 +116,72 @@ struct EventColumns<'a> {
     properties: Vec<&'a str>,
     groups: Vec<Option<&'a str>>,
     insert_id: Vec<Option<&'a str>>,
+}
+
+/// The text columns of one row of `events`.
+#[derive(Default)]
+struct Fields<'a> {
+    name: &'a str,
+    device_id: &'a str,
+    session_id: &'a str,
+    profile_id: Option<&'a str>,
+    properties: &'a str,
+    groups: Option<&'a str>,
+    insert_id: Option<&'a str>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn push(&mut self, created_at: i64, id: Uuid, kind: &'a str, f: Fields<'a>) {
+        self.created_at.push(created_at);
+        self.id.push(id);
+        self.kind.push(kind);
+        self.name.push(f.name);
+        self.device_id.push(f.device_id);
+        self.session_id.push(f.session_id);
+        self.profile_id.push(f.profile_id);
+        self.properties.push(if f.properties.is_empty() {
+            "{}"
+        } else {
+            f.properties
+        });
+        self.groups.push(f.groups);
+        self.insert_id.push(f.insert_id);
+    }
+
+    /// The parameters of [`CLAIM_AND_INSERT`] and [`INSERT_EVENTS`].
+    fn params<'p>(
+        &'p self,
+        job: &'p IngestJob,
+        synced_at: &'p i64,
+    ) -> [&'p (dyn ToSql + Sync); 14] {
+        [
+            &job.project,
+            &self.created_at,
+            &self.id,
+            &self.kind,
+            &self.name,
+            &self.device_id,
+            &self.session_id,
+            &self.profile_id,
+            &self.properties,
+            &self.groups,
+            &self.insert_id,
+            &job.sdk_name,
+            &job.sdk_version,
+            synced_at,
+        ]
+    }
+}
+
+/// The `type` of the marker row that holds a change's insert id.
+fn marker_type(action: &RowAction) -> &'static str {
+    match action {
+        RowAction::Event(_) => "track",
+        RowAction::Identify { .. } => "identify",
+        RowAction::Increment { .. } => "increment",
+        RowAction::Group { .. } => "group",
+        RowAction::AssignGroup { .. } => "assign_group",
+    }
 }
 
 /// Writes `rows` of `job` inside `tx` and returns their outcomes; the caller commits.
@@ -111,31 +193,57 @@ pub(super) async fn write_rows(
 ) -> Result<Vec<RowOutcome>> {
     let project = job.project;
     let mut plan = Plan::new(rows.to_vec());
-    if !plan.keys().is_empty() {
-        let claim = tx.prepare_cached(CLAIM).await?;
-        let fresh: HashSet<String> = tx
-            .query(&claim, &[&project, &plan.keys(), &synced_at])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+    let mut stored = EventColumns::default();
+    // In key order, so that overlapping requests on several nodes claim keys in one order; the
+    // sort is done here, where it is cheap, and unnest hands the rows on in array order.
+    let mut claims: Vec<&PreparedRow> = plan.rows().collect();
+    claims.sort_by_key(|row| (row.insert_id.is_none(), row.insert_id.as_deref()));
+    for row in claims {
+        match &row.action {
+            RowAction::Event(event) => stored.push(
+                row.time_ms,
+                event.id,
+                "track",
+                Fields {
+                    name: &event.name,
+                    device_id: &event.device_id,
+                    session_id: &event.session_id,
+                    profile_id: event.profile_id.as_deref(),
+                    properties: &event.properties,
+                    groups: event.groups.as_deref(),
+                    insert_id: row.insert_id.as_deref(),
+                },
+            ),
+            // A change without a key leaves no row: nothing would ever look for it.
+            other => {
+                if let Some(key) = row.insert_id.as_deref() {
+                    stored.push(
+                        row.time_ms,
+                        crate::ingest::new_event_id(synced_at),
+                        marker_type(other),
+                        Fields {
+                            insert_id: Some(key),
+                            ..Fields::default()
+                        },
+                    );
+                }
+            }
+        }
+    }
+    if !stored.id.is_empty() {
+        let claim = tx.prepare_cached(CLAIM_AND_INSERT).await?;
+        let mut fresh = HashSet::new();
+        for row in tx.query(&claim, &stored.params(job, &synced_at)).await? {
+            // Rows without a key come back too, with a NULL key.
+            if let Some(key) = row.try_get::<_, Option<String>>(0)? {
+                fresh.insert(key);
+            }
+        }
         plan.claimed(|key| fresh.contains(key));
     }
 
-    let mut events = EventColumns::default();
-    for (row, event) in plan.events() {
-        events.created_at.push(row.time_ms);
-        events.id.push(event.id);
-        events.name.push(&event.name);
-        events.device_id.push(&event.device_id);
-        events.session_id.push(&event.session_id);
-        events.profile_id.push(event.profile_id.as_deref());
-        events.properties.push(&event.properties);
-        events.groups.push(event.groups.as_deref());
-        events.insert_id.push(row.insert_id.as_deref());
-    }
-
     let sessions = plan.sessions();
+    let mut starts = EventColumns::default();
     let mut moved = (Vec::new(), Vec::new(), Vec::new());
     if !sessions.is_empty() {
         let start_events: Vec<Uuid> = sessions
@@ -159,27 +267,27 @@ pub(super) async fn write_rows(
             .map(|(i, d)| (d.session_id, i))
             .collect();
         for row in tx.query(&upsert, &params).await? {
-            let id: &str = row.get(0);
-            let start_event: Uuid = row.get(1);
-            let started_at: i64 = row.get(2);
-            let previous: Option<i64> = row.get(3);
+            let id: &str = row.try_get(0)?;
+            let start_event: Uuid = row.try_get(1)?;
+            let started_at: i64 = row.try_get(2)?;
+            let previous: Option<i64> = row.try_get(3)?;
             let Some(delta) = by_id.get(id).map(|&i| &sessions[i]) else {
                 continue;
             };
             match previous {
-                // This request created the session: its session_start is written with its
-                // events.
-                None => {
-                    events.created_at.push(session_start_time(started_at));
-                    events.id.push(start_event);
-                    events.name.push("session_start");
-                    events.device_id.push(delta.device_id);
-                    events.session_id.push(delta.session_id);
-                    events.profile_id.push(delta.profile_id);
-                    events.properties.push("{}");
-                    events.groups.push(None);
-                    events.insert_id.push(None);
-                }
+                // This request created the session, and writes its session_start.
+                None => starts.push(
+                    session_start_time(started_at),
+                    start_event,
+                    "track",
+                    Fields {
+                        name: "session_start",
+                        device_id: delta.device_id,
+                        session_id: delta.session_id,
+                        profile_id: delta.profile_id,
+                        ..Fields::default()
+                    },
+                ),
                 Some(before) if started_at < before => {
                     moved.0.push(start_event);
                     moved.1.push(session_start_time(before));
@@ -189,28 +297,9 @@ pub(super) async fn write_rows(
             }
         }
     }
-
-    if !events.id.is_empty() {
+    if !starts.id.is_empty() {
         let insert = tx.prepare_cached(INSERT_EVENTS).await?;
-        tx.execute(
-            &insert,
-            &[
-                &project,
-                &events.created_at,
-                &events.id,
-                &events.name,
-                &events.device_id,
-                &events.session_id,
-                &events.profile_id,
-                &events.properties,
-                &events.groups,
-                &events.insert_id,
-                &job.sdk_name,
-                &job.sdk_version,
-                &synced_at,
-            ],
-        )
-        .await?;
+        tx.execute(&insert, &starts.params(job, &synced_at)).await?;
     }
     if !moved.0.is_empty() {
         let update = tx.prepare_cached(MOVE_STARTS).await?;
@@ -226,17 +315,12 @@ pub(super) async fn write_rows(
         let create = tx.prepare_cached(CREATE_PROFILES).await?;
         tx.execute(&create, &[&project, &ids, &synced_at]).await?;
         let lock = tx.prepare_cached(LOCK_PROFILES).await?;
-        let stored: HashMap<String, Profile> = tx
-            .query(&lock, &[&project, &ids])
-            .await?
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    Profile::from_columns(r.get(1), r.get(2), r.get(3), r.get(4)),
-                )
-            })
-            .collect();
+        let mut stored = HashMap::with_capacity(ids.len());
+        for r in tx.query(&lock, &[&project, &ids]).await? {
+            let profile =
+                Profile::from_columns(r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?);
+            stored.insert(r.try_get::<_, String>(0)?, profile);
+        }
         let changed = plan.apply_profiles(stored, synced_at);
         let text = |m: &serde_json::Map<String, serde_json::Value>| {
             serde_json::Value::Object(m.clone()).to_string()
