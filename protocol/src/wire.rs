@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The body of `POST /track/batch`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BatchRequest {
     /// 1 to 2000 event objects (`{"type": ..., "payload": ...}`).
@@ -14,6 +15,7 @@ pub struct BatchRequest {
 }
 
 /// Why the server refused one row of a batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum RejectReason {
@@ -34,6 +36,7 @@ impl RejectReason {
 }
 
 /// One refused row of a batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Rejection {
     /// Position of the row in the request's `events`.
@@ -45,6 +48,7 @@ pub struct Rejection {
 }
 
 /// The `202` answer to `POST /track/batch`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchResponse {
     /// Rows stored, counting those already stored before (`duplicates`).
@@ -58,6 +62,7 @@ pub struct BatchResponse {
 }
 
 /// The `200` answer to `POST /track`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TrackResponse {
     /// The device the event was attributed to (empty for a server event).
@@ -69,6 +74,7 @@ pub struct TrackResponse {
 }
 
 /// The body of every non-2xx answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     /// The HTTP status code.
@@ -80,6 +86,7 @@ pub struct ErrorBody {
 }
 
 /// One stored event as `GET /api/events` lists it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventRecord {
     /// Server-generated id.
@@ -104,6 +111,7 @@ pub struct EventRecord {
 }
 
 /// A page of `GET /api/events`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventsPage {
     /// Events in (created_at, id) order.
@@ -113,6 +121,7 @@ pub struct EventsPage {
 }
 
 /// One session as `GET /api/sessions` lists it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionRecord {
     /// Session id.
@@ -132,6 +141,7 @@ pub struct SessionRecord {
 }
 
 /// A page of `GET /api/sessions`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionsPage {
     /// Sessions in (started_at, id) order.
@@ -141,6 +151,7 @@ pub struct SessionsPage {
 }
 
 /// A profile as `GET /api/profiles/{profileId}` returns it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProfileRecord {
     /// Profile id.

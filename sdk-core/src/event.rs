@@ -16,6 +16,9 @@ pub struct Event {
     pub timestamp_ms: Option<i64>,
     /// Another device's id (a gateway recording for its sensors); this device when `None`.
     pub device_id: Option<String>,
+    /// The event's `__insertId` (1 to 64 characters, SPEC §5): a given one makes a replay of
+    /// the same event a duplicate the server stores once; a fresh UUIDv7 when `None`.
+    pub insert_id: Option<String>,
 }
 
 /// The SDK-controlled parts of an event.

@@ -17,6 +17,9 @@ pub enum ApiError {
     /// Missing or bad credentials (`401`).
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The client's mode does not allow this route (`403`, SPEC §1).
+    #[error("{0}")]
+    Forbidden(String),
     /// A malformed envelope or query (`400`).
     #[error("{0}")]
     BadRequest(String),
@@ -65,6 +68,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -88,6 +92,11 @@ impl ApiError {
 #[derive(Debug, Clone)]
 pub struct StoreFailure(pub String);
 
+/// Why a request failed, as told to the client, attached to the response for the logging
+/// middleware.
+#[derive(Debug, Clone)]
+pub struct FailureReason(pub String);
+
 /// The JSON error body for `status` with `message`.
 pub fn error_body(status: StatusCode, message: String) -> ErrorBody {
     ErrorBody {
@@ -101,7 +110,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let retry_after = self.retry_after();
-        let mut response = (status, Json(error_body(status, self.to_string()))).into_response();
+        let message = self.to_string();
+        let mut response = (status, Json(error_body(status, message.clone()))).into_response();
+        response.extensions_mut().insert(FailureReason(message));
         if let ApiError::StoreFailed(cause) = self {
             // Carried to the logging middleware, which removes it before the answer leaves.
             response.extensions_mut().insert(StoreFailure(cause));

@@ -85,10 +85,7 @@ impl HttpTransport {
 
     fn exchange(&self, request: reqwest::RequestBuilder) -> Result<Reply, NetworkError> {
         self.runtime.block_on(async {
-            let response = request
-                .send()
-                .await
-                .map_err(|e| NetworkError(e.to_string()))?;
+            let response = request.send().await.map_err(|e| cause(&e))?;
             let header_secs = |name: &str| {
                 response
                     .headers()
@@ -100,11 +97,7 @@ impl HttpTransport {
             let status = response.status().as_u16();
             let retry_after = header_secs("retry-after");
             let max_event_age = header_secs(MAX_EVENT_AGE_HEADER);
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| NetworkError(e.to_string()))?
-                .to_vec();
+            let body = response.bytes().await.map_err(|e| cause(&e))?.to_vec();
             Ok(Reply {
                 status,
                 retry_after,
@@ -113,6 +106,50 @@ impl HttpTransport {
             })
         })
     }
+}
+
+/// Names why a request got no answer: DNS, refused, reset, TLS, timeout, with the host.
+fn cause(e: &reqwest::Error) -> NetworkError {
+    let host = e
+        .url()
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_owned(),
+            })
+        })
+        .unwrap_or_else(|| "the server".to_owned());
+    let mut chain = Vec::new();
+    let mut io_kind = None;
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    let text = chain.join(": ");
+    let lower = text.to_ascii_lowercase();
+    let named = if e.is_timeout() {
+        format!("no answer from {host} in time (timed out)")
+    } else if io_kind == Some(std::io::ErrorKind::ConnectionRefused) || lower.contains("refused") {
+        format!("connection refused by {host} (is the server running, on this port?)")
+    } else if lower.contains("dns") || lower.contains("lookup") || lower.contains("resolve") {
+        format!("DNS lookup failed for {host} (is the host name right?)")
+    } else if lower.contains("tls")
+        || lower.contains("certificate")
+        || lower.contains("handshake")
+        || lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message")
+    {
+        format!("TLS failed with {host} (is it an https server? for a plain one use http://)")
+    } else if io_kind == Some(std::io::ErrorKind::ConnectionReset) || lower.contains("reset") {
+        format!("the connection to {host} was reset")
+    } else {
+        format!("no answer from {host}")
+    };
+    NetworkError(format!("{named}: {text}"))
 }
 
 impl Transport for HttpTransport {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{
-    EventQuery, IngestJob, PreparedRow, ProjectRecord, ProjectSecret, RowOutcome, SessionQuery,
-    Store, StoreError, StoreFuture, StoredEvent, StoredProfile, StoredSession,
+    EventQuery, IngestJob, PreparedRow, ProjectRecord, RowOutcome, SessionQuery, Store, StoreError,
+    StoreFuture, StoredEvent, StoredProfile, StoredSession,
 };
 
 /// Decides a row's fate before the real store sees it: `Some(outcome)` to fail or refuse it,
@@ -73,8 +73,8 @@ impl Store for FaultInjector {
         self.inner.projects()
     }
 
-    fn save_project(&self, project: ProjectSecret) -> StoreFuture<i64> {
-        self.inner.save_project(project)
+    fn save_project(&self, record: ProjectRecord) -> StoreFuture<i64> {
+        self.inner.save_project(record)
     }
 
     fn events(&self, query: EventQuery) -> StoreFuture<Vec<StoredEvent>> {

@@ -28,35 +28,104 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// A project as stored: its internal key and the hash of its secret.
+/// What a client may do (SPEC §1), as upstream's client modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientMode {
+    /// Ingest only (`/track`, `/track/batch`): the key apps and gateways ship.
+    Write,
+    /// The read API only (`/api/...`): for dashboards and exports.
+    Read,
+    /// Both; what clients stored before modes existed become.
+    Root,
+}
+
+impl ClientMode {
+    /// Every mode, in the order the documentation lists them.
+    pub const ALL: [ClientMode; 3] = [ClientMode::Write, ClientMode::Read, ClientMode::Root];
+
+    /// The name stored and given on the command line: `write`, `read` or `root`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientMode::Write => "write",
+            ClientMode::Read => "read",
+            ClientMode::Root => "root",
+        }
+    }
+
+    /// Whether this mode may ingest events.
+    pub fn can_write(self) -> bool {
+        matches!(self, ClientMode::Write | ClientMode::Root)
+    }
+
+    /// Whether this mode may use the read API.
+    pub fn can_read(self) -> bool {
+        matches!(self, ClientMode::Read | ClientMode::Root)
+    }
+}
+
+impl std::fmt::Display for ClientMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ClientMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ClientMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown client mode {s:?}; use write, read or root"))
+    }
+}
+
+/// A salted secret hash: hex SHA-256 of `salt || secret`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretHash {
+    /// Hex SHA-256 of `salt || secret`.
+    pub hash: String,
+    /// Hex salt.
+    pub salt: String,
+}
+
+/// The secret a rotation replaced, still accepted until `valid_until_ms`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// Its hash.
+    pub secret: SecretHash,
+    /// Epoch ms after which it is refused.
+    pub valid_until_ms: i64,
+}
+
+/// A client (one credential) as stored. Each client reaches the data of one project: its own,
+/// or, for a key issued for an existing project, that project's (`owner`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProjectRecord {
-    /// The store's key for the project.
+    /// The store's key for the client; also the data key of a client without an owner.
     pub key: i64,
     /// The client id (a UUID, lower-case hyphenated).
     pub client_id: String,
-    /// Hex SHA-256 of `salt || secret`.
-    pub secret_hash: String,
-    /// Hex salt of the secret hash.
-    pub secret_salt: String,
+    /// A label for operators; may be empty.
+    pub name: String,
+    /// What the client may do.
+    pub mode: ClientMode,
+    /// The key of the client whose project's data this client reaches; `None`: its own.
+    pub owner: Option<i64>,
+    /// The current secret's hash.
+    pub secret: SecretHash,
+    /// The secret the last rotation replaced, while its grace period lasts.
+    pub previous: Option<PreviousSecret>,
+    /// When the client was revoked (epoch ms); a revoked client is refused.
+    pub revoked_at: Option<i64>,
+    /// When the client was created (epoch ms).
+    pub created_at: i64,
 }
 
-/// A project's client id and the hash of its secret, as [`Store::save_project`] writes them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ProjectSecret {
-    /// The client id (a UUID, lower-case hyphenated).
-    pub client_id: String,
-    /// Hex SHA-256 of `salt || secret`.
-    pub secret_hash: String,
-    /// Hex salt of the secret hash.
-    pub secret_salt: String,
-}
-
-impl std::fmt::Debug for ProjectSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProjectSecret")
-            .field("client_id", &self.client_id)
-            .finish()
+impl ProjectRecord {
+    /// The key of the project whose data this client reaches.
+    pub fn data_key(&self) -> i64 {
+        self.owner.unwrap_or(self.key)
     }
 }
 
@@ -65,6 +134,9 @@ impl std::fmt::Debug for ProjectRecord {
         f.debug_struct("ProjectRecord")
             .field("key", &self.key)
             .field("client_id", &self.client_id)
+            .field("mode", &self.mode)
+            .field("owner", &self.owner)
+            .field("revoked_at", &self.revoked_at)
             .finish()
     }
 }
@@ -288,13 +360,15 @@ pub trait Store: Send + Sync + 'static {
     /// asking for a new day at the same time all get the one salt that was stored first.
     fn daily_salt(&self, day: String) -> StoreFuture<String>;
 
-    /// Every project. May run concurrently with [`Store::save_project`] on another node; it then
-    /// sees the project either before or after the save, never half of it.
+    /// Every client, revoked ones included, by key. May run concurrently with
+    /// [`Store::save_project`] on another node; it then sees each client either before or after
+    /// the save, never half of it.
     fn projects(&self) -> StoreFuture<Vec<ProjectRecord>>;
 
-    /// Creates a project or replaces its secret hash; returns its key. Atomic per project:
-    /// nodes saving one client id at the same time end with one project.
-    fn save_project(&self, project: ProjectSecret) -> StoreFuture<i64>;
+    /// Creates the client `record.client_id` or replaces everything stored of it but its key
+    /// and creation time (`record.key` and `record.created_at` are ignored); returns its key.
+    /// Atomic per client: nodes saving one client id at the same time end with one client.
+    fn save_project(&self, record: ProjectRecord) -> StoreFuture<i64>;
 
     /// A page of events; sees only committed rows.
     fn events(&self, query: EventQuery) -> StoreFuture<Vec<StoredEvent>>;

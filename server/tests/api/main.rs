@@ -10,6 +10,7 @@ mod auth;
 mod dedup;
 mod envelope;
 mod faults;
+mod modes;
 mod profiles;
 mod read;
 mod rules;

@@ -138,7 +138,8 @@ impl Cluster {
     /// Starts the stopped cluster on its port and waits until it accepts connections.
     pub fn resume(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on \
+             -c wal_level=minimal -c max_wal_senders=0 -c max_wal_size=64MB -c min_wal_size=32MB",
             self.port,
             self.dir.path().display()
         );
@@ -183,11 +184,24 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Creates a new, empty schema in the `postgres` database and returns a connection string
+    /// whose `search_path` is that schema: a test's own store, without the disk a database
+    /// costs.
+    pub fn create_schema(&self) -> String {
+        let name = format!("test_{}", self.databases.fetch_add(1, Ordering::SeqCst));
+        self.psql("postgres", &format!("CREATE SCHEMA {name}"));
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres options='-c search_path={name}'",
+            self.port
+        )
+    }
+
     /// Creates a new, empty database and returns its connection string.
     pub fn create_database(&self) -> String {
-        let name = format!("test_{}", self.databases.fetch_add(1, Ordering::SeqCst));
+        let name = format!("db_{}", self.databases.fetch_add(1, Ordering::SeqCst));
         let out = self
             .command("createdb")
+            .args(["--strategy", "file_copy"])
             .args([
                 "-h",
                 "127.0.0.1",

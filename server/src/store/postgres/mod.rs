@@ -25,8 +25,9 @@ use tokio_postgres::NoTls;
 
 use self::error::{Failure, classify, describe, from_pg, from_pool};
 use super::{
-    EventQuery, IngestJob, PreparedRow, ProjectRecord, ProjectSecret, RowOutcome, SessionQuery,
-    Store, StoreError, StoreFuture, StoredEvent, StoredProfile, StoredSession,
+    ClientMode, EventQuery, IngestJob, PreparedRow, PreviousSecret, ProjectRecord, RowOutcome,
+    SecretHash, SessionQuery, Store, StoreError, StoreFuture, StoredEvent, StoredProfile,
+    StoredSession,
 };
 use crate::clock::Clock;
 use crate::metrics::Histogram;
@@ -176,6 +177,39 @@ impl PostgresStore {
     }
 }
 
+/// A client from its row of `projects`.
+fn project_row(r: &tokio_postgres::Row) -> Result<ProjectRecord, StoreError> {
+    let field = |e: tokio_postgres::Error| from_pg(e);
+    let mode: String = r.try_get(3).map_err(field)?;
+    let mode = mode
+        .parse::<ClientMode>()
+        .map_err(|e| StoreError::Internal(format!("stored client mode: {e}")))?;
+    let previous_hash: Option<String> = r.try_get(7).map_err(field)?;
+    let previous_salt: Option<String> = r.try_get(8).map_err(field)?;
+    let previous_until: Option<i64> = r.try_get(9).map_err(field)?;
+    let previous = match (previous_hash, previous_salt, previous_until) {
+        (Some(hash), Some(salt), Some(valid_until_ms)) => Some(PreviousSecret {
+            secret: SecretHash { hash, salt },
+            valid_until_ms,
+        }),
+        _ => None,
+    };
+    Ok(ProjectRecord {
+        key: r.try_get(0).map_err(field)?,
+        client_id: r.try_get(1).map_err(field)?,
+        name: r.try_get(2).map_err(field)?,
+        mode,
+        owner: r.try_get(4).map_err(field)?,
+        secret: SecretHash {
+            hash: r.try_get(5).map_err(field)?,
+            salt: r.try_get(6).map_err(field)?,
+        },
+        previous,
+        revoked_at: r.try_get(10).map_err(field)?,
+        created_at: r.try_get(11).map_err(field)?,
+    })
+}
+
 impl Store for PostgresStore {
     fn ingest(&self, job: IngestJob) -> StoreFuture<Vec<RowOutcome>> {
         let store = self.clone();
@@ -210,41 +244,47 @@ impl Store for PostgresStore {
             let client = store.client().await?;
             let rows = client
                 .query(
-                    "SELECT key, client_id, secret_hash, secret_salt FROM projects ORDER BY key",
+                    "SELECT key, client_id, name, mode, owner, secret_hash, secret_salt,
+                            previous_hash, previous_salt, previous_until, revoked_at, created_at
+                     FROM projects ORDER BY key",
                     &[],
                 )
                 .await
                 .map_err(from_pg)?;
-            rows.iter()
-                .map(|r| {
-                    Ok(ProjectRecord {
-                        key: r.try_get(0)?,
-                        client_id: r.try_get(1)?,
-                        secret_hash: r.try_get(2)?,
-                        secret_salt: r.try_get(3)?,
-                    })
-                })
-                .collect::<Result<_, tokio_postgres::Error>>()
-                .map_err(from_pg)
+            rows.iter().map(project_row).collect()
         })
     }
 
-    fn save_project(&self, project: ProjectSecret) -> StoreFuture<i64> {
+    fn save_project(&self, record: ProjectRecord) -> StoreFuture<i64> {
         let store = self.clone();
         Box::pin(async move {
             let client = store.client().await?;
             let now = store.clock.now_ms();
+            let previous = record.previous.as_ref();
             let row = client
                 .query_one(
-                    "INSERT INTO projects (client_id, secret_hash, secret_salt, created_at)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (client_id) DO UPDATE SET secret_hash = excluded.secret_hash,
-                        secret_salt = excluded.secret_salt
+                    "INSERT INTO projects (client_id, name, mode, owner, secret_hash, secret_salt,
+                         previous_hash, previous_salt, previous_until, revoked_at, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT (client_id) DO UPDATE SET name = excluded.name,
+                        mode = excluded.mode, owner = excluded.owner,
+                        secret_hash = excluded.secret_hash, secret_salt = excluded.secret_salt,
+                        previous_hash = excluded.previous_hash,
+                        previous_salt = excluded.previous_salt,
+                        previous_until = excluded.previous_until,
+                        revoked_at = excluded.revoked_at
                      RETURNING key",
                     &[
-                        &project.client_id,
-                        &project.secret_hash,
-                        &project.secret_salt,
+                        &record.client_id,
+                        &record.name,
+                        &record.mode.as_str(),
+                        &record.owner,
+                        &record.secret.hash,
+                        &record.secret.salt,
+                        &previous.map(|p| p.secret.hash.as_str()),
+                        &previous.map(|p| p.secret.salt.as_str()),
+                        &previous.map(|p| p.valid_until_ms),
+                        &record.revoked_at,
                         &now,
                     ],
                 )

@@ -18,12 +18,24 @@ const MIGRATION_LOCK: i64 = 0x6261_636b_6669_6c6c;
 pub const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
     r#"
+-- One row per client (credential), as in the embedded store. A client reaches the data of its
+-- own key, or of `owner`'s for a key issued for an existing project.
 CREATE TABLE projects (
-    key         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    client_id   TEXT NOT NULL UNIQUE,
-    secret_hash TEXT NOT NULL,
-    secret_salt TEXT NOT NULL,
-    created_at  BIGINT NOT NULL
+    key            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    client_id      TEXT NOT NULL UNIQUE,
+    secret_hash    TEXT NOT NULL,
+    secret_salt    TEXT NOT NULL,
+    -- Epoch ms.
+    created_at     BIGINT NOT NULL,
+    name           TEXT NOT NULL DEFAULT '',
+    -- 'write', 'read' or 'root' (SPEC §1).
+    mode           TEXT NOT NULL DEFAULT 'root',
+    owner          BIGINT REFERENCES projects (key),
+    -- The secret a rotation replaced, accepted until previous_until (epoch ms).
+    previous_hash  TEXT,
+    previous_salt  TEXT,
+    previous_until BIGINT,
+    revoked_at     BIGINT
 );
 CREATE TABLE salts (
     day  TEXT PRIMARY KEY,

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use backfill_server::auth;
-use backfill_server::clock::ManualClock;
+use backfill_server::clock::{Clock, ManualClock};
 use backfill_server::config::ProjectCredential;
 use backfill_server::metrics::Metrics;
 use backfill_server::store::Store;
@@ -62,7 +62,7 @@ impl Place {
     pub fn new(kind: StoreKind, dir: &std::path::Path) -> Place {
         match kind {
             StoreKind::Sqlite => Place::File(dir.join("backfill.db")),
-            StoreKind::Postgres => Place::Database(crate::cluster::shared().create_database()),
+            StoreKind::Postgres => Place::Database(crate::cluster::shared().create_schema()),
         }
     }
 
@@ -138,7 +138,7 @@ impl Harness {
         store: Arc<dyn Store>,
         days: u32,
     ) -> Self {
-        auth::bootstrap(store.as_ref(), &credentials())
+        auth::bootstrap(store.as_ref(), &credentials(), clock.now_ms())
             .await
             .expect("bootstrap");
         let state = AppState::new(
