@@ -1,7 +1,9 @@
 //! JSON bodies of the HTTP contract (SPEC §2, §3, §8).
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::properties::RawMap;
 
 /// The body of `POST /track/batch`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -87,7 +89,7 @@ pub struct ErrorBody {
 
 /// One stored event as `GET /api/events` lists it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventRecord {
     /// Server-generated id.
     pub id: String,
@@ -105,14 +107,15 @@ pub struct EventRecord {
     /// Event time, ISO-8601 UTC with milliseconds.
     pub created_at: String,
     /// Properties without `__timestamp`, plus `__syncedAt` and, where set, `__clientTimestamp`.
-    pub properties: Map<String, Value>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub properties: RawMap,
     /// The event's `__insertId`, if it had one.
     pub insert_id: Option<String>,
 }
 
 /// A page of `GET /api/events`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventsPage {
     /// Events in (created_at, id) order.
     pub events: Vec<EventRecord>,
@@ -152,7 +155,7 @@ pub struct SessionsPage {
 
 /// A profile as `GET /api/profiles/{profileId}` returns it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProfileRecord {
     /// Profile id.
     pub id: String,
@@ -165,7 +168,8 @@ pub struct ProfileRecord {
     /// From `identify`'s `avatar`.
     pub avatar: Option<String>,
     /// Merged `identify` properties and `increment`/`decrement` counters.
-    pub properties: Map<String, Value>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub properties: RawMap,
     /// Ids of the groups the profile was assigned to.
     pub groups: Vec<String>,
     /// When the profile was first written, ISO-8601.

@@ -77,6 +77,6 @@ fn finish(
     payload["properties"] = Value::Object(properties);
     let event = json!({"type": kind, "payload": payload});
     let text = event.to_string();
-    validate_event(event, text.len()).map_err(Error::InvalidEvent)?;
+    validate_event(&text).map_err(Error::InvalidEvent)?;
     Ok(text)
 }

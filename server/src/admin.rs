@@ -20,6 +20,29 @@ pub enum AdminError {
     /// The client is revoked; a revoked client stays revoked.
     #[error("client {0} is revoked; create a new key instead")]
     Revoked(Uuid),
+    /// The secret the client's last rotation replaced is still accepted; rotating again would
+    /// refuse it at once, since one old secret is kept.
+    #[error(
+        "client {client} is still rotating: the secret it had before its last rotation is accepted \
+         until {until}, and rotating again would refuse that secret at once (one old secret is \
+         kept: the one this rotation replaces). Wait until then, or pass --force"
+    )]
+    StillRotating {
+        /// The client.
+        client: Uuid,
+        /// When the older secret stops being accepted (ISO-8601).
+        until: String,
+    },
+}
+
+/// What `project rotate` does.
+#[derive(Debug, Clone, Copy)]
+pub struct RotateOptions {
+    /// How long the replaced secret stays valid, in ms (0: refused at once).
+    pub grace_ms: i64,
+    /// Rotate even while the secret an earlier rotation replaced is still in its grace period
+    /// (it is then refused at once).
+    pub force: bool,
 }
 
 /// What `project create` makes.
@@ -82,19 +105,32 @@ pub async fn list(store: &dyn Store) -> Result<Vec<ProjectRecord>, AdminError> {
     Ok(store.projects().await?)
 }
 
-/// Gives `client` a new secret, returned once. The old secret stays valid for `grace_ms`
-/// (0: refused at once), so that apps can move to the new one; an older secret still in its
-/// grace period is dropped.
+/// Gives `client` a new secret, returned once. The old secret stays valid for
+/// `options.grace_ms` (0: refused at once), so that apps can move to the new one. One old secret
+/// is kept: while the one an earlier rotation replaced is still valid, a rotation with a grace
+/// period is refused ([`AdminError::StillRotating`]) unless `options.force`, since apps may still
+/// ship that secret.
 pub async fn rotate(
     store: &dyn Store,
     client: Uuid,
-    grace_ms: i64,
+    options: RotateOptions,
     now_ms: i64,
 ) -> Result<NewProject, AdminError> {
+    let RotateOptions { grace_ms, force } = options;
     let records = store.projects().await?;
     let mut record = find(&records, client)?.clone();
     if record.revoked_at.is_some() {
         return Err(AdminError::Revoked(client));
+    }
+    if let Some(previous) = &record.previous
+        && previous.valid_until_ms > now_ms
+        && grace_ms > 0
+        && !force
+    {
+        return Err(AdminError::StillRotating {
+            client,
+            until: backfill_protocol::time::format_iso_ms(previous.valid_until_ms),
+        });
     }
     let secret = generate_secret();
     record.previous = (grace_ms > 0).then(|| PreviousSecret {

@@ -2,10 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -26,11 +26,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tower_http::cors::CorsLayer;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Access, Project};
 use crate::body::{Encoding, decode, read_raw};
+use crate::connections::{BodyIdleTimeout, Timeouts};
 use crate::error::{ApiError, FailureReason, StoreFailure};
 use crate::ingest::{self, Prepared, RequestMeta};
 use crate::state::AppState;
@@ -88,6 +90,11 @@ async fn tag_route(path: MatchedPath, request: Request, next: Next) -> Response 
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
+    // Answered by the CORS layer before routing, for whatever path it names.
+    let preflight = method == axum::http::Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     // The claimed client id, logged only when it is a UUID: it names the client, never
     // authenticates it, and an arbitrary header is not copied into logs.
     let client = request
@@ -98,9 +105,10 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let mut response = next.run(request).await;
     let elapsed = started.elapsed();
     let extensions = response.extensions_mut();
-    let route = extensions
-        .remove::<RouteLabel>()
-        .map_or_else(|| "unmatched".to_owned(), |r| r.0);
+    let route = extensions.remove::<RouteLabel>().map_or_else(
+        || if preflight { "preflight" } else { "unmatched" }.to_owned(),
+        |r| r.0,
+    );
     let counts = extensions.remove::<Counts>().unwrap_or_default();
     let reason = extensions.remove::<FailureReason>().map(|r| r.0);
     let cause = extensions.remove::<StoreFailure>().map(|f| f.0);
@@ -173,17 +181,28 @@ fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
 /// Authenticates, reads the body and prepares its rows; shared by both ingestion routes.
 async fn receive(
     state: &AppState,
-    headers: &HeaderMap,
-    peer: Option<SocketAddr>,
-    body: Body,
+    request: Received,
     parse: fn(&[u8], &RequestMeta) -> Result<Prepared, ApiError>,
 ) -> Result<(Project, Prepared), ApiError> {
+    let Received {
+        headers,
+        peer,
+        body,
+        idle,
+    } = request;
+    let headers = &headers;
+    // Refused before the body is read to its end: the connection closes after the answer, or a
+    // keep-alive client's next request would meet a connection the server has given up on.
+    let unread = |e: ApiError| ApiError::BodyUnread(Box::new(e));
     let project = state
         .projects()
         .authenticate(headers, Access::Write)
-        .await?;
-    let encoding = Encoding::from_headers(headers)?;
-    let raw = read_raw(headers, body, MAX_BODY_BYTES).await?;
+        .await
+        .map_err(unread)?;
+    let encoding = Encoding::from_headers(headers).map_err(unread)?;
+    let raw = read_raw(headers, body, MAX_BODY_BYTES, idle)
+        .await
+        .map_err(unread)?;
     let receive_ms = state.now_ms();
     let user_agent = header_text(headers, header::USER_AGENT);
     let salt = match user_agent {
@@ -255,13 +274,32 @@ fn counts_of(response: &backfill_protocol::wire::BatchResponse) -> Counts {
     }
 }
 
-fn split(request: Request) -> (HeaderMap, Option<SocketAddr>, Body) {
+/// What the ingestion routes read of a request.
+struct Received {
+    headers: HeaderMap,
+    /// The peer's address, when served over a connection.
+    peer: Option<SocketAddr>,
+    body: Body,
+    /// The longest pause allowed while the body arrives.
+    idle: Duration,
+}
+
+fn split(request: Request) -> Received {
     let (parts, body) = request.into_parts();
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    (parts.headers, peer, body)
+    let idle = parts
+        .extensions
+        .get::<BodyIdleTimeout>()
+        .map_or_else(|| Timeouts::default().body_idle, |t| t.0);
+    Received {
+        headers: parts.headers,
+        peer,
+        body,
+        idle,
+    }
 }
 
 /// Ingests a batch of events (SPEC §2): `202` once every accepted row is durably committed.
@@ -277,6 +315,7 @@ fn split(request: Request) -> (HeaderMap, Option<SocketAddr>, Body) {
         (status = 400, description = "Malformed envelope", body = ErrorBody),
         (status = 401, description = "Missing, unknown or wrong credentials", body = ErrorBody),
         (status = 403, description = "The client's mode cannot ingest (a `read` key)", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving for 30 s; resend", body = ErrorBody),
         (status = 413, description = "Body over 10 MiB after decoding", body = ErrorBody),
         (status = 415, description = "Unknown Content-Encoding", body = ErrorBody),
         (status = 503, description = "Storage unavailable; retry after `Retry-After` seconds", body = ErrorBody,
@@ -287,9 +326,9 @@ pub(crate) async fn track_batch(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (headers, peer, body) = split(request);
-    let (project, mut prepared) =
-        receive(&state, &headers, peer, body, ingest::prepare_batch).await?;
+    let request = split(request);
+    let headers = request.headers.clone();
+    let (project, mut prepared) = receive(&state, request, ingest::prepare_batch).await?;
     let total = prepared.rows.len() + prepared.rejected.len();
     let outcomes = store_rows(&state, &headers, &project, &mut prepared).await?;
     let response = ingest::summarize(total, prepared, outcomes);
@@ -313,6 +352,7 @@ pub(crate) async fn track_batch(
         (status = 400, description = "Malformed body or an event the rules refuse", body = ErrorBody),
         (status = 401, description = "Missing, unknown or wrong credentials", body = ErrorBody),
         (status = 403, description = "The client's mode cannot ingest (a `read` key)", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving for 30 s; resend", body = ErrorBody),
         (status = 413, description = "Body over 10 MiB after decoding", body = ErrorBody),
         (status = 415, description = "Unknown Content-Encoding", body = ErrorBody),
         (status = 503, description = "Storage unavailable; retry after `Retry-After` seconds", body = ErrorBody,
@@ -323,9 +363,9 @@ pub(crate) async fn track(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (headers, peer, body) = split(request);
-    let (project, mut prepared) =
-        receive(&state, &headers, peer, body, ingest::prepare_single).await?;
+    let request = split(request);
+    let headers = request.headers.clone();
+    let (project, mut prepared) = receive(&state, request, ingest::prepare_single).await?;
     let attribution = prepared.attribution.take();
     let outcomes = store_rows(&state, &headers, &project, &mut prepared).await?;
     let response = ingest::summarize(1, prepared, outcomes);
@@ -387,6 +427,11 @@ pub(crate) struct SessionsParams {
     to: Option<String>,
 }
 
+/// Query parameters of `GET /api/profiles/{profile_id}`: none, and any given is refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProfileParams {}
+
 /// A query string parsed into `T`, or a `400` naming what is wrong (an unknown parameter such
 /// as a misspelt `devce_id`, a repeated one).
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -428,7 +473,15 @@ fn list_params(
         match value {
             None => Ok(None),
             Some(v) => parse_timestamp_str(v).map(Some).ok_or_else(|| {
-                ApiError::BadRequest(format!("{key} must be ISO-8601 or epoch milliseconds"))
+                // A `+` of an offset arrives as a space unless the client encoded it.
+                let hint = if v.contains(' ') {
+                    " (a '+' in a query string is read as a space: send it as %2B)"
+                } else {
+                    ""
+                };
+                ApiError::BadRequest(format!(
+                    "{key} must be ISO-8601 or epoch milliseconds{hint}"
+                ))
             }),
         }
     };
@@ -522,10 +575,10 @@ pub(crate) async fn list_events(
         .into_iter()
         .map(|e| {
             let mut properties = e.properties;
-            properties.insert(
-                SYNCED_AT.to_owned(),
-                Value::String(format_iso_ms(e.synced_at)),
-            );
+            let synced_at = Value::String(format_iso_ms(e.synced_at)).to_string();
+            if let Ok(synced_at) = RawValue::from_string(synced_at) {
+                properties.insert(SYNCED_AT.to_owned(), synced_at);
+            }
             EventRecord {
                 id: e.id,
                 name: e.name,
@@ -621,6 +674,7 @@ pub(crate) async fn list_sessions(
     security(("client_id" = [], "client_secret" = [])),
     responses(
         (status = 200, description = "The profile", body = ProfileRecord),
+        (status = 400, description = "A query parameter (this route takes none) or a profile id that is not UTF-8", body = ErrorBody),
         (status = 401, description = "Missing, unknown or wrong credentials", body = ErrorBody),
         (status = 403, description = "The client's mode cannot read (a `write` key)", body = ErrorBody),
         (status = 404, description = "No such profile in this project", body = ErrorBody),
@@ -630,12 +684,20 @@ pub(crate) async fn list_sessions(
 pub(crate) async fn get_profile(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(profile_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<ProfileParams>, QueryRejection>,
 ) -> Result<Json<ProfileRecord>, ApiError> {
     let project = state
         .projects()
         .authenticate(&headers, Access::Read)
         .await?;
+    query(q)?;
+    let Path(profile_id) = path.map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "the profile id must be percent-encoded UTF-8 ({})",
+            rejection.body_text()
+        ))
+    })?;
     let profile = state
         .store()
         .profile(project.key, profile_id.clone())

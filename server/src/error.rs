@@ -40,6 +40,12 @@ pub enum ApiError {
     UnsupportedEncoding(String),
 
     // --- Retry later.
+    /// The request body stopped arriving for longer than `idle` (`408`).
+    #[error("no byte of the request body arrived for {} s; resend the request", idle.as_secs())]
+    BodyTimeout {
+        /// The longest pause allowed.
+        idle: std::time::Duration,
+    },
     /// Too many requests (`429`).
     #[error("rate limited; retry after {retry_after} s")]
     RateLimited {
@@ -53,6 +59,13 @@ pub enum ApiError {
     /// message.
     #[error("storage unavailable; retry later")]
     StoreFailed(String),
+
+    // --- Either, and the connection closes.
+    /// The inner error, answered before the request body was read to its end. The answer says
+    /// `Connection: close` and the connection is closed after it (RFC 9112 §9.6): the unread
+    /// rest of the body cannot be told from a next request, so a client must not reuse it.
+    #[error(transparent)]
+    BodyUnread(Box<ApiError>),
 }
 
 impl From<StoreError> for ApiError {
@@ -74,8 +87,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable | ApiError::StoreFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyUnread(inner) => inner.status(),
         }
     }
 
@@ -83,6 +98,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
             ApiError::Unavailable | ApiError::StoreFailed(_) => Some(STORE_RETRY_AFTER_SECS),
+            ApiError::BodyUnread(inner) => inner.retry_after(),
             _ => None,
         }
     }
@@ -108,6 +124,13 @@ pub fn error_body(status: StatusCode, message: String) -> ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::BodyUnread(inner) = self {
+            let mut response = inner.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
         let status = self.status();
         let retry_after = self.retry_after();
         let message = self.to_string();

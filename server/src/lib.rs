@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: the typed configuration `main` builds from flags and environment.
-//! - [`api`]: routes, handlers and middleware; [`body`] reads and decodes request bodies.
+//! - [`api`]: routes, handlers and middleware; [`body`] reads and decodes request bodies;
+//!   [`connections`] accepts and serves connections, with timeouts for stalled clients.
 //! - [`ingest`]: validation, time rules and id derivation of rows, and the `202` summary.
 //! - [`auth`]: client credentials, modes, and the registry that checks them.
 //! - [`admin`]: creating, listing, rotating and revoking clients (`backfill-server project`).
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
@@ -42,6 +44,7 @@ pub use crate::api::app;
 pub use crate::auth::NewProject;
 use crate::clock::Clock;
 pub use crate::config::Config;
+pub use crate::connections::Timeouts;
 use crate::metrics::Metrics;
 pub use crate::state::AppState;
 use crate::store::postgres::{PostgresOptions, PostgresStore};
@@ -67,18 +70,14 @@ pub enum StartError {
     },
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves `state` on `listener` until `shutdown` resolves, then finishes in-flight requests
+/// (see [`connections`] for the timeouts).
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    connections::serve(app(state), listener, shutdown, Timeouts::default()).await
 }
 
 /// Opens the embedded store in `config.data_dir`.

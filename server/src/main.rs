@@ -1,7 +1,7 @@
 //! `backfill-server`: parses flags and environment, then runs [`backfill_server::start`], or,
 //! with `project ...`, administers the clients of the configured store.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,9 +118,13 @@ enum ProjectCommand {
     Rotate {
         /// The client id.
         client_id: Uuid,
-        /// Hours the old secret stays valid (0: refused at once).
+        /// Hours the old secret stays valid (0: refused at once, with any older one).
         #[arg(long, default_value_t = 24)]
         grace_hours: u32,
+        /// Rotate even while the secret a previous rotation replaced is still accepted: that
+        /// secret is then refused at once (one old secret is kept).
+        #[arg(long)]
+        force: bool,
     },
     /// Revoke a client: its secrets are refused from then on. Its project's data stays.
     Revoke {
@@ -196,6 +200,28 @@ fn print_secret(p: &NewProject) {
     println!("  mode:          {}", p.mode);
 }
 
+/// The address, and the client created on a first start, on stdout.
+fn print_start(server: &backfill_server::RunningServer) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {}", server.url())?;
+    if let Some(p) = &server.created_project {
+        writeln!(
+            out,
+            "created a root client (the secret is shown once; keep it):"
+        )?;
+        writeln!(out, "  client id:     {}", p.client_id)?;
+        writeln!(out, "  client secret: {}", p.secret)?;
+        writeln!(out, "  mode:          {}", p.mode)?;
+        writeln!(
+            out,
+            "root keys can read every stored event: give apps a write key \
+             (backfill-server project create --mode write --for {})",
+            p.client_id
+        )?;
+    }
+    out.flush()
+}
+
 async fn project(config: &Config, command: ProjectCommand) -> anyhow::Result<()> {
     // Only `create` may start a store (to provision keys before a first start): on a mistyped
     // --data-dir, the others say so rather than show an empty, new store.
@@ -267,12 +293,20 @@ async fn project(config: &Config, command: ProjectCommand) -> anyhow::Result<()>
         ProjectCommand::Rotate {
             client_id,
             grace_hours,
+            force,
         } => {
             let grace_ms = i64::from(grace_hours) * 3_600_000;
-            let p = admin::rotate(store, client_id, grace_ms, now).await?;
-            println!(
-                "rotated client (the new secret is shown once; the old one works for {grace_hours} more hours):"
-            );
+            let options = admin::RotateOptions { grace_ms, force };
+            let p = admin::rotate(store, client_id, options, now).await?;
+            if grace_hours == 0 {
+                println!(
+                    "rotated client (the new secret is shown once; the old ones are refused from now):"
+                );
+            } else {
+                println!(
+                    "rotated client (the new secret is shown once; the old one works for {grace_hours} more hours):"
+                );
+            }
             print_secret(&p);
         }
         ProjectCommand::Revoke { client_id } => {
@@ -320,18 +354,21 @@ async fn main() -> anyhow::Result<()> {
     let server = backfill_server::start(&config, Arc::new(SystemClock), None)
         .await
         .context("starting the server")?;
-    println!("listening on {}", server.url());
-    if let Some(p) = &server.created_project {
-        println!("created a root client (the secret is shown once; keep it):");
-        print_secret(p);
-        println!(
-            "root keys can read every stored event: give apps a write key \
-             (backfill-server project create --mode write --for {})",
-            p.client_id
-        );
+    // A closed stdout (`backfill-server | head -1`) must not stop a running server, as a
+    // `println!` would by panicking; what could not be shown is said on stderr, never a secret.
+    if let Err(e) = print_start(&server) {
+        tracing::error!(error = %e, "cannot write the start-up lines to stdout");
+        if let Some(p) = &server.created_project {
+            tracing::error!(
+                client = %p.client_id,
+                "the root client created on this first start could not be shown; create another \
+                 with `backfill-server project create --mode root` and revoke this one"
+            );
+        }
     }
     tracing::info!(
         store = if config.database_url.is_some() { "postgresql" } else { "embedded" },
+        addr = %server.addr,
         data_dir = %config.data_dir.display(),
         max_event_age_days = config.max_event_age_days,
         "serving"

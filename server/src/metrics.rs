@@ -52,7 +52,8 @@ impl Histogram {
 }
 
 /// Every metric the server exports. Route labels are the router's patterns (e.g.
-/// `/api/profiles/{profile_id}`) or `unmatched`, so their number is bounded.
+/// `/api/profiles/{profile_id}`), `preflight` (CORS preflights, answered before routing) or
+/// `unmatched`, so their number is bounded.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Rows accepted (duplicates included).

@@ -12,6 +12,8 @@ pub mod sqlite;
 use std::future::Future;
 use std::pin::Pin;
 
+use backfill_protocol::number::Decimal;
+use backfill_protocol::properties::RawMap;
 use serde_json::{Map, Value};
 
 /// A boxed future returned by [`Store`] methods.
@@ -176,8 +178,8 @@ pub enum RowAction {
         profile_id: String,
         /// `firstName`, `lastName`, `email`, `avatar` (wire names) with their values.
         fields: Vec<(&'static str, String)>,
-        /// Properties to merge, special properties removed.
-        properties: Map<String, Value>,
+        /// Properties to merge, special properties removed, each value's JSON text as sent.
+        properties: RawMap,
     },
     /// Add `delta` to a numeric profile property.
     Increment {
@@ -185,8 +187,8 @@ pub enum RowAction {
         profile_id: String,
         /// Property name.
         property: String,
-        /// Signed amount.
-        delta: f64,
+        /// Signed amount, added exactly ([`backfill_protocol::number::add_exact`]).
+        delta: Decimal,
     },
     /// Create or update a group.
     Group {
@@ -196,8 +198,8 @@ pub enum RowAction {
         group_type: String,
         /// Display name.
         name: String,
-        /// Group properties, special properties removed.
-        properties: Map<String, Value>,
+        /// Group properties, special properties removed, each value's JSON text as sent.
+        properties: RawMap,
     },
     /// Add a profile to groups.
     AssignGroup {
@@ -241,7 +243,7 @@ pub enum RowOutcome {
 }
 
 /// A stored event as the read API needs it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct StoredEvent {
     /// Server-generated id.
     pub id: String,
@@ -257,8 +259,8 @@ pub struct StoredEvent {
     pub profile_id: Option<String>,
     /// Event time, epoch ms.
     pub created_at: i64,
-    /// Stored properties.
-    pub properties: Map<String, Value>,
+    /// Stored properties, each value's JSON text as sent.
+    pub properties: RawMap,
     /// Commit time, epoch ms.
     pub synced_at: i64,
     /// Idempotency key.
@@ -283,14 +285,14 @@ pub struct StoredSession {
 }
 
 /// A profile with its groups.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct StoredProfile {
     /// Profile id.
     pub id: String,
     /// `firstName`, `lastName`, `email`, `avatar` by wire name.
     pub fields: Map<String, Value>,
-    /// Merged properties.
-    pub properties: Map<String, Value>,
+    /// Merged properties, each value's JSON text as sent (or as an exact sum computed).
+    pub properties: RawMap,
     /// Group ids.
     pub groups: Vec<String>,
     /// First write, epoch ms.

@@ -20,6 +20,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use backfill_protocol::limits::SESSION_START_LEAD_MS;
+use backfill_protocol::number::{Decimal, add_exact};
+use backfill_protocol::properties::RawMap;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::store::{NewEvent, PreparedRow, RowAction, RowOutcome};
@@ -55,17 +58,17 @@ pub struct GroupWrite<'a> {
     pub group_type: &'a str,
     /// Display name.
     pub name: &'a str,
-    /// Group properties as JSON text.
+    /// Group properties as JSON text, each value as sent.
     pub properties: String,
 }
 
 /// A profile as the rules see it; stores keep its maps as JSON text.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Profile {
     /// `firstName`, `lastName`, `email`, `avatar` by wire name.
     pub fields: Map<String, Value>,
-    /// Merged properties.
-    pub properties: Map<String, Value>,
+    /// Merged properties, each value's JSON text as sent (or as an exact sum computed).
+    pub properties: RawMap,
     /// Event time (ms) of the value each field and property holds, by field name or
     /// `properties.<key>`.
     pub field_times: Map<String, Value>,
@@ -78,7 +81,7 @@ impl Profile {
     pub fn empty(now: i64) -> Self {
         Self {
             fields: Map::new(),
-            properties: Map::new(),
+            properties: RawMap::new(),
             field_times: Map::new(),
             created_at: now,
         }
@@ -93,7 +96,7 @@ impl Profile {
     ) -> Self {
         Self {
             fields: json_map(fields),
-            properties: json_map(properties),
+            properties: raw_map(properties),
             field_times: json_map(field_times),
             created_at,
         }
@@ -105,7 +108,7 @@ impl Profile {
     pub fn identify(
         &mut self,
         fields: &[(&'static str, String)],
-        properties: &Map<String, Value>,
+        properties: &RawMap,
         time_ms: i64,
     ) {
         let newer = |key: String, times: &mut Map<String, Value>| -> bool {
@@ -131,24 +134,26 @@ impl Profile {
         }
     }
 
-    /// Adds `delta` to a numeric property; a missing or null one counts as 0. A property that
-    /// holds anything else refuses the row with the returned reason and changes nothing.
-    pub fn increment(&mut self, property: &str, delta: f64) -> Result<(), String> {
-        let current = match self.properties.get(property) {
-            None | Some(Value::Null) => 0.0,
-            Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
-            Some(_) => return Err(format!("profile property {property} is not a number")),
-        };
-        let sum = current + delta;
-        // Whole sums stay integers, as the counters they usually are.
-        let value = if sum.fract() == 0.0 && sum.abs() < 9.0e15 {
-            Value::from(sum as i64)
-        } else {
-            serde_json::Number::from_f64(sum).map_or(Value::Null, Value::Number)
-        };
-        self.properties.insert(property.to_owned(), value);
+    /// Adds `delta` exactly to a numeric property; a missing or null one counts as 0. A
+    /// property that is not a number, or a sum that cannot be exact, refuses the row with the
+    /// returned reason and changes nothing (SPEC §6b).
+    pub fn increment(&mut self, property: &str, delta: Decimal) -> Result<(), String> {
+        let current = self.properties.get(property).map(|v| v.get());
+        let sum = add_exact(property, current, delta)?;
+        let sum = RawValue::from_string(sum).map_err(|e| e.to_string())?;
+        self.properties.insert(property.to_owned(), sum);
         Ok(())
     }
+}
+
+/// Reads a properties column, keeping each value's JSON text; anything else reads as empty.
+pub fn raw_map(text: &str) -> RawMap {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Writes properties kept as JSON text.
+pub fn raw_json(properties: &RawMap) -> String {
+    serde_json::to_string(properties).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// Reads a JSON object column; anything else reads as empty.
@@ -304,7 +309,7 @@ impl<'a> Plan<'a> {
                         id,
                         group_type,
                         name,
-                        properties: Value::Object(properties.clone()).to_string(),
+                        properties: raw_json(properties),
                     },
                 );
             }
@@ -411,7 +416,7 @@ mod tests {
             action: RowAction::Increment {
                 profile_id: profile.to_owned(),
                 property: property.to_owned(),
-                delta: 1.0,
+                delta: Decimal::ONE,
             },
         }
     }
@@ -490,12 +495,12 @@ mod tests {
         plan.claimed(|_| true);
         assert_eq!(plan.profile_ids(), ["p"]);
         let mut stored = Profile::empty(7);
-        stored.properties.insert("name".into(), Value::from("Ada"));
-        stored.properties.insert("count".into(), Value::from(1.5));
+        stored.properties.insert("name".into(), raw("\"Ada\""));
+        stored.properties.insert("count".into(), raw("1.50"));
         let written = plan.apply_profiles(HashMap::from([("p".to_owned(), stored)]), 9);
         assert_eq!(written.len(), 1);
-        assert_eq!(written[0].1.properties["count"], Value::from(3.5));
-        assert_eq!(written[0].1.properties["name"], Value::from("Ada"));
+        assert_eq!(written[0].1.properties["count"].get(), "3.50");
+        assert_eq!(written[0].1.properties["name"].get(), "\"Ada\"");
         assert_eq!(written[0].1.created_at, 7);
         assert_eq!(plan.refused_keys(), ["k2"]);
         let outcomes = plan.outcomes();
@@ -506,20 +511,27 @@ mod tests {
     #[test]
     fn identify_keeps_the_value_of_the_later_event_time() {
         let mut p = Profile::empty(0);
-        let props = |v: i64| Map::from_iter([("plan".to_owned(), Value::from(v))]);
-        p.identify(&[("email", "new@x.io".into())], &props(2), 200);
-        p.identify(&[("email", "old@x.io".into())], &props(1), 100);
+        let props = |v: &str| RawMap::from_iter([("plan".to_owned(), raw(v))]);
+        p.identify(&[("email", "new@x.io".into())], &props("2"), 200);
+        p.identify(&[("email", "old@x.io".into())], &props("1"), 100);
         assert_eq!(p.fields["email"], Value::from("new@x.io"));
-        assert_eq!(p.properties["plan"], Value::from(2));
-        p.identify(&[("email", "same@x.io".into())], &Map::new(), 200);
+        assert_eq!(p.properties["plan"].get(), "2");
+        p.identify(&[("email", "same@x.io".into())], &RawMap::new(), 200);
         assert_eq!(
             p.fields["email"],
             Value::from("same@x.io"),
             "ties go to the later row"
         );
-        assert_eq!(p.increment("plan", -2.0), Ok(()));
-        assert_eq!(p.properties["plan"], Value::from(0));
-        assert!(p.increment("missing", 0.25).is_ok());
-        assert_eq!(p.properties["missing"], Value::from(0.25));
+        assert_eq!(
+            p.increment("plan", Decimal::NEGATIVE_ONE * Decimal::TWO),
+            Ok(())
+        );
+        assert_eq!(p.properties["plan"].get(), "0");
+        assert!(p.increment("missing", Decimal::new(25, 2)).is_ok());
+        assert_eq!(p.properties["missing"].get(), "0.25");
+    }
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).expect("JSON")
     }
 }

@@ -10,6 +10,7 @@ mod auth;
 mod dedup;
 mod envelope;
 mod faults;
+mod fidelity;
 mod modes;
 mod profiles;
 mod read;

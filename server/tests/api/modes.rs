@@ -169,7 +169,11 @@ async fn device_and_session_ids_are_derived_from_the_project_whatever_the_key(st
 async fn a_rotated_secret_works_for_its_grace_period_then_is_refused(store: StoreKind) {
     let (h, write, _) = with_keys(store).await;
     let id = write.client_id.to_string();
-    let rotated = admin::rotate(h.store.as_ref(), write.client_id, HOUR, NOW)
+    let grace = admin::RotateOptions {
+        grace_ms: HOUR,
+        force: false,
+    };
+    let rotated = admin::rotate(h.store.as_ref(), write.client_id, grace, NOW)
         .await
         .expect("rotate");
     assert_ne!(rotated.secret, write.secret);
@@ -219,7 +223,11 @@ async fn a_revoked_key_is_refused_and_its_project_data_stays(store: StoreKind) {
     admin::revoke(h.store.as_ref(), write.client_id, NOW)
         .await
         .expect("revoke");
-    let err = admin::rotate(h.store.as_ref(), write.client_id, 0, NOW)
+    let now = admin::RotateOptions {
+        grace_ms: 0,
+        force: false,
+    };
+    let err = admin::rotate(h.store.as_ref(), write.client_id, now, NOW)
         .await
         .expect_err("a revoked key stays revoked");
     assert!(err.to_string().contains("revoked"), "{err}");

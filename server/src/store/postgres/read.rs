@@ -3,7 +3,7 @@
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
-use crate::store::rules::{json_map, session_start_time};
+use crate::store::rules::{json_map, raw_map, session_start_time};
 use crate::store::{EventQuery, SessionQuery, StoredEvent, StoredProfile, StoredSession};
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -116,7 +116,7 @@ pub(super) async fn events(client: &Client, q: &EventQuery) -> Result<Vec<Stored
                 session_id: r.try_get(4)?,
                 profile_id: r.try_get(5)?,
                 created_at: r.try_get(6)?,
-                properties: json_map(r.try_get(7)?),
+                properties: raw_map(r.try_get(7)?),
                 synced_at: r.try_get(8)?,
                 insert_id: r.try_get(9)?,
             })
@@ -183,7 +183,7 @@ pub(super) async fn profile(
     Ok(Some(StoredProfile {
         id: id.to_owned(),
         fields: json_map(row.try_get(0)?),
-        properties: json_map(row.try_get(1)?),
+        properties: raw_map(row.try_get(1)?),
         groups,
         created_at: row.try_get(2)?,
         updated_at: row.try_get(3)?,

@@ -14,7 +14,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::store::rules::{Plan, Profile, session_start_time};
+use crate::store::rules::{Plan, Profile, raw_json, session_start_time};
 use crate::store::{IngestJob, PreparedRow, RowAction, RowOutcome};
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -338,7 +338,7 @@ pub(super) async fn write_rows(
                     .collect::<Vec<_>>(),
                 &changed
                     .iter()
-                    .map(|(_, p)| text(&p.properties))
+                    .map(|(_, p)| raw_json(&p.properties))
                     .collect::<Vec<_>>(),
                 &changed
                     .iter()

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
-use crate::store::rules::{Plan, Profile, SessionDelta, session_start_time};
+use crate::store::rules::{Plan, Profile, SessionDelta, raw_json, session_start_time};
 use crate::store::{IngestJob, NewEvent, PreparedRow, RowAction, RowOutcome};
 
 /// Applies one job inside the open transaction, with no savepoint of its own: if it fails, the
@@ -319,7 +319,7 @@ fn save_profile(
         project,
         id,
         Value::Object(p.fields.clone()).to_string(),
-        Value::Object(p.properties.clone()).to_string(),
+        raw_json(&p.properties),
         Value::Object(p.field_times.clone()).to_string(),
         p.created_at,
         now,

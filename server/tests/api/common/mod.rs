@@ -159,6 +159,24 @@ impl Harness {
         }
     }
 
+    /// The one text value `sql` selects, read straight from the store's database, as an
+    /// operator would.
+    pub async fn select_text(&self, sql: &str) -> String {
+        match &self.place {
+            Place::File(path) => rusqlite::Connection::open(path)
+                .expect("open")
+                .query_row(sql, [], |r| r.get(0))
+                .expect("one row"),
+            Place::Database(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+                tokio::spawn(connection);
+                client.query_one(sql, &[]).await.expect("one row").get(0)
+            }
+        }
+    }
+
     /// Reopens the same store, as a restarted server would.
     pub async fn restart(self) -> Self {
         let Harness {
@@ -253,6 +271,24 @@ impl Harness {
             .expect("request");
         let (status, _, body) = self.send(req).await;
         (status, body)
+    }
+
+    /// A `GET` answer's status and body text, for what `Value` would alter (number text).
+    pub async fn get_text(&self, path_and_query: &str) -> (StatusCode, String) {
+        let req = Request::get(path_and_query)
+            .header("openpanel-client-id", PROJECT)
+            .header("openpanel-client-secret", SECRET)
+            .body(Body::empty())
+            .expect("request");
+        let response = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Every event of the project matching `query`, across pages.
