@@ -66,6 +66,7 @@ impl Server {
             data_dir: data.to_owned(),
             max_event_age_days: 5,
             projects: vec![format!("{project}:{secret}").parse().expect("project")],
+            ..Default::default()
         };
         let server = runtime
             .block_on(backfill_server::start(&config, Arc::new(SystemClock), None))
@@ -100,6 +101,7 @@ impl Server {
             data_dir: data.to_owned(),
             max_event_age_days: 5,
             projects: vec![format!("{PROJECT}:{SECRET}").parse().expect("project")],
+            ..Default::default()
         };
         let server = runtime
             .block_on(backfill_server::start(
