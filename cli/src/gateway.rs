@@ -76,7 +76,8 @@ pub struct EnqueueArgs {
 #[derive(Debug, Clone, Args)]
 pub struct Limits {
     /// Most events the buffer holds; past it the oldest are evicted and counted.
-    #[arg(long, env = "BACKFILL_MAX_ROWS", default_value_t = 1_000_000)]
+    #[arg(long, env = "BACKFILL_MAX_ROWS", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     max_rows: u64,
     /// Most bytes of event JSON the buffer holds (e.g. 512MiB, 2GB); past it the oldest are
     /// evicted and counted.
@@ -248,6 +249,9 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
                 ". If the disk is full or a file-size limit (ulimit -f, systemd's LimitFSIZE=) \
                  was reached, free space or raise the limit and enqueue the readings again"
             }
+            // Past the buffer's bounds as a whole (the bounds of a single reading are checked
+            // before).
+            Error::InvalidEvent(_) => ". Raise --max-rows or --max-bytes, or enqueue fewer at once",
             _ => "",
         };
         eprintln!("backfill enqueue: {e}; nothing was added, the buffer is unchanged{hint}");

@@ -1363,3 +1363,27 @@ fn a_closed_stderr_ends_with_the_exit_code_not_a_panic() {
     );
     assert_eq!(status_json(&db)["buffered_events"], 2);
 }
+
+#[test]
+fn buffer_bounds_too_small_for_the_input_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--max-rows", "0"],
+        Some(&readings(1)),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(64), "a wrong flag is a usage error");
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--max-rows", "2"],
+        Some(&readings(3)),
+        &[],
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("3 events at once") && err.contains("--max-rows"),
+        "{err}"
+    );
+}
