@@ -88,9 +88,7 @@ class Backfill @JvmOverloads constructor(
      * version. [value] follows the same type rules as [track]'s properties.
      */
     fun register(key: String, value: Any?) {
-        val json = Properties.toJson(mapOf(key to value))
-        // The value alone: strip `{"key":` and the closing brace.
-        val valueJson = json.substring(json.indexOf(':', startIndex = 1 + key.length) + 1, json.length - 1)
+        val valueJson = Properties.valueToJson(value, key)
         call { client.register(key, valueJson) }
     }
 

@@ -22,6 +22,9 @@ internal object Properties {
         return out.toString()
     }
 
+    /** The JSON text of one value (for a registered property), checked like [toJson]. */
+    fun valueToJson(value: Any?, key: String): String = StringBuilder().also { writeValue(it, value, key) }.toString()
+
     private fun writeObject(out: StringBuilder, map: Map<*, *>, path: String) {
         out.append('{')
         var first = true
