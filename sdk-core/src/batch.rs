@@ -7,6 +7,7 @@ const HEAD: &[u8] = br#"{"events":["#;
 /// Bytes of the end of a body: `],"sentAt":"<24 chars>"}`.
 const TAIL_BYTES: usize = r#"],"sentAt":"2026-11-28T09:00:00.000Z"}"#.len();
 /// Bytes of the envelope around the events: `{"events":[` and `],"sentAt":"<24 chars>"}`.
+#[cfg(test)]
 pub const ENVELOPE_BYTES: usize = HEAD.len() + TAIL_BYTES;
 /// Room reserved per event when a batch starts, so that a typical batch is filled without
 /// growing its buffer.

@@ -1,6 +1,6 @@
 //! The SDK's API: [`Backfill`], shared by every thread of the app.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -14,36 +14,60 @@ use crate::error::Error;
 use crate::event::{self, Event, Stamp};
 use crate::session::{self, Placement, SessionState};
 use crate::stats::Stats;
-use crate::store::{Bounds, Buffer, NewRow, counter, set_state};
+use crate::store::{Bounds, Buffer, NewRow, clear_state, counter, set_state};
 use crate::upload::drain::{Drain, DrainEnd, DrainReport, WINDOW_KEY};
 use crate::upload::policy::Backoff;
-use crate::upload::transport::{HttpTransport, Transport};
+use crate::upload::schedule::{self, Next, Situation};
+use crate::upload::transport::{ContractTransport, HttpClient, Transport};
 
 const DEVICE_KEY: &str = "device_id";
 const SESSION_KEY: &str = "session";
 const PROFILE_KEY: &str = "profile_id";
+/// Present (value `1`) while the user has opted out.
+const OPTED_OUT_KEY: &str = "opted_out";
 
 /// State shared by the API and the background uploader.
 pub(crate) struct Shared {
     config: Config,
     buffer: Buffer,
     clock: Arc<dyn Clock>,
-    transport: Box<dyn Transport>,
+    transport: Arc<dyn Transport>,
     /// Held for the whole of a drain, so there is one at a time; holds the failure count.
     drain: Mutex<u32>,
     window_ms: AtomicI64,
-    device_id: String,
+    device_id: RwLock<String>,
     session: Mutex<Option<SessionState>>,
     profile_id: RwLock<Option<String>>,
     globals: RwLock<Map<String, Value>>,
     online: AtomicBool,
     unauthorized: AtomicBool,
+    /// The app asked for a drain (online again, foreground); cleared by the next drain.
+    asked: AtomicBool,
+    opted_out: AtomicBool,
+    /// Recording calls refused while opted out, since the buffer was opened.
+    opted_out_calls: AtomicU64,
+    closed: AtomicBool,
     /// Epoch ms before which the background uploader does not retry.
     retry_at_ms: AtomicI64,
     last_error: Mutex<Option<String>>,
 }
 
+fn poisoned() -> Error {
+    Error::Storage("lock poisoned".to_owned())
+}
+
 impl Shared {
+    fn ensure_open(&self) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn device_id(&self) -> String {
+        self.device_id.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
     fn note_error(&self, message: String) {
         tracing::warn!("{message}");
         if let Ok(mut last) = self.last_error.lock() {
@@ -57,22 +81,23 @@ impl Shared {
             .drain
             .lock()
             .map_err(|_| Error::Storage("drain lock poisoned".to_owned()))?;
+        self.ensure_open()?;
+        self.asked.store(false, Ordering::Relaxed);
         let config = &self.config;
         let report = Drain {
             buffer: &self.buffer,
             transport: self.transport.as_ref(),
             clock: self.clock.as_ref(),
-            max_events: config.max_batch_events,
-            max_bytes: config.max_batch_bytes,
+            max_events: config.max_batch_events as usize,
+            max_bytes: config.max_batch_bytes as usize,
             compress: config.compress,
             backoff: Backoff {
-                base: config.retry_base,
-                cap: config.retry_cap,
+                base: Duration::from_millis(config.retry_base_ms),
+                cap: Duration::from_millis(config.retry_cap_ms),
             },
             max_dead_letters: config.max_dead_letters,
             window_ms: &self.window_ms,
-            default_window_ms: i64::try_from(config.default_max_event_age.as_millis())
-                .unwrap_or(i64::MAX),
+            default_window_ms: i64::try_from(config.default_max_event_age_ms).unwrap_or(i64::MAX),
             failures: &mut failures,
         }
         .run();
@@ -109,10 +134,8 @@ impl Shared {
 }
 
 enum Command {
-    /// Drain now if online and not backing off.
-    Wake,
-    /// The buffer is no longer empty: start the interval timer.
-    Arm,
+    /// Something the uploader decides on changed (events recorded, online, foreground).
+    Look,
     Shutdown,
 }
 
@@ -124,7 +147,8 @@ struct Uploader {
 struct Inner {
     shared: Arc<Shared>,
     uploader: Mutex<Option<Uploader>>,
-    wake_pending: Arc<AtomicBool>,
+    /// A [`Command::Look`] for the threshold is on its way; one is enough.
+    look_pending: Arc<AtomicBool>,
 }
 
 impl Drop for Inner {
@@ -141,46 +165,53 @@ fn stop_uploader(uploader: &Mutex<Option<Uploader>>) {
     }
 }
 
-/// The background uploader: drains on a wake (count threshold, `set_online(true)`), on the
-/// interval while events wait, and after a backoff; sleeps without timers when nothing waits.
+/// The background uploader: asks [`schedule::next`] what to do, and does it. It sleeps without
+/// a timer while there is nothing to do, until a [`Command`] says something changed.
 fn run_uploader(
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
-    wake_pending: Arc<AtomicBool>,
+    look_pending: Arc<AtomicBool>,
 ) {
-    let interval = i64::try_from(shared.config.flush_interval.as_millis()).unwrap_or(i64::MAX);
-    let mut next_interval_at = shared.clock.now_ms().saturating_add(interval);
+    let interval = i64::try_from(shared.config.flush_interval_ms).unwrap_or(i64::MAX);
+    let mut interval_due_ms = shared.clock.now_ms().saturating_add(interval);
+    let mut was_idle = true;
     loop {
-        let idle = !shared.online.load(Ordering::Relaxed)
-            || shared.unauthorized.load(Ordering::Relaxed)
-            || shared.buffered() == 0;
-        let command = if idle {
-            commands
+        let now_ms = shared.clock.now_ms();
+        let situation = Situation {
+            online: shared.online.load(Ordering::Relaxed),
+            paused: shared.unauthorized.load(Ordering::Relaxed),
+            buffered: shared.buffered(),
+            threshold: shared.config.flush_threshold,
+            asked: shared.asked.load(Ordering::Relaxed),
+            now_ms,
+            interval_due_ms,
+            retry_at_ms: shared.retry_at_ms.load(Ordering::Relaxed),
+        };
+        let next = schedule::next(&situation);
+        // The interval counts from when events start to wait, not from when the SDK opened.
+        if was_idle && next != Next::Idle && !situation.asked {
+            interval_due_ms = now_ms.saturating_add(interval);
+            was_idle = false;
+            continue;
+        }
+        was_idle = next == Next::Idle;
+        let command = match next {
+            Next::DrainNow => {
+                let _ = shared.drain();
+                interval_due_ms = shared.clock.now_ms().saturating_add(interval);
+                continue;
+            }
+            Next::Idle => commands
                 .recv()
-                .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
-        } else {
-            let now = shared.clock.now_ms();
-            let due = next_interval_at.max(shared.retry_at_ms.load(Ordering::Relaxed));
-            commands.recv_timeout(Duration::from_millis(due.saturating_sub(now).max(0) as u64))
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Next::WaitUntil(due) => commands.recv_timeout(Duration::from_millis(
+                due.saturating_sub(now_ms).max(0) as u64,
+            )),
         };
-        let drain_now = match command {
+        match command {
             Ok(Command::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            Ok(Command::Wake) => {
-                wake_pending.store(false, Ordering::Relaxed);
-                shared.online.load(Ordering::Relaxed)
-                    && shared.clock.now_ms() >= shared.retry_at_ms.load(Ordering::Relaxed)
-            }
-            Ok(Command::Arm) => {
-                if idle {
-                    next_interval_at = shared.clock.now_ms().saturating_add(interval);
-                }
-                false
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => true,
-        };
-        if drain_now {
-            let _ = shared.drain();
-            next_interval_at = shared.clock.now_ms().saturating_add(interval);
+            Ok(Command::Look) => look_pending.store(false, Ordering::Relaxed),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
 }
@@ -198,32 +229,54 @@ pub struct Backfill {
 impl std::fmt::Debug for Backfill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backfill")
-            .field("device_id", &self.inner.shared.device_id)
+            .field("device_id", &self.inner.shared.device_id())
             .finish_non_exhaustive()
     }
 }
 
 impl Backfill {
-    /// Opens the buffer and starts the background uploader.
+    /// Opens the buffer and starts the background uploader, uploading with the built-in HTTP
+    /// transport (cargo feature `http`).
+    #[cfg(feature = "http")]
     pub fn open(config: Config) -> Result<Self, Error> {
+        use crate::upload::transport::HttpTransport;
         let transport = HttpTransport::new(
             &config.endpoint,
             &config.client_id,
             &config.client_secret,
-            config.request_timeout,
+            Duration::from_millis(config.request_timeout_ms),
         )
         .map_err(|e| Error::InvalidConfig(e.0))?;
-        Self::with_parts(config, Box::new(transport), Arc::new(SystemClock))
+        Self::with_parts(config, Arc::new(transport), Arc::new(SystemClock))
     }
 
-    /// Opens with a given transport and clock (tests, simulations, custom networking).
+    /// Opens the buffer and starts the background uploader, uploading through `http` (the
+    /// app's own HTTP stack: a language binding passes the platform's).
+    pub fn open_with_http_client(
+        config: Config,
+        http: impl HttpClient + 'static,
+    ) -> Result<Self, Error> {
+        let transport = ContractTransport::over(
+            http,
+            &config.endpoint,
+            &config.client_id,
+            &config.client_secret,
+            "backfill-core",
+        );
+        Self::with_parts(config, Arc::new(transport), Arc::new(SystemClock))
+    }
+
+    /// Opens with a given transport (an app's own HTTP stack through
+    /// [`ContractTransport`](crate::upload::transport::ContractTransport), tests, simulations)
+    /// and clock.
     pub fn with_parts(
         config: Config,
-        transport: Box<dyn Transport>,
+        transport: Arc<dyn Transport>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
+        config.validate()?;
         let (buffer, recovered) = Buffer::open(
-            &config.database_path,
+            std::path::Path::new(&config.database_path),
             clock.now_ms(),
             config.max_database_bytes,
         )?;
@@ -244,6 +297,7 @@ impl Backfill {
             .state(WINDOW_KEY)?
             .and_then(|w| w.parse().ok())
             .unwrap_or(0);
+        let opted_out = buffer.state(OPTED_OUT_KEY)?.is_some();
         let background = config.background_upload;
         let shared = Arc::new(Shared {
             config,
@@ -252,19 +306,23 @@ impl Backfill {
             transport,
             drain: Mutex::new(0),
             window_ms: AtomicI64::new(window_ms),
-            device_id,
+            device_id: RwLock::new(device_id),
             session: Mutex::new(session),
             profile_id: RwLock::new(profile_id),
             globals: RwLock::new(Map::new()),
             online: AtomicBool::new(true),
             unauthorized: AtomicBool::new(false),
+            asked: AtomicBool::new(false),
+            opted_out: AtomicBool::new(opted_out),
+            opted_out_calls: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             retry_at_ms: AtomicI64::new(0),
             last_error: Mutex::new(recovered),
         });
-        let wake_pending = Arc::new(AtomicBool::new(false));
+        let look_pending = Arc::new(AtomicBool::new(false));
         let uploader = if background {
             let (commands, rx) = mpsc::channel();
-            let (s, w) = (Arc::clone(&shared), Arc::clone(&wake_pending));
+            let (s, w) = (Arc::clone(&shared), Arc::clone(&look_pending));
             let thread = std::thread::Builder::new()
                 .name("backfill-uploader".to_owned())
                 .spawn(move || run_uploader(s, rx, w))
@@ -277,7 +335,7 @@ impl Backfill {
             inner: Arc::new(Inner {
                 shared,
                 uploader: Mutex::new(uploader),
-                wake_pending,
+                look_pending,
             }),
         })
     }
@@ -294,16 +352,16 @@ impl Backfill {
         }
     }
 
-    /// After recording `added` rows: wakes the uploader at the threshold, and arms its interval
-    /// timer when the buffer was empty before (an idle uploader sleeps without a timer).
+    /// After recording `added` rows: has the uploader look again when its answer may have
+    /// changed (the threshold is reached, or events started to wait); not after every event.
     fn wake_if_due(&self, added: u64) {
         let buffered = self.shared().buffered();
         if buffered >= self.shared().config.flush_threshold {
-            if !self.inner.wake_pending.swap(true, Ordering::Relaxed) {
-                self.send(Command::Wake);
+            if !self.inner.look_pending.swap(true, Ordering::Relaxed) {
+                self.send(Command::Look);
             }
         } else if buffered <= added {
-            self.send(Command::Arm);
+            self.send(Command::Look);
         }
     }
 
@@ -316,11 +374,12 @@ impl Backfill {
     }
 
     /// This device's id, sent as `__deviceId` with its own events.
-    pub fn device_id(&self) -> &str {
-        &self.shared().device_id
+    pub fn device_id(&self) -> String {
+        self.shared().device_id()
     }
 
-    /// Records an event now. Returns its `__insertId`.
+    /// Records an event now. Returns its `__insertId` (empty while the user has opted out:
+    /// nothing is recorded then).
     pub fn track(&self, name: &str, properties: Map<String, Value>) -> Result<String, Error> {
         self.record(Event {
             name: name.to_owned(),
@@ -362,38 +421,47 @@ impl Backfill {
         })
     }
 
-    fn record(&self, event: Event) -> Result<String, Error> {
-        let mut ids = self.record_many(vec![event])?;
-        ids.pop()
-            .ok_or_else(|| Error::Storage("nothing recorded".to_owned()))
+    /// Records one event: now or at its time, for this device or another. Returns its
+    /// `__insertId` (empty while opted out).
+    pub fn track_event(&self, event: Event) -> Result<String, Error> {
+        self.record(event)
     }
 
-    /// Records several events in one transaction: all or none. Returns their `__insertId`s.
+    fn record(&self, event: Event) -> Result<String, Error> {
+        let mut ids = self.record_many(vec![event])?;
+        Ok(ids.pop().unwrap_or_default())
+    }
+
+    /// Records several events in one transaction: all or none. Returns their `__insertId`s
+    /// (none while opted out).
     pub fn track_many(&self, events: Vec<Event>) -> Result<Vec<String>, Error> {
         self.record_many(events)
     }
 
+    /// While opted out, counts the call and says to record nothing.
+    fn opted_out(&self) -> bool {
+        let shared = self.shared();
+        if shared.opted_out.load(Ordering::Relaxed) {
+            shared.opted_out_calls.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
     fn record_many(&self, events: Vec<Event>) -> Result<Vec<String>, Error> {
         let shared = self.shared();
+        shared.ensure_open()?;
+        if self.opted_out() {
+            return Ok(Vec::new());
+        }
         let now = shared.clock.now_ms();
-        let globals = shared
-            .globals
-            .read()
-            .map_err(|_| Error::Storage("lock poisoned".to_owned()))?
-            .clone();
-        let profile = shared
-            .profile_id
-            .read()
-            .map_err(|_| Error::Storage("lock poisoned".to_owned()))?
-            .clone();
-        let mut session_guard = shared
-            .session
-            .lock()
-            .map_err(|_| Error::Storage("lock poisoned".to_owned()))?;
+        let globals = shared.globals.read().map_err(|_| poisoned())?.clone();
+        let profile = shared.profile_id.read().map_err(|_| poisoned())?.clone();
+        let own_device = shared.device_id();
+        let mut session_guard = shared.session.lock().map_err(|_| poisoned())?;
         let mut session = session_guard.clone();
-        let timeout = i64::try_from(shared.config.session_timeout.as_millis()).unwrap_or(i64::MAX);
-        let max_len =
-            i64::try_from(shared.config.max_session_length.as_millis()).unwrap_or(i64::MAX);
+        let timeout = shared.config.session_timeout();
+        let max_len = shared.config.max_session_length();
         let mut rows = Vec::with_capacity(events.len());
         let mut ids = Vec::with_capacity(events.len());
         for e in events {
@@ -404,7 +472,7 @@ impl Backfill {
                 .device_id
                 .as_deref()
                 .map(str::trim)
-                .unwrap_or(&shared.device_id)
+                .unwrap_or(&own_device)
                 .to_owned();
             let session_id = if own {
                 match session::place(session.as_ref(), time_ms, timeout, max_len, || {
@@ -458,30 +526,34 @@ impl Backfill {
     /// Checks an event as [`Backfill::track_many`] would, without recording it.
     pub fn check(&self, event: &Event) -> Result<(), Error> {
         let shared = self.shared();
+        let own_device = shared.device_id();
         let stamp = Stamp {
             time_ms: event.timestamp_ms.unwrap_or_else(|| shared.clock.now_ms()),
             insert_id: "00000000-0000-7000-8000-000000000000",
-            device_id: event.device_id.as_deref().unwrap_or(&shared.device_id),
+            device_id: event.device_id.as_deref().unwrap_or(&own_device),
             session_id: None,
             profile_id: None,
         };
-        let globals = shared
-            .globals
-            .read()
-            .map_err(|_| Error::Storage("lock poisoned".to_owned()))?;
+        let globals = shared.globals.read().map_err(|_| poisoned())?;
         event::track_json(&event.name, &globals, event.properties.clone(), &stamp).map(|_| ())
     }
 
     /// Names the user; later events of this device carry `profileId`. `traits` may hold
     /// `firstName`, `lastName`, `email`, `avatar` and any other properties.
+    /// Returns the event's `__insertId` (empty while opted out).
     pub fn identify(&self, profile_id: &str, traits: Map<String, Value>) -> Result<String, Error> {
         let shared = self.shared();
+        shared.ensure_open()?;
+        if self.opted_out() {
+            return Ok(String::new());
+        }
         let insert_id = uuid::Uuid::now_v7().to_string();
         let now = shared.clock.now_ms();
+        let own_device = shared.device_id();
         let stamp = Stamp {
             time_ms: now,
             insert_id: &insert_id,
-            device_id: &shared.device_id,
+            device_id: &own_device,
             session_id: None,
             profile_id: None,
         };
@@ -518,6 +590,7 @@ impl Backfill {
     /// Drains now on the calling thread and returns what happened. Waits for a drain already
     /// running on another thread to finish first.
     pub fn flush(&self) -> Result<DrainReport, Error> {
+        self.shared().ensure_open()?;
         self.shared().retry_at_ms.store(0, Ordering::Relaxed);
         let report = self.shared().drain()?;
         if let DrainEnd::Unauthorized(code) = report.end {
@@ -531,13 +604,20 @@ impl Backfill {
         let was = self.shared().online.swap(online, Ordering::Relaxed);
         if online && !was {
             self.shared().retry_at_ms.store(0, Ordering::Relaxed);
-            self.send(Command::Wake);
+            self.shared().asked.store(true, Ordering::Relaxed);
+            self.send(Command::Look);
         }
+    }
+
+    /// Whether the network is up, as last told by [`Backfill::set_online`] (up at start).
+    pub fn is_online(&self) -> bool {
+        self.shared().online.load(Ordering::Relaxed)
     }
 
     /// The buffer and upload figures.
     pub fn stats(&self) -> Result<Stats, Error> {
         let shared = self.shared();
+        shared.ensure_open()?;
         let b = &shared.buffer;
         let (buffered_events, buffered_bytes) = b.totals()?;
         let now = shared.clock.now_ms();
@@ -556,12 +636,15 @@ impl Backfill {
             requests: b.counter(counter::REQUESTS)?,
             bytes_sent: b.counter(counter::BYTES_SENT)?,
             unauthorized: shared.unauthorized.load(Ordering::Relaxed),
+            opted_out: shared.opted_out.load(Ordering::Relaxed),
+            opted_out_calls: shared.opted_out_calls.load(Ordering::Relaxed),
             last_error: shared.last_error.lock().ok().and_then(|e| e.clone()),
         })
     }
 
     /// The newest dead-lettered events, newest first.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<crate::store::DeadLetter>, Error> {
+        self.shared().ensure_open()?;
         self.shared().buffer.dead_letters(limit)
     }
 
@@ -569,5 +652,116 @@ impl Backfill {
     /// works afterwards, and [`Backfill::flush`] still drains by hand.
     pub fn shutdown(&self) {
         stop_uploader(&self.inner.uploader);
+    }
+
+    /// Signs the user out (as `reset()` in PostHog, Segment, Amplitude, Mixpanel): forgets the
+    /// profile id and the global properties and ends the client session, so the next event
+    /// starts a new one. The device id stays, unless `new_device_id` asks for a fresh one
+    /// (refused with [`Error::InvalidConfig`] when the config fixes the device id). Buffered
+    /// events are kept and sent as recorded.
+    pub fn reset(&self, new_device_id: bool) -> Result<(), Error> {
+        let shared = self.shared();
+        shared.ensure_open()?;
+        if new_device_id && shared.config.device_id.is_some() {
+            return Err(Error::InvalidConfig(
+                "the device id is fixed by the config; reset cannot replace it".to_owned(),
+            ));
+        }
+        let mut session = shared.session.lock().map_err(|_| poisoned())?;
+        let mut profile = shared.profile_id.write().map_err(|_| poisoned())?;
+        let fresh = new_device_id.then(|| uuid::Uuid::new_v4().to_string());
+        shared.buffer.write(|tx| {
+            clear_state(tx, SESSION_KEY)?;
+            clear_state(tx, PROFILE_KEY)?;
+            match &fresh {
+                Some(id) => set_state(tx, DEVICE_KEY, id),
+                None => Ok(()),
+            }
+        })?;
+        *session = None;
+        *profile = None;
+        if let Some(id) = fresh {
+            *shared.device_id.write().map_err(|_| poisoned())? = id;
+        }
+        shared.globals.write().map_err(|_| poisoned())?.clear();
+        Ok(())
+    }
+
+    /// The user opts out: from now on, and across restarts until [`Backfill::opt_in`], nothing
+    /// is recorded; recording calls return without error and are counted in
+    /// [`Stats::opted_out_calls`]. Events recorded before are kept and still sent.
+    pub fn opt_out(&self) -> Result<(), Error> {
+        self.shared().ensure_open()?;
+        self.shared().buffer.set_state(OPTED_OUT_KEY, "1")?;
+        self.shared().opted_out.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The user opts in again (the default): recording resumes.
+    pub fn opt_in(&self) -> Result<(), Error> {
+        self.shared().ensure_open()?;
+        self.shared()
+            .buffer
+            .write(|tx| clear_state(tx, OPTED_OUT_KEY))?;
+        self.shared().opted_out.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the user has opted out.
+    pub fn is_opted_out(&self) -> bool {
+        self.shared().opted_out.load(Ordering::Relaxed)
+    }
+
+    /// The app goes to the background: drains now, on a thread of its own, and waits at most
+    /// `deadline` (on iOS, the seconds `beginBackgroundTask` grants; keep a margin). Returns
+    /// the drain's report when it ended in time, `None` when it was still running at the
+    /// deadline: it goes on while the process lives, and whatever it had not settled stays
+    /// buffered (every settle is one transaction, so a suspension or kill loses nothing).
+    pub fn on_background(&self, deadline: Duration) -> Result<Option<DrainReport>, Error> {
+        let shared = Arc::clone(&self.inner.shared);
+        shared.ensure_open()?;
+        let (done, report) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("backfill-background-drain".to_owned())
+            .spawn(move || {
+                shared.retry_at_ms.store(0, Ordering::Relaxed);
+                let _ = done.send(shared.drain());
+            })
+            .map_err(|e| Error::Storage(format!("cannot start the drain: {e}")))?;
+        match report.recv_timeout(deadline) {
+            Ok(result) => result.map(Some),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(Error::Storage("the background drain stopped".to_owned()))
+            }
+        }
+    }
+
+    /// The app is back in the foreground: the background uploader drains what waits (when
+    /// online and not backing off), without blocking the caller.
+    pub fn on_foreground(&self) {
+        self.shared().asked.store(true, Ordering::Relaxed);
+        self.send(Command::Look);
+    }
+
+    /// Closes this SDK: stops the background uploader (waiting for a drain in progress),
+    /// copies the WAL into the buffer file, and refuses every later call with
+    /// [`Error::Closed`]. Buffered events stay for the next [`Backfill::open`]. Closing twice
+    /// is harmless.
+    pub fn close(&self) {
+        stop_uploader(&self.inner.uploader);
+        let shared = self.shared();
+        // Taking the drain lock waits for a drain started by `flush` on another thread.
+        let drain = shared.drain.lock();
+        shared.closed.store(true, Ordering::Release);
+        drop(drain);
+        if let Err(e) = shared.buffer.checkpoint() {
+            tracing::debug!(error = %e, "checkpoint on close failed");
+        }
+    }
+
+    /// Whether [`Backfill::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared().closed.load(Ordering::Acquire)
     }
 }

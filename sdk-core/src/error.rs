@@ -20,9 +20,10 @@ pub enum Error {
     /// The server refused the credentials; uploads are paused and the data is kept.
     #[error("the server refused the credentials (HTTP {0})")]
     Unauthorized(u16),
-    /// The SDK was shut down.
-    #[error("the SDK is shut down")]
-    Shutdown,
+    /// [`Backfill::close`](crate::Backfill::close) was called; this handle records and drains
+    /// no more (open the buffer again to go on).
+    #[error("the SDK is closed")]
+    Closed,
 }
 
 impl From<rusqlite::Error> for Error {

@@ -18,6 +18,60 @@ pub struct Event {
     pub device_id: Option<String>,
 }
 
+impl Event {
+    /// An event whose properties are JSON object text (what a language binding passes, so
+    /// that no binding parses JSON); checked by [`properties_from_json`].
+    pub fn from_json(
+        name: impl Into<String>,
+        properties_json: &str,
+        timestamp_ms: Option<i64>,
+        device_id: Option<String>,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            name: name.into(),
+            properties: properties_from_json(properties_json)?,
+            timestamp_ms,
+            device_id,
+        })
+    }
+}
+
+/// Reads properties given as JSON text: a JSON object (`{}` for none). An empty or blank text
+/// is read as no properties, so that a binding may leave the argument out. Anything else
+/// (an array, a number, bad JSON) is [`Error::InvalidEvent`] naming what was found.
+pub fn properties_from_json(text: &str) -> Result<Map<String, Value>, Error> {
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(Error::InvalidEvent(format!(
+            "properties must be a JSON object, not {}",
+            kind(&other)
+        ))),
+        Err(e) => Err(Error::InvalidEvent(format!(
+            "properties are not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// Reads one property value given as JSON text (for global properties).
+pub fn value_from_json(text: &str) -> Result<Value, Error> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::InvalidEvent(format!("the value is not valid JSON: {e}")))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// The SDK-controlled parts of an event.
 pub(crate) struct Stamp<'a> {
     pub time_ms: i64,
@@ -76,4 +130,26 @@ fn finish(
     let text = event.to_string();
     validate_event(event, text.len()).map_err(Error::InvalidEvent)?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_as_json_text_must_be_an_object() {
+        let map = properties_from_json(r#"{"temp": 21.5, "tags": ["a"]}"#).expect("object");
+        assert_eq!(map["temp"], serde_json::json!(21.5));
+        assert!(properties_from_json("  ").expect("blank").is_empty());
+        for (text, says) in [
+            ("[1, 2]", "not an array"),
+            ("21.5", "not a number"),
+            ("\"x\"", "not a string"),
+            ("null", "not null"),
+            ("{\"a\": ", "not valid JSON"),
+        ] {
+            let e = properties_from_json(text).expect_err(text).to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
 }

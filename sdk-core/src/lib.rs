@@ -3,13 +3,16 @@
 //!
 //! # Layout
 //! - [`client`]: [`Backfill`], the API (`track`, `track_at`, `track_for_device`, `identify`,
-//!   `flush`, `set_online`, `stats`, `shutdown`) and the background uploader.
-//! - [`config`]: [`Config`] and its builder.
-//! - [`event`]: building and checking wire events.
+//!   `flush`, `set_online`, `stats`, `reset`, `opt_out`/`opt_in`, `on_background`/
+//!   `on_foreground`, `close`) and the background uploader.
+//! - [`config`]: [`Config`] in plain types, and its builder.
+//! - [`event`]: building and checking wire events (properties as a map or as JSON text).
 //! - [`session`]: client sessions (30 minutes of inactivity, 24 hours at most).
-//! - [`store`]: the durable SQLite buffer, its schema, bounds and dead letters.
-//! - [`batch`]: packing rows into requests within 2000 events and 10 MiB.
-//! - [`upload`]: the retry policy, the transport trait with its HTTP implementation, the drain.
+//! - `store` (internal): the durable SQLite buffer, its schema, bounds and dead letters.
+//! - `batch` (internal): packing rows into requests within 2000 events and 10 MiB.
+//! - [`upload`]: the retry policy, when to drain next, the transport trait with the seam for
+//!   an app's own HTTP stack and the built-in one (cargo feature `http`), and (internal) the
+//!   drain.
 //! - [`stats`], [`error`]: what the SDK reports.
 //!
 //! ```no_run
@@ -25,14 +28,14 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod batch;
+pub(crate) mod batch;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod event;
 pub mod session;
 pub mod stats;
-pub mod store;
+pub(crate) mod store;
 pub mod upload;
 
 pub use backfill_protocol::clock::{Clock, ManualClock, SystemClock};
@@ -41,4 +44,5 @@ pub use config::{Config, ConfigBuilder};
 pub use error::Error;
 pub use event::Event;
 pub use stats::Stats;
-pub use upload::drain::{DrainEnd, DrainReport};
+pub use store::DeadLetter;
+pub use upload::drain::{DrainEnd, DrainReport, PIPELINE_DEPTH};

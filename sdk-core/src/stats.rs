@@ -31,6 +31,11 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// Uploads are paused because the server refused the credentials.
     pub unauthorized: bool,
+    /// The user has opted out: nothing is recorded.
+    pub opted_out: bool,
+    /// Recording calls (`track`, `identify`, ...) that recorded nothing because the user had
+    /// opted out, since the buffer was opened.
+    pub opted_out_calls: u64,
     /// The last error, if any (uploads or storage).
     pub last_error: Option<String>,
 }

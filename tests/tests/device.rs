@@ -142,7 +142,7 @@ fn client_sessions_follow_event_time_and_survive_a_restart() {
         let transport =
             HttpTransport::new(&config.endpoint, PROJECT, SECRET, Duration::from_secs(10))
                 .expect("transport");
-        Backfill::with_parts(config, Box::new(transport), Arc::new(clock.clone())).expect("open")
+        Backfill::with_parts(config, Arc::new(transport), Arc::new(clock.clone())).expect("open")
     };
     let sdk = open(&clock);
     sdk.identify(

@@ -533,6 +533,13 @@ pub fn set_state(conn: &Connection, key: &str, value: &str) -> Result<(), Error>
     Ok(())
 }
 
+/// Removes a state value.
+pub fn clear_state(conn: &Connection, key: &str) -> Result<(), Error> {
+    conn.prepare_cached("DELETE FROM state WHERE key = ?1")?
+        .execute(params![key])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

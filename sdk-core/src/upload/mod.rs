@@ -1,9 +1,12 @@
 //! Getting buffered events to the server.
 //!
 //! - [`policy`]: what to do after each answer, a pure function of the answer and the attempt.
-//! - [`transport`]: the small trait a request goes through, and its HTTP implementation.
-//! - [`drain`]: the loop that packs, sends and settles until the buffer is empty or must wait.
+//! - [`schedule`]: when the background uploader drains next, a pure function too.
+//! - [`transport`]: the small trait a request goes through, the seam for an app's own HTTP
+//!   stack, and the built-in HTTP implementation.
+//! - `drain`: the loop that packs, sends and settles until the buffer is empty or must wait.
 
-pub mod drain;
+pub(crate) mod drain;
 pub mod policy;
+pub mod schedule;
 pub mod transport;
