@@ -293,12 +293,13 @@ mod tests {
     #[test]
     fn each_bad_setting_is_named() {
         let base = || Config::new("https://x.example", "id", "secret", "b.db");
-        let cases: [(&str, Box<dyn Fn(&mut Config)>); 5] = [
-            ("endpoint", Box::new(|c| c.endpoint = "ftp://x".into())),
-            ("database path", Box::new(|c| c.database_path = " ".into())),
-            ("max_batch_events", Box::new(|c| c.max_batch_events = 0)),
-            ("flush_threshold", Box::new(|c| c.flush_threshold = 0)),
-            ("device id", Box::new(|c| c.device_id = Some(String::new()))),
+        type Change = fn(&mut Config);
+        let cases: [(&str, Change); 5] = [
+            ("endpoint", |c| c.endpoint = "ftp://x".into()),
+            ("database path", |c| c.database_path = " ".into()),
+            ("max_batch_events", |c| c.max_batch_events = 0),
+            ("flush_threshold", |c| c.flush_threshold = 0),
+            ("device id", |c| c.device_id = Some(String::new())),
         ];
         for (named, change) in cases {
             let mut c = base();

@@ -78,7 +78,8 @@ impl BackfillClient {
     /// Sets a property (`value_json`: any JSON value) merged into every later event; the
     /// event's own value wins.
     pub fn register(&self, key: String, value_json: String) -> Result<()> {
-        Ok(self.inner.register(&key, value_from_json(&value_json)?))
+        self.inner.register(&key, value_from_json(&value_json)?);
+        Ok(())
     }
 
     /// Removes a property set by `register`.

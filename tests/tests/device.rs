@@ -219,7 +219,7 @@ fn the_background_uploader_drains_on_the_threshold_and_when_back_online() {
     for i in 0..49 {
         sdk.track("tick", props(json!({"i": i}))).expect("track");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // When each drain is due is `upload::schedule::next`'s, tested without a clock there.
     assert_eq!(
         sdk.stats().expect("stats").sent,
         0,
@@ -234,7 +234,6 @@ fn the_background_uploader_drains_on_the_threshold_and_when_back_online() {
     for i in 0..60 {
         sdk.track("offline", props(json!({"i": i}))).expect("track");
     }
-    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         sdk.stats().expect("stats").buffered_events,
         60,
@@ -260,7 +259,6 @@ fn a_few_events_below_the_threshold_leave_on_the_interval() {
         .build()
         .expect("config");
     let sdk = Backfill::open(config).expect("open");
-    std::thread::sleep(Duration::from_millis(500));
     for i in 0..3 {
         sdk.track("rare", props(json!({"i": i}))).expect("track");
     }
@@ -273,4 +271,77 @@ fn a_few_events_below_the_threshold_leave_on_the_interval() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(server.events("name=rare").len(), 3);
+}
+
+#[test]
+fn going_to_the_background_drains_within_the_deadline_and_close_refuses_later_calls() {
+    let server = TestServer::start(5, None);
+    let db = server.dir.path().join("sdk.db");
+    let sdk = Backfill::open(server.sdk_config(&db).build().expect("config")).expect("open");
+    for i in 0..30 {
+        sdk.track("before-sleep", props(json!({"i": i})))
+            .expect("track");
+    }
+    let report = sdk
+        .on_background(Duration::from_secs(25))
+        .expect("drain")
+        .expect("done within the deadline");
+    assert_eq!((report.sent, report.end), (30, DrainEnd::Empty));
+    sdk.on_foreground();
+    sdk.close();
+    assert_eq!(sdk.track("late", Map::new()), Err(Error::Closed));
+    assert_eq!(sdk.flush().err(), Some(Error::Closed));
+    assert_eq!(
+        sdk.on_background(Duration::from_secs(1)).err(),
+        Some(Error::Closed)
+    );
+    assert_eq!(server.events("name=before-sleep").len(), 30);
+}
+
+#[test]
+fn opting_out_survives_a_restart_and_reset_starts_a_new_session_for_the_same_device() {
+    let server = TestServer::start(5, None);
+    let db = server.dir.path().join("sdk.db");
+    let open = || Backfill::open(server.sdk_config(&db).build().expect("config")).expect("open");
+    let sdk = open();
+    let device = sdk.device_id();
+    sdk.identify("user-1", Map::new()).expect("identify");
+    sdk.track("signed-in", Map::new()).expect("track");
+    sdk.reset(false).expect("reset");
+    sdk.track("signed-out", Map::new()).expect("track");
+    sdk.opt_out().expect("opt out");
+    assert_eq!(sdk.track("hidden", Map::new()).expect("no error"), "");
+    sdk.close();
+    let sdk = open();
+    assert!(sdk.is_opted_out());
+    sdk.track("hidden", Map::new()).expect("no error");
+    let stats = sdk.stats().expect("stats");
+    assert_eq!(
+        (
+            stats.buffered_events,
+            stats.opted_out,
+            stats.opted_out_calls
+        ),
+        (3, true, 1)
+    );
+    sdk.opt_in().expect("opt in");
+    sdk.reset(true).expect("a new device id");
+    assert_ne!(sdk.device_id(), device);
+    assert_eq!(sdk.flush().expect("drain").sent, 3);
+    let events = server.events("");
+    let find = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["name"] == json!(name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert!(find("hidden").is_null(), "nothing recorded while opted out");
+    assert_eq!(find("signed-in")["profile_id"], json!("user-1"));
+    assert_eq!(find("signed-out")["device_id"], json!(device));
+    assert_ne!(find("signed-out")["profile_id"], json!("user-1"));
+    assert_ne!(
+        find("signed-in")["session_id"],
+        find("signed-out")["session_id"]
+    );
 }

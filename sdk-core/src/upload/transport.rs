@@ -288,9 +288,12 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    /// A request as asked: the URL and the headers.
+    type Asked = (String, Vec<(String, String)>);
+
     /// Records what it was asked and answers as told.
     struct Scripted {
-        asked: Mutex<Vec<(String, Vec<(String, String)>)>>,
+        asked: Mutex<Vec<Asked>>,
         answer: fn() -> Result<HttpResponse, NetworkError>,
     }
 

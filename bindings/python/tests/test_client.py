@@ -1,0 +1,223 @@
+"""The wheel against the real server: threads, offline and online, both transports, SIGKILL,
+bad input, closing."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import backfill
+from conftest import iso_to_ms
+
+THREADS = 8
+PER_THREAD = 150
+DAY_MS = 86_400_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def open_client(server, db: pathlib.Path, **settings) -> backfill.Client:
+    return backfill.Client(endpoint=server.url, client_id=server.project,
+                           client_secret=server.secret, database_path=db, **settings)
+
+
+def track_from_threads(client: backfill.Client, name: str, base_ms: int) -> dict[str, int]:
+    """Tracks from THREADS threads at once; returns each insert id with its event time."""
+    recorded: dict[str, int] = {}
+    lock = threading.Lock()
+    start = threading.Barrier(THREADS)
+    failures: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            start.wait()
+            for i in range(PER_THREAD):
+                at = base_ms + thread * PER_THREAD + i
+                insert_id = client.track(name, {"thread": thread, "i": i, "temp": 20.5 + i / 10},
+                                         timestamp_ms=at)
+                with lock:
+                    recorded[insert_id] = at
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    assert len(recorded) == THREADS * PER_THREAD, "every call returned its own insert id"
+    return recorded
+
+
+def assert_stored_once_at_their_time(server, name: str, recorded: dict[str, int]) -> None:
+    stored = server.events(name=name)
+    ids = [e["insert_id"] for e in stored]
+    assert len(ids) == len(set(ids)), "no event is stored twice"
+    assert set(ids) == set(recorded), "every recorded event is stored"
+    for e in stored:
+        assert iso_to_ms(e["created_at"]) == recorded[e["insert_id"]], e
+
+
+@pytest.mark.parametrize("transport", ["built-in", "urllib"])
+def test_threads_offline_online_every_event_once_at_its_time(server, tmp_path, transport):
+    http_client = backfill.UrllibHttpClient(timeout=30) if transport == "urllib" else None
+    client = open_client(server, tmp_path / "sdk.db", http_client=http_client)
+    base = now_ms() - DAY_MS
+    online = track_from_threads(client, "reading", base)
+
+    client.set_online(False)
+    offline = track_from_threads(client, "reading", base + DAY_MS // 2)
+    assert client.stats().buffered >= len(offline), "offline: the events wait"
+
+    client.set_online(True)
+    report = client.flush()
+    assert report.end.is_empty(), report
+    stats = client.stats()
+    assert stats.buffered == 0
+    assert stats.sent == 2 * THREADS * PER_THREAD
+    assert stats.requests >= 1
+    assert_stored_once_at_their_time(server, "reading", {**online, **offline})
+    client.close()
+
+
+def test_a_raising_http_client_is_a_network_failure_and_loses_nothing(server, tmp_path):
+    class Unplugged(backfill.HttpClient):
+        def post(self, url, headers, body):
+            raise ConnectionRefusedError("cable unplugged")
+
+        def get(self, url, headers):
+            raise ConnectionRefusedError("cable unplugged")
+
+    db = tmp_path / "sdk.db"
+    with open_client(server, db, http_client=Unplugged(), background_upload=False) as client:
+        insert_id = client.track("kept", {"n": 1})
+        report = client.flush()
+        assert isinstance(report.end, backfill.DrainEnd.RETRY_LATER), report
+        stats = client.stats()
+        assert stats.buffered == 1 and "unreachable" in (stats.last_error or "")
+    with open_client(server, db, http_client=backfill.UrllibHttpClient(), background_upload=False) as client:
+        assert client.flush().sent == 1
+    assert [e["insert_id"] for e in server.events(name="kept")] == [insert_id]
+
+
+CHILD = """
+import sys, backfill
+client = backfill.Client(endpoint=sys.argv[2], client_id=sys.argv[3], client_secret=sys.argv[4],
+                         database_path=sys.argv[1], flush_threshold=25, flush_interval_ms=50)
+i = 0
+while True:
+    insert_id = client.track("tick", {"i": i})
+    sys.stdout.write(insert_id + "\\n")
+    sys.stdout.flush()
+    i += 1
+"""
+
+
+def test_sigkill_while_tracking_loses_nothing_track_returned_for(server, tmp_path):
+    db = tmp_path / "sdk.db"
+    returned: list[str] = []
+    for round_ in range(3):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(db), server.url, server.project,
+                                  server.secret], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        target = 300 * (round_ + 1)
+        while len(returned) < target:
+            line = child.stdout.readline()
+            assert line, "the child died on its own"
+            returned.append(line.strip())
+        child.send_signal(signal.SIGKILL)
+        # Whatever it printed before dying was also returned by `track`.
+        returned.extend(line.strip() for line in child.stdout if line.strip())
+        child.wait()
+    with open_client(server, db, background_upload=False) as client:
+        report = client.flush()
+        assert report.end.is_empty(), report
+    stored = [e["insert_id"] for e in server.events(name="tick")]
+    assert len(stored) == len(set(stored)), "no event is stored twice"
+    missing = set(returned) - set(stored)
+    assert not missing, f"{len(missing)} events that track returned for were lost"
+
+
+def test_invalid_input_raises_invalid_argument_and_records_nothing(server, tmp_path):
+    with open_client(server, tmp_path / "sdk.db", background_upload=False) as client:
+        bad_calls = [
+            lambda: client.track(""),
+            lambda: client.track("a\nb"),
+            lambda: client.track("session_start"),
+            lambda: client.track("x" * 81),
+            lambda: client.track("ok", [1, 2]),
+            lambda: client.track("ok", {"v": float("nan")}),
+            lambda: client.track("ok", {"v": object()}),
+            lambda: client.track("ok", {"n": _nested(20)}),
+            lambda: client.track("ok", device_id=""),
+            lambda: client.identify("u1", {"email": "not-an-email"}),
+        ]
+        for call in bad_calls:
+            with pytest.raises(backfill.InvalidArgument) as raised:
+                call()
+            assert isinstance(raised.value, backfill.BackfillError)
+            assert str(raised.value), "the error says what to fix"
+        assert client.stats().buffered == 0
+    for settings in [{"endpoint": "ftp://nowhere"}, {"client_id": " "},
+                     {"max_batch_events": 0}, {"no_such_setting": 1}]:
+        arguments = dict(endpoint=server.url, client_id=server.project, client_secret=server.secret,
+                         database_path=tmp_path / "other.db")
+        arguments.update(settings)
+        with pytest.raises(backfill.InvalidArgument):
+            backfill.Client(**arguments)
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"n": value}
+    return value
+
+
+def test_use_after_close_raises(server, tmp_path):
+    db = tmp_path / "sdk.db"
+    with open_client(server, db) as client:
+        client.track("before")
+    for call in [lambda: client.track("after"), client.flush, client.stats,
+                 lambda: client.identify("u1"), client.opt_out]:
+        with pytest.raises(backfill.Closed):
+            call()
+    client.close()  # closing twice is harmless
+    with open_client(server, db, background_upload=False) as again:
+        assert again.stats().buffered == 1, "the buffered event stays for the next client"
+
+
+def test_opt_out_persists_and_reset_keeps_the_device(server, tmp_path):
+    db = tmp_path / "sdk.db"
+    with open_client(server, db, background_upload=False) as client:
+        device = client.device_id
+        client.identify("user-1", {"firstName": "Ada"})
+        client.opt_out()
+        assert client.track("hidden") == ""
+    with open_client(server, db, background_upload=False) as client:
+        assert client.opted_out, "opting out survives a restart"
+        client.track("hidden")
+        stats = client.stats()
+        assert (stats.buffered, stats.opted_out, stats.opted_out_calls) == (1, True, 1)
+        client.opt_in()
+        client.track("signed-in")
+        client.reset()
+        assert client.device_id == device
+        client.track("signed-out")
+        client.flush()
+    by_name = {e["name"]: e for e in server.events()}
+    assert "hidden" not in by_name
+    assert by_name["signed-in"]["profile_id"] == "user-1"
+    assert not by_name["signed-out"]["profile_id"]
+    assert by_name["signed-in"]["session_id"] != by_name["signed-out"]["session_id"]
+    assert by_name["signed-out"]["device_id"] == device
