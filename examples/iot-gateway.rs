@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or_default(),
                 timestamp_ms: Some(t),
                 device_id: Some(format!("gw-7-sensor-{s:02}")),
+                insert_id: None,
             })
             .collect();
         gateway.track_many(readings)?;

@@ -65,6 +65,7 @@ fn glitches(t: i64) -> Vec<(&'static str, Event)> {
         properties: properties.as_object().cloned().unwrap_or_default(),
         timestamp_ms: Some(t),
         device_id: Some("gw-0001-sensor-00".to_owned()),
+        insert_id: None,
     };
     vec![
         (
@@ -147,6 +148,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
                     properties: reading(s, m),
                     timestamp_ms: Some(start + m * MINUTE + 15_000),
                     device_id: Some(format!("gw-0001-sensor-{s:02}")),
+                    insert_id: None,
                 })
                 .collect();
             recorded += sdk.track_many(events)?.len() as u64;
@@ -167,7 +169,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
 
     say("\nonline: draining".to_owned());
     let started = Instant::now();
-    let end = drain_with_progress(&sdk, true)?;
+    let end = drain_with_progress(&sdk, true)?.end;
     let seconds = started.elapsed().as_secs_f64();
     let stats = sdk.stats()?;
     if end != DrainEnd::Empty {
@@ -247,5 +249,5 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
     }
     drop(sdk);
     runtime.block_on(server.stop())?;
-    Ok(if exact { exit::OK } else { exit::FAILURE })
+    Ok(if exact { exit::OK } else { exit::SOFTWARE })
 }

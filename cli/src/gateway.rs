@@ -1,17 +1,19 @@
 //! `enqueue`, `drain` and `status`: Backfill for gateways that pipe readings in.
 
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
-use backfill_core::{Backfill, Config, DrainEnd, Error};
+use backfill_core::{Backfill, Config, DrainEnd, DrainReport, Error, Event};
 use clap::Args;
 use serde_json::json;
 
+use crate::dedup::{self, DedupKey};
 use crate::exit;
-use crate::input::read_events;
+use crate::input::{read_events, to_reading};
+use crate::output;
 use crate::progress::Progress;
+use crate::units::{format_size, parse_size};
 
 /// Where to drain to.
 #[derive(Debug, Args)]
@@ -40,12 +42,53 @@ pub struct DrainArgs {
     /// Send request bodies uncompressed.
     #[arg(long)]
     no_gzip: bool,
+    /// Most dead letters kept for inspection; past it the oldest are evicted (and counted).
+    #[arg(long, env = "BACKFILL_MAX_DEAD_LETTERS", default_value_t = 1000)]
+    max_dead_letters: u64,
+    /// Check the settings and say what would be sent, without sending anything.
+    #[arg(long, conflicts_with_all = ["watch", "until_empty"])]
+    dry_run: bool,
+}
+
+/// Where to enqueue, and how.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    db: crate::DbArg,
+    /// The readings; `-` or nothing for standard input.
+    file: Option<PathBuf>,
+    /// Give each reading a content-derived insert id, so that enqueueing the same log again is
+    /// harmless (the server stores each reading once): `content` (name, device id, timestamp
+    /// and every property) or a comma-separated list of fields (`name`, `device_id`,
+    /// `timestamp`, property names). Every reading then needs a timestamp. A reading's own
+    /// `insert_id` wins.
+    #[arg(long, value_name = "content|FIELD,...")]
+    dedup_key: Option<DedupKey>,
+    /// Read and check the readings, and say what would be added, without touching the buffer.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    limits: Limits,
+}
+
+/// The buffer's bounds; past either, the oldest events are evicted (and counted).
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Most events the buffer holds; past it the oldest are evicted and counted.
+    #[arg(long, env = "BACKFILL_MAX_ROWS", default_value_t = 1_000_000)]
+    max_rows: u64,
+    /// Most bytes of event JSON the buffer holds (e.g. 512MiB, 2GB); past it the oldest are
+    /// evicted and counted.
+    #[arg(long, env = "BACKFILL_MAX_BYTES", default_value = "512MiB", value_parser = parse_size)]
+    max_bytes: u64,
 }
 
 /// Opens a buffer for local work (no uploads).
-fn open_offline(db: &Path) -> Result<Backfill, Error> {
+fn open_offline(db: &Path, limits: &Limits) -> Result<Backfill, Error> {
     let config = Config::builder("http://127.0.0.1", "offline", "offline", db)
         .background_upload(false)
+        .max_buffer_rows(limits.max_rows)
+        .max_buffer_bytes(limits.max_bytes)
         .build()?;
     Backfill::open(config)
 }
@@ -53,29 +96,93 @@ fn open_offline(db: &Path) -> Result<Backfill, Error> {
 fn storage_exit(e: &Error) -> u8 {
     match e {
         Error::Unauthorized(_) => exit::NOPERM,
+        Error::Misconfigured(_) | Error::InvalidConfig(_) => exit::CONFIG,
         Error::InvalidEvent(_) => exit::DATA,
+        Error::Busy(_) => exit::BUSY,
         _ => exit::IO,
     }
 }
 
+/// Opens an existing buffer to read it; says why not, with the exit code, when it cannot.
+fn open_to_read(command: &str, db: &Path) -> Result<Backfill, u8> {
+    if !db.exists() {
+        eprintln!("backfill {command}: no buffer at {}", db.display());
+        return Err(exit::NO_INPUT);
+    }
+    Backfill::open_read_only(db).map_err(|e| {
+        eprintln!("backfill {command}: {e}");
+        storage_exit(&e)
+    })
+}
+
+/// Says at once when readings are already older than the age window: the next drain would drop
+/// them unsent.
+fn warn_too_old(sdk: &Backfill, events: &[(usize, Event)]) {
+    let window = sdk.max_event_age();
+    let now = backfill_protocol::clock::Clock::now_ms(&backfill_core::SystemClock);
+    let cutoff = now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let old: Vec<i64> = events
+        .iter()
+        .filter_map(|(_, e)| e.timestamp_ms)
+        .filter(|t| *t < cutoff)
+        .collect();
+    if let Some(oldest) = old.iter().min() {
+        eprintln!(
+            "backfill enqueue: warning: {} readings (the oldest from {}) are older than the \
+             server's {:.0}-day age window and will be dropped unsent by the next drain; to keep \
+             them, start the server with --max-event-age-days N (1 to 90)",
+            old.len(),
+            iso(Some(*oldest)),
+            window.as_secs_f64() / 86_400.0
+        );
+    }
+}
+
 /// `backfill enqueue`: all readings or none.
-pub fn enqueue(db: &Path, file: Option<&Path>) -> anyhow::Result<u8> {
-    let events = match file.filter(|f| f.as_os_str() != "-") {
-        Some(path) => {
-            let f = std::fs::File::open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            read_events(BufReader::new(f))
-        }
+pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
+    let db = &args.db.db;
+    let events = match args.file.as_deref().filter(|f| f.as_os_str() != "-") {
+        Some(path) => match std::fs::File::open(path) {
+            Ok(f) => read_events(BufReader::new(f)),
+            Err(e) => {
+                eprintln!("backfill enqueue: cannot open {}: {e}", path.display());
+                return Ok(exit::NO_INPUT);
+            }
+        },
         None => read_events(std::io::stdin().lock()),
     };
-    let events = match events {
+    let mut events = match events {
         Ok(events) => events,
         Err(e) => {
             eprintln!("backfill enqueue: {e}; nothing was added");
             return Ok(exit::DATA);
         }
     };
-    let sdk = match open_offline(db) {
+    if events.is_empty() {
+        eprintln!("backfill enqueue: the input is empty (no readings); nothing was added");
+        return Ok(exit::OK);
+    }
+    if let Some(key) = &args.dedup_key {
+        for (line, event) in &mut events {
+            if event.insert_id.is_none() {
+                match dedup::insert_id(event, key) {
+                    Ok(id) => event.insert_id = Some(id),
+                    Err(e) => {
+                        eprintln!("backfill enqueue: line {line}: {e}; nothing was added");
+                        return Ok(exit::DATA);
+                    }
+                }
+            }
+        }
+    }
+    // A dry run checks against a scratch buffer: the real one is not even opened.
+    let scratch = tempfile::tempdir()?;
+    let target = if args.dry_run {
+        scratch.path().join("dry-run.db")
+    } else {
+        db.clone()
+    };
+    let sdk = match open_offline(&target, &args.limits) {
         Ok(sdk) => sdk,
         Err(e) => {
             eprintln!("backfill enqueue: {e}");
@@ -89,18 +196,41 @@ pub fn enqueue(db: &Path, file: Option<&Path>) -> anyhow::Result<u8> {
         }
     }
     let n = events.len();
+    if args.dry_run {
+        output::line(&format!(
+            "dry run: {n} readings are valid and would be added to {}; nothing was written",
+            db.display()
+        ));
+        return Ok(exit::OK);
+    }
+    warn_too_old(&sdk, &events);
+    let before = sdk.stats()?;
     if let Err(e) = sdk.track_many(events.into_iter().map(|(_, e)| e).collect()) {
         eprintln!("backfill enqueue: {e}; nothing was added");
         return Ok(storage_exit(&e));
     }
-    println!("added {n} readings to {}", db.display());
+    let after = sdk.stats()?;
+    let evicted = after.evicted - before.evicted;
+    if evicted > 0 {
+        eprintln!(
+            "backfill enqueue: the buffer was full ({} events, {} at most): the {evicted} oldest \
+             events were evicted to make room",
+            args.limits.max_rows,
+            format_size(args.limits.max_bytes)
+        );
+    }
+    output::line(&format!("added {n} readings to {}", db.display()));
     Ok(exit::OK)
 }
 
-/// Drains once (or until empty), showing progress; returns how it ended.
-pub fn drain_with_progress(sdk: &Backfill, until_empty: bool) -> Result<DrainEnd, Error> {
+/// Drains once (or, with `until_empty`, again after each wait until the buffer is empty),
+/// showing progress; returns the last drain's report. Each wait names its cause on stderr.
+pub fn drain_with_progress(sdk: &Backfill, until_empty: bool) -> Result<DrainReport, Error> {
     let before = sdk.stats()?;
     let mut progress = Progress::new(before.buffered_events);
+    // What earlier rounds expired, so the report returned covers them all.
+    let mut expired = 0;
+    let mut oldest_expired: Option<i64> = None;
     loop {
         let worker = sdk.clone();
         let flush = std::thread::spawn(move || worker.flush());
@@ -115,16 +245,28 @@ pub fn drain_with_progress(sdk: &Backfill, until_empty: bool) -> Result<DrainEnd
             .map_err(|_| Error::Storage("the drain thread panicked".to_owned()))?;
         let now = sdk.stats()?;
         progress.update(now.sent - before.sent, now.requests - before.requests);
+        if let Ok(r) = &report {
+            expired += r.expired;
+            oldest_expired = match (oldest_expired, r.oldest_expired_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         match report {
-            Ok(r) if r.end == DrainEnd::Empty => {
-                progress.finish();
-                return Ok(DrainEnd::Empty);
-            }
-            Ok(r) => match r.end {
-                DrainEnd::RetryIn(wait) if until_empty => std::thread::sleep(wait),
-                end => {
+            Ok(mut r) => match r.end {
+                DrainEnd::RetryIn(wait) if until_empty => {
+                    progress.pause(&format!(
+                        "{}; retrying in {:.0} s",
+                        r.last_error.as_deref().unwrap_or("the server is busy"),
+                        wait.as_secs_f64()
+                    ));
+                    std::thread::sleep(wait);
+                }
+                _ => {
                     progress.finish();
-                    return Ok(end);
+                    r.expired = expired;
+                    r.oldest_expired_ms = oldest_expired;
+                    return Ok(r);
                 }
             },
             Err(e) => {
@@ -145,46 +287,114 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
     )
     .background_upload(false)
     .compress(!args.no_gzip)
+    .max_dead_letters(args.max_dead_letters)
     .build();
-    let sdk = match config.and_then(Backfill::open) {
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("backfill drain: {e}");
+            return Ok(storage_exit(&e));
+        }
+    };
+    // A mistyped --db in a cron line would otherwise drain a new, empty buffer forever. A
+    // watching drain may start before the first enqueue.
+    if !args.watch && !args.db.db.exists() {
+        eprintln!("backfill drain: no buffer at {}", args.db.db.display());
+        return Ok(exit::NO_INPUT);
+    }
+    if args.dry_run {
+        let sdk = match open_to_read("drain", &args.db.db) {
+            Ok(sdk) => sdk,
+            Err(code) => return Ok(code),
+        };
+        let stats = sdk.stats()?;
+        output::line(&format!(
+            "dry run: {} events ({}) would be sent to {} in about {} requests, oldest from {}; \
+             nothing was sent",
+            stats.buffered_events,
+            format_size(stats.buffered_bytes),
+            args.endpoint,
+            stats.buffered_events.div_ceil(2000),
+            iso(stats.oldest_event_ms)
+        ));
+        return Ok(exit::OK);
+    }
+    let sdk = match Backfill::open(config) {
         Ok(sdk) => sdk,
         Err(e) => {
             eprintln!("backfill drain: {e}");
             return Ok(storage_exit(&e));
         }
     };
+    // One drain per buffer: a second one would send every reading again.
+    if let Err(e) = sdk.hold_drain_lock() {
+        eprintln!("backfill drain: {e}; try again once it ends");
+        return Ok(storage_exit(&e));
+    }
+    on_interrupt(&sdk);
     loop {
         let before = sdk.stats()?;
         let result = drain_with_progress(&sdk, args.until_empty || args.watch);
         let after = sdk.stats()?;
         let sent = after.sent - before.sent;
+        let mut code = exit::OK;
+        if let Ok(report) = &result
+            && report.expired > 0
+        {
+            warn_expired(report);
+            code = exit::EXPIRED;
+        }
         match result {
-            Ok(DrainEnd::Empty) => {
+            Ok(DrainReport {
+                end: DrainEnd::Empty,
+                ..
+            }) => {
                 if sent > 0 || !args.watch {
-                    println!(
-                        "sent {sent} events in {} requests ({} bytes); {} duplicates, {} dead-lettered, {} expired; {} left",
+                    output::line(&format!(
+                        "sent {sent} events in {} requests ({}); {} duplicates, {} dead-lettered, {} expired; {} left",
                         after.requests - before.requests,
-                        after.bytes_sent - before.bytes_sent,
+                        format_size(after.bytes_sent - before.bytes_sent),
                         after.duplicates - before.duplicates,
                         after.dead_lettered - before.dead_lettered,
                         after.expired - before.expired,
                         after.buffered_events
-                    );
+                    ));
                 }
             }
-            Ok(DrainEnd::RetryIn(wait)) => {
+            Ok(DrainReport {
+                end: DrainEnd::RetryIn(wait),
+                last_error,
+                ..
+            }) => {
+                let cause = last_error.as_deref().unwrap_or("the server is busy");
                 eprintln!(
-                    "backfill drain: the server is unreachable or busy; {} events kept, retry in {:.0} s",
+                    "backfill drain: {cause}; {} events kept, retry in {:.0} s",
                     after.buffered_events,
                     wait.as_secs_f64()
                 );
-                return Ok(exit::TEMPFAIL);
+                return Ok(exit::UNAVAILABLE);
             }
-            Ok(DrainEnd::Unauthorized(code)) | Err(Error::Unauthorized(code)) => {
+            Ok(DrainReport {
+                end: DrainEnd::Unauthorized(code),
+                ..
+            })
+            | Err(Error::Unauthorized(code)) => {
                 eprintln!(
                     "backfill drain: the server refused the credentials (HTTP {code}); the data is kept"
                 );
                 return Ok(exit::NOPERM);
+            }
+            Ok(DrainReport {
+                end: DrainEnd::Misconfigured(why),
+                ..
+            })
+            | Err(Error::Misconfigured(why)) => {
+                eprintln!(
+                    "backfill drain: {why} (endpoint {}); nothing was deleted, {} events kept. \
+                     Set BACKFILL_ENDPOINT to the server's base URL, e.g. https://ingest.example.com",
+                    args.endpoint, after.buffered_events
+                );
+                return Ok(exit::CONFIG);
             }
             Err(e) => {
                 eprintln!("backfill drain: {e}");
@@ -192,7 +402,7 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
             }
         }
         if !args.watch {
-            return Ok(exit::OK);
+            return Ok(code);
         }
         while sdk.stats()?.buffered_events == 0 {
             std::thread::sleep(Duration::from_secs(args.interval.max(1)));
@@ -200,23 +410,66 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
     }
 }
 
+/// On Ctrl-C (SIGINT), prints what this drain did so far and ends with exit 130. Rows sent
+/// but not yet settled stay buffered and are resent by the next drain: their insert ids make
+/// the server count them as duplicates, not store them twice.
+fn on_interrupt(sdk: &Backfill) {
+    let Ok(start) = sdk.stats() else {
+        return;
+    };
+    let sdk = sdk.clone();
+    let watcher = std::thread::Builder::new()
+        .name("backfill-signal".to_owned())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            if runtime.block_on(tokio::signal::ctrl_c()).is_err() {
+                return;
+            }
+            let now = sdk.stats().unwrap_or_default();
+            eprintln!(
+                "\nbackfill drain: interrupted; sent {} events in {} requests, {} duplicates, {} \
+                 dead-lettered, {} expired; {} left in the buffer for the next drain",
+                now.sent.saturating_sub(start.sent),
+                now.requests.saturating_sub(start.requests),
+                now.duplicates.saturating_sub(start.duplicates),
+                now.dead_lettered.saturating_sub(start.dead_lettered),
+                now.expired.saturating_sub(start.expired),
+                now.buffered_events
+            );
+            std::process::exit(i32::from(exit::INTERRUPTED));
+        });
+    if let Err(e) = watcher {
+        tracing::warn!(error = %e, "cannot watch for Ctrl-C");
+    }
+}
+
+/// Says loudly that events were dropped unsent for their age, and how to keep them.
+fn warn_expired(report: &DrainReport) {
+    let days = report.window_ms as f64 / 86_400_000.0;
+    eprintln!(
+        "backfill drain: {} events were older than the server's {days:.0}-day age window and \
+         were dropped unsent (the oldest from {}). To keep such events, start the server with \
+         --max-event-age-days N (1 to 90) larger than the gateway's longest time offline.",
+        report.expired,
+        iso(report.oldest_expired_ms)
+    );
+}
+
 fn iso(ms: Option<i64>) -> String {
     ms.map(backfill_protocol::time::format_iso_ms)
         .unwrap_or_else(|| "-".to_owned())
 }
 
-/// `backfill status`.
+/// `backfill status`: reads only.
 pub fn status(db: &Path, as_json: bool) -> anyhow::Result<u8> {
-    if !db.exists() {
-        eprintln!("backfill status: no buffer at {}", db.display());
-        return Ok(exit::IO);
-    }
-    let sdk = match open_offline(db) {
+    let sdk = match open_to_read("status", db) {
         Ok(sdk) => sdk,
-        Err(e) => {
-            eprintln!("backfill status: {e}");
-            return Ok(storage_exit(&e));
-        }
+        Err(code) => return Ok(code),
     };
     let stats = sdk.stats()?;
     let dead = sdk.dead_letters(20)?;
@@ -230,37 +483,161 @@ pub fn status(db: &Path, as_json: bool) -> anyhow::Result<u8> {
             "stats": stats,
             "dead_letters": dead,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        output::always(&serde_json::to_string_pretty(&value)?);
         return Ok(exit::OK);
     }
-    println!("buffer          {}", db.display());
-    println!(
-        "buffered        {} events, {} bytes",
-        stats.buffered_events, stats.buffered_bytes
-    );
-    println!("oldest event    {}", iso(stats.oldest_event_ms));
-    println!("newest event    {}", iso(stats.newest_event_ms));
-    println!(
-        "sent            {} ({} duplicates) in {} requests",
-        stats.sent, stats.duplicates, stats.requests
-    );
-    println!("expired         {}", stats.expired);
-    println!("evicted         {}", stats.evicted);
-    println!("dead-lettered   {}", stats.dead_lettered);
+    let mut lines = vec![
+        format!("buffer          {}", db.display()),
+        format!(
+            "buffered        {} events, {}",
+            stats.buffered_events,
+            format_size(stats.buffered_bytes)
+        ),
+        format!("oldest event    {}", iso(stats.oldest_event_ms)),
+        format!("newest event    {}", iso(stats.newest_event_ms)),
+        format!(
+            "sent            {} ({} duplicates) in {} requests, {}",
+            stats.sent,
+            stats.duplicates,
+            stats.requests,
+            format_size(stats.bytes_sent)
+        ),
+        format!("expired         {}", stats.expired),
+        format!("evicted         {}", stats.evicted),
+        format!("dead-lettered   {}", stats.dead_lettered),
+    ];
+    if stats.dead_letters_evicted > 0 {
+        lines.push(format!(
+            "                {} of them evicted past the dead-letter bound (oldest first); \
+             export the rest with `backfill dead-letters export`",
+            stats.dead_letters_evicted
+        ));
+    }
     if let Some(e) = &stats.last_error {
-        println!("last error      {e}");
+        lines.push(format!("last error      {e}"));
     }
     if !dead.is_empty() {
-        println!("\nrecent dead letters:");
-        println!("  {:<24}  {:<36}  error", "failed at", "insert id");
+        lines.push(String::new());
+        lines.push("recent dead letters:".to_owned());
+        lines.push(format!("  {:<24}  {:<36}  error", "failed at", "insert id"));
         for d in &dead {
-            println!(
+            lines.push(format!(
                 "  {:<24}  {:<36}  {}",
                 iso(Some(d.failed_at)),
                 d.insert_id,
                 d.error
-            );
+            ));
         }
     }
+    for line in lines {
+        output::always(&line);
+    }
     Ok(exit::OK)
+}
+
+/// `backfill inspect`: the oldest buffered events, readably; reads only.
+pub fn inspect(db: &Path, limit: usize, as_json: bool) -> anyhow::Result<u8> {
+    let sdk = match open_to_read("inspect", db) {
+        Ok(sdk) => sdk,
+        Err(code) => return Ok(code),
+    };
+    let bodies = sdk.buffered(limit)?;
+    if !as_json {
+        output::always(&format!(
+            "{:<24}  {:<20}  {:<16}  properties",
+            "time (UTC)", "device", "name"
+        ));
+    }
+    for body in &bodies {
+        let Some(reading) = to_reading(body) else {
+            output::always(body);
+            continue;
+        };
+        if as_json {
+            output::always(&reading.to_string());
+            continue;
+        }
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+        let mut properties = reading["properties"].to_string();
+        if properties.chars().count() > 60 {
+            properties = properties.chars().take(57).collect::<String>() + "...";
+        }
+        output::always(&format!(
+            "{:<24}  {:<20}  {:<16}  {properties}",
+            text(&reading["timestamp"]),
+            text(&reading["device_id"]),
+            text(&reading["name"]),
+        ));
+    }
+    let total = sdk.stats()?.buffered_events;
+    if !as_json && total as usize > bodies.len() {
+        output::line(&format!(
+            "({} of {total} buffered events shown, oldest first)",
+            bodies.len()
+        ));
+    }
+    Ok(exit::OK)
+}
+
+/// `backfill dead-letters export`: NDJSON in enqueue's format, oldest first.
+pub fn export_dead_letters(db: &Path) -> anyhow::Result<u8> {
+    let sdk = match open_to_read("dead-letters export", db) {
+        Ok(sdk) => sdk,
+        Err(code) => return Ok(code),
+    };
+    let mut letters = sdk.dead_letters(usize::MAX)?;
+    letters.reverse();
+    let mut skipped = 0;
+    for letter in &letters {
+        match to_reading(&letter.body) {
+            Some(reading) => {
+                output::always(&reading.to_string());
+                eprintln!("{}: {}", letter.insert_id, letter.error);
+            }
+            None => skipped += 1,
+        }
+    }
+    if skipped > 0 {
+        eprintln!(
+            "backfill dead-letters export: {skipped} dead letters are not readings (identify \
+             and the like) and were left out; `requeue` puts them back too"
+        );
+    }
+    let evicted = sdk.stats()?.dead_letters_evicted;
+    if evicted > 0 {
+        eprintln!(
+            "backfill dead-letters export: {evicted} older dead letters were evicted past the \
+             bound and are gone"
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `backfill dead-letters requeue`.
+pub fn requeue_dead_letters(db: &Path) -> anyhow::Result<u8> {
+    if !db.exists() {
+        eprintln!(
+            "backfill dead-letters requeue: no buffer at {}",
+            db.display()
+        );
+        return Ok(exit::NO_INPUT);
+    }
+    let limits = Limits {
+        max_rows: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+    let requeued = open_offline(db, &limits).and_then(|sdk| sdk.requeue_dead_letters());
+    match requeued {
+        Ok(n) => {
+            output::line(&format!(
+                "requeued {n} dead letters into {}; the next drain sends them",
+                db.display()
+            ));
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("backfill dead-letters requeue: {e}");
+            Ok(storage_exit(&e))
+        }
+    }
 }

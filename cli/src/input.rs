@@ -3,7 +3,7 @@
 use std::io::BufRead;
 
 use backfill_core::Event;
-use backfill_protocol::time::{parse_timestamp, parse_timestamp_str};
+use backfill_protocol::time::parse_timestamp_str;
 use serde_json::{Map, Value};
 
 /// A bad line, named by its number (1-based).
@@ -30,17 +30,23 @@ fn bad(line: usize, message: impl Into<String>) -> InputError {
     }
 }
 
-/// Reads every reading; the first bad line stops the read with its number. NDJSON is told from
-/// CSV by the first non-blank character (`{`).
+/// Reads every reading; the first bad one stops the read with its line number (the physical
+/// line where it starts, also in CSV whose quoted fields may span lines). NDJSON is told from
+/// CSV by the first non-blank character (`{`), after a UTF-8 byte-order mark if there is one.
+/// Empty input (or a CSV header alone) gives no readings.
 pub fn read_events(mut input: impl BufRead) -> Result<Vec<(usize, Event)>, InputError> {
     let mut text = String::new();
     input
         .read_to_string(&mut text)
         .map_err(|e| bad(0, format!("cannot read the input: {e}")))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
     if text.trim_start().starts_with('{') {
-        read_ndjson(&text)
+        read_ndjson(text)
     } else {
-        read_csv(&text)
+        read_csv(text)
     }
 }
 
@@ -67,20 +73,29 @@ fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
         };
         let timestamp_ms = match obj.remove("timestamp") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(
-                parse_timestamp(&v)
-                    .ok_or_else(|| bad(n, format!("\"timestamp\" {v} is not a time")))?,
-            ),
+            Some(Value::Number(number)) => {
+                Some(epoch_number(&number.to_string()).map_err(|e| bad(n, e))?)
+            }
+            Some(Value::String(text)) => Some(timestamp(&text).map_err(|e| bad(n, e))?),
+            Some(v) => return Err(bad(n, format!("\"timestamp\" {v} is not a time"))),
         };
         let device_id = match obj.remove("device_id") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s),
             Some(_) => return Err(bad(n, "\"device_id\" must be a string")),
         };
+        let insert_id = match obj.remove("insert_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err(bad(n, "\"insert_id\" must be a string")),
+        };
         if let Some(key) = obj.keys().next() {
             return Err(bad(
                 n,
-                format!("unknown field {key:?} (expected name, properties, timestamp, device_id)"),
+                format!(
+                    "unknown field {key:?} (expected name, properties, timestamp, device_id, \
+                     insert_id)"
+                ),
             ));
         }
         events.push((
@@ -90,14 +105,15 @@ fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
                 properties,
                 timestamp_ms,
                 device_id,
+                insert_id,
             },
         ));
     }
     Ok(events)
 }
 
-/// CSV with a header: `name` is required, `timestamp` and `device_id` are optional, every other
-/// column is a property (numbers and booleans are read as such).
+/// CSV with a header: `name` is required, `timestamp`, `device_id` and `insert_id` are optional,
+/// every other column is a property (numbers and booleans are read as such).
 fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -109,10 +125,14 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
     let column = |name: &str| headers.iter().position(|h| h == name);
     let name_col = column("name").ok_or_else(|| bad(1, "the CSV header has no \"name\" column"))?;
     let (time_col, device_col) = (column("timestamp"), column("device_id"));
+    let insert_col = column("insert_id");
     let mut events = Vec::new();
     for (i, record) in reader.records().enumerate() {
-        let n = i + 2;
-        let record = record.map_err(|e| bad(n, format!("bad CSV row: {e}")))?;
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(i + 2, |p| p.line() as usize);
+            bad(line, format!("bad CSV row: {e}"))
+        })?;
+        let n = record.position().map_or(i + 2, |p| p.line() as usize);
         let name = record
             .get(name_col)
             .filter(|s| !s.is_empty())
@@ -123,12 +143,13 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
             .filter(|s| !s.is_empty())
         {
             None => None,
-            Some(t) => Some(
-                parse_timestamp_str(t)
-                    .ok_or_else(|| bad(n, format!("timestamp {t:?} is not a time")))?,
-            ),
+            Some(t) => Some(timestamp(t).map_err(|e| bad(n, e))?),
         };
         let device_id = device_col
+            .and_then(|c| record.get(c))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let insert_id = insert_col
             .and_then(|c| record.get(c))
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
@@ -137,6 +158,7 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
             if Some(c) == Some(name_col)
                 || Some(c) == time_col
                 || Some(c) == device_col
+                || Some(c) == insert_col
                 || field.is_empty()
             {
                 continue;
@@ -150,20 +172,113 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
                 properties,
                 timestamp_ms,
                 device_id,
+                insert_id,
             },
         ));
     }
     Ok(events)
 }
 
+/// A buffered or dead-lettered event's wire JSON back in enqueue's format (`name`,
+/// `properties`, `timestamp` as ISO-8601, `device_id`, `insert_id`), so that what is exported
+/// can be enqueued again. `None` for an event that is not a `track` (enqueue makes only those).
+pub fn to_reading(wire: &str) -> Option<Value> {
+    use backfill_protocol::validate::{DEVICE_ID, INSERT_ID, SESSION_ID, TIMESTAMP};
+    let event: Value = serde_json::from_str(wire).ok()?;
+    if event["type"] != "track" {
+        return None;
+    }
+    let payload = &event["payload"];
+    let mut properties = payload["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut reading = Map::new();
+    reading.insert("name".to_owned(), payload["name"].clone());
+    let timestamp = properties.remove(TIMESTAMP);
+    let device_id = properties.remove(DEVICE_ID);
+    let insert_id = properties.remove(INSERT_ID);
+    properties.remove(SESSION_ID);
+    reading.insert("properties".to_owned(), Value::Object(properties));
+    if let Some(ms) = timestamp.as_ref().and_then(Value::as_i64) {
+        reading.insert(
+            "timestamp".to_owned(),
+            Value::from(backfill_protocol::time::format_iso_ms(ms)),
+        );
+    }
+    if let Some(d) = device_id {
+        reading.insert("device_id".to_owned(), d);
+    }
+    if let Some(id) = insert_id {
+        reading.insert("insert_id".to_owned(), id);
+    }
+    Some(Value::Object(reading))
+}
+
+/// The epoch numbers read, by their integer part's number of digits: each unit's range is
+/// 2001-09-09T01:46:40Z to 2286-11-20T17:46:40Z, and the ranges do not overlap.
+const EPOCH_UNITS: [(f64, f64, &str); 4] = [
+    (1e9, 1e3, "seconds"),
+    (1e12, 1.0, "milliseconds"),
+    (1e15, 1e-3, "microseconds"),
+    (1e18, 1e-6, "nanoseconds"),
+];
+
+/// Reads an epoch number by its magnitude: 10 integer digits are seconds, 13 milliseconds,
+/// 16 microseconds, 19 nanoseconds (a fraction is kept to the millisecond). Anything else is
+/// refused: a number of another size is no time in 2001..2286 in any of these units, and
+/// guessing would put readings decades away (seconds read as milliseconds fall in 1970).
+pub fn epoch_number(text: &str) -> Result<i64, String> {
+    let refuse = || {
+        format!(
+            "timestamp {text} is not an epoch time: give 10 digits for seconds, 13 for \
+             milliseconds, 16 for microseconds or 19 for nanoseconds (2001 to 2286), or an \
+             ISO-8601 time"
+        )
+    };
+    let value: f64 = text.trim().parse().map_err(|_| refuse())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(refuse());
+    }
+    EPOCH_UNITS
+        .iter()
+        .find(|(start, _, _)| (*start..start * 10.0).contains(&value))
+        .map(|(_, to_ms, _)| (value * to_ms).round() as i64)
+        .ok_or_else(refuse)
+}
+
+/// Reads a timestamp given as text: an epoch number (see [`epoch_number`]) or an RFC 3339 /
+/// ISO-8601 time (UTC when it has no offset).
+fn timestamp(text: &str) -> Result<i64, String> {
+    let trimmed = text.trim();
+    let numeric = !trimmed.is_empty()
+        && trimmed
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    if numeric && trimmed.parse::<f64>().is_ok() {
+        return epoch_number(trimmed);
+    }
+    parse_timestamp_str(trimmed).ok_or_else(|| format!("timestamp {text:?} is not a time"))
+}
+
+/// A CSV cell's value: a number only when the number reads back as exactly the same text (so
+/// `007`, `1e3`, `+5` and `89014103211118510720`, an ICCID, stay strings), `true`/`false` as
+/// booleans, anything else as the string it is.
 fn cell(field: &str) -> Value {
-    if let Ok(i) = field.parse::<i64>() {
+    if let Ok(i) = field.parse::<i64>()
+        && i.to_string() == field
+    {
         return Value::from(i);
     }
     if let Ok(f) = field.parse::<f64>()
         && f.is_finite()
     {
-        return Value::from(f);
+        let number = Value::from(f);
+        // Compared as text: `Value == &str` would compare with a JSON string instead.
+        let text = number.to_string();
+        if text.as_str() == field {
+            return number;
+        }
     }
     match field {
         "true" => Value::Bool(true),
@@ -191,6 +306,79 @@ mod tests {
                 .line,
             2
         );
+    }
+
+    #[test]
+    fn epoch_numbers_are_read_by_their_size() {
+        let ms = 1_795_946_400_000;
+        for (text, expected) in [
+            ("1795946400", ms),
+            ("1795946400.25", ms + 250),
+            ("1795946400000", ms),
+            ("1795946400000000", ms),
+            ("1795946400000000000", ms),
+            ("1000000000", 1_000_000_000_000),
+            ("9999999999", 9_999_999_999_000),
+        ] {
+            assert_eq!(epoch_number(text), Ok(expected), "{text}");
+        }
+        for text in [
+            "0",
+            "12345",
+            "999999999",
+            "10000000000",
+            "179594640000",
+            "17959464000000",
+            "-1795946400",
+            "99999999999999999999",
+        ] {
+            assert!(epoch_number(text).is_err(), "{text} is no time");
+        }
+        let line = "{\"name\":\"r\",\"timestamp\":1795946400}\n";
+        assert_eq!(
+            read_events(line.as_bytes()).expect("seconds")[0]
+                .1
+                .timestamp_ms,
+            Some(ms)
+        );
+        let line = "{\"name\":\"r\",\"timestamp\":\"1795946400000000\"}\n";
+        assert_eq!(
+            read_events(line.as_bytes()).expect("microseconds as text")[0]
+                .1
+                .timestamp_ms,
+            Some(ms)
+        );
+        let csv = "name,timestamp\nr,1795946400\nr,2026-11-29T10:00:00Z\n";
+        let events = read_events(csv.as_bytes()).expect("csv");
+        assert_eq!(events[0].1.timestamp_ms, Some(ms));
+        let err = read_events("{\"name\":\"r\",\"timestamp\":12345}\n".as_bytes()).unwrap_err();
+        assert!(err.message.contains("10 digits for seconds"), "{err}");
+    }
+
+    #[test]
+    fn quirks_of_real_files() {
+        // A byte-order mark before NDJSON.
+        let bom = "\u{feff}{\"name\":\"reading\"}\n";
+        assert_eq!(read_events(bom.as_bytes()).expect("NDJSON").len(), 1);
+        let bom_csv = "\u{feff}name,temp\nreading,1\n";
+        assert_eq!(read_events(bom_csv.as_bytes()).expect("CSV").len(), 1);
+        // A fault on physical line 4, after a quoted field spanning lines 2 and 3.
+        let csv = "name,note,timestamp\nreading,\"two\nlines\",\nreading,x,soon\n";
+        let err = read_events(csv.as_bytes()).unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        // Cells that are not exactly numbers stay text.
+        let csv = "name,a,b,c,d,e,f\nr,007,89014103211118510720,1e3,21.5,-3,0.10\n";
+        let p = &read_events(csv.as_bytes()).expect("csv")[0].1.properties;
+        assert_eq!(p["a"], Value::from("007"));
+        assert_eq!(p["b"], Value::from("89014103211118510720"));
+        assert_eq!(p["c"], Value::from("1e3"));
+        assert_eq!(p["d"], Value::from(21.5));
+        assert_eq!(p["e"], Value::from(-3));
+        assert_eq!(p["f"], Value::from("0.10"));
+        // Empty input, and a header alone, hold no readings.
+        for empty in ["", "\n\n", "\u{feff}", "name,temp\n"] {
+            assert!(read_events(empty.as_bytes()).expect("empty").is_empty());
+        }
     }
 
     #[test]

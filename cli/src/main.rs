@@ -3,43 +3,84 @@
 //! # Layout
 //! - `main.rs`: the command line and exit codes.
 //! - [`demo`]: `backfill demo`, the whole promise in one command.
-//! - [`gateway`]: `enqueue`, `drain` and `status` for gateways.
+//! - [`gateway`]: `enqueue`, `drain`, `status`, `inspect` and `dead-letters` for gateways.
 //! - [`input`]: NDJSON and CSV readings.
+//! - [`dedup`]: content-derived insert ids for `enqueue --dedup-key`.
 //! - [`progress`]: the drain's progress display.
+//! - [`output`]: stdout that respects `-q` and ends quietly on a closed pipe.
+//! - [`units`]: sizes in human units.
 
+mod dedup;
 mod demo;
 mod gateway;
 mod input;
+mod output;
 mod progress;
+mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Exit codes scripts can rely on (sysexits.h).
+/// Exit codes scripts can rely on, one table for every subcommand (sysexits.h where one fits).
 pub mod exit {
     /// Everything done.
     pub const OK: u8 = 0;
-    /// Something went wrong that is not one of the below.
-    pub const FAILURE: u8 = 1;
-    /// Bad input data (a malformed reading); nothing was written.
+    /// The drain finished, but events older than the server's age window were dropped unsent.
+    pub const EXPIRED: u8 = 3;
+    /// The command line is wrong (EX_USAGE).
+    pub const USAGE: u8 = 64;
+    /// Bad input data (a malformed reading); nothing was written (EX_DATAERR).
     pub const DATA: u8 = 65;
-    /// The buffer could not be read or written.
+    /// The input file or the buffer does not exist or cannot be read (EX_NOINPUT).
+    pub const NO_INPUT: u8 = 66;
+    /// The server is unreachable or busy; the data is kept, try again later (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: u8 = 69;
+    /// A bug in backfill (EX_SOFTWARE).
+    pub const SOFTWARE: u8 = 70;
+    /// The buffer could not be used: not a buffer, damaged, disk full (EX_IOERR).
     pub const IO: u8 = 74;
-    /// The server is unreachable or busy; the data is kept, try again later.
-    pub const TEMPFAIL: u8 = 75;
-    /// The server refused the credentials; the data is kept.
+    /// Another drain holds the buffer; try again later (EX_TEMPFAIL).
+    pub const BUSY: u8 = 75;
+    /// The server refused the credentials; the data is kept (EX_NOPERM).
     pub const NOPERM: u8 = 77;
+    /// The endpoint is wrong (a bad URL, or the server says no such route); the data is kept
+    /// (EX_CONFIG).
+    pub const CONFIG: u8 = 78;
+    /// Interrupted by Ctrl-C (128 + SIGINT); the summary so far is printed.
+    pub const INTERRUPTED: u8 = 130;
+
+    /// The table, as `--help` and the README show it.
+    pub const TABLE: &str = "Exit codes:
+  0    done
+  3    drained, but events older than the server's age window were dropped unsent
+  64   the command line is wrong
+  65   bad input data; nothing was added
+  66   the input file or the buffer does not exist or cannot be read
+  69   the server is unreachable or busy; the data is kept, try again later
+  70   a bug in backfill
+  74   the buffer cannot be used (not a buffer, damaged, disk full); nothing was changed
+  75   another drain holds the buffer; try again later
+  77   the server refused the credentials; the data is kept
+  78   the endpoint is wrong (bad URL, or no Backfill server there); the data is kept
+  130  interrupted (Ctrl-C); the summary so far is printed";
 }
 
 #[derive(Debug, Parser)]
 #[command(
     name = "backfill",
     version,
-    about = "Offline-first events: record on the device, drain when online"
+    about = "Offline-first events: record on the device, drain when online",
+    after_help = exit::TABLE
 )]
 struct Cli {
+    /// Print only errors and warnings (no progress, no summaries).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Say more (repeat for more): -v logs the SDK's decisions, -vv its requests.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,21 +90,45 @@ enum Command {
     /// Start a server, record a week of offline gateway readings, drain them, show what arrived.
     Demo(demo::DemoArgs),
     /// Add readings (NDJSON or CSV with a header) from FILE or standard input to the buffer.
-    Enqueue {
-        #[command(flatten)]
-        db: DbArg,
-        /// The readings; `-` or nothing for standard input.
-        file: Option<PathBuf>,
-    },
+    Enqueue(gateway::EnqueueArgs),
     /// Send the buffered readings to the server.
     Drain(gateway::DrainArgs),
-    /// Show what the buffer holds.
+    /// Show what the buffer holds (reads only: creates, moves and changes nothing).
     Status {
         #[command(flatten)]
         db: DbArg,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Show the oldest buffered events, readably (reads only).
+    Inspect {
+        #[command(flatten)]
+        db: DbArg,
+        /// How many events to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print them as NDJSON in enqueue's format instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Events the server refused for good: export them, or put them back in the buffer.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetters {
+    /// Print every dead letter as NDJSON in enqueue's format (with its insert id), oldest
+    /// first, on stdout; the reasons go to stderr.
+    Export {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Move every dead letter back into the buffer, to be sent by the next drain.
+    Requeue {
+        #[command(flatten)]
+        db: DbArg,
     },
 }
 
@@ -76,25 +141,44 @@ pub struct DbArg {
 }
 
 fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    output::set_quiet(cli.quiet);
+    let level = match cli.verbose {
+        0 => "error",
+        1 => "backfill_core=debug,warn",
+        _ => "debug",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
-    let cli = Cli::parse();
     let code = match cli.command {
         Command::Demo(args) => demo::run(&args),
-        Command::Enqueue { db, file } => gateway::enqueue(&db.db, file.as_deref()),
+        Command::Enqueue(args) => gateway::enqueue(&args),
         Command::Drain(args) => gateway::drain(&args),
         Command::Status { db, json } => gateway::status(&db.db, json),
+        Command::Inspect { db, limit, json } => gateway::inspect(&db.db, limit, json),
+        Command::DeadLetters(DeadLetters::Export { db }) => gateway::export_dead_letters(&db.db),
+        Command::DeadLetters(DeadLetters::Requeue { db }) => gateway::requeue_dead_letters(&db.db),
     };
     match code {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("backfill: {e:#}");
-            ExitCode::from(exit::FAILURE)
+            ExitCode::from(exit::SOFTWARE)
         }
     }
 }

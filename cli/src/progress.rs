@@ -9,6 +9,8 @@ pub struct Progress {
     started: Instant,
     terminal: bool,
     last_line: Option<Instant>,
+    /// `-q`: nothing is shown.
+    quiet: bool,
 }
 
 impl Progress {
@@ -18,12 +20,16 @@ impl Progress {
             total,
             started: Instant::now(),
             terminal: std::io::stderr().is_terminal(),
+            quiet: crate::output::quiet(),
             last_line: None,
         }
     }
 
     /// Redraws with `done` events sent in `requests` requests.
     pub fn update(&mut self, done: u64, requests: u64) {
+        if self.quiet {
+            return;
+        }
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = done as f64 / elapsed;
         let left = self.total.saturating_sub(done);
@@ -63,9 +69,18 @@ impl Progress {
         }
     }
 
+    /// Ends the bar's line with a note (why the drain waits), so the next redraw starts below.
+    pub fn pause(&self, note: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.terminal && !self.quiet {
+            let _ = writeln!(err);
+        }
+        let _ = writeln!(err, "drain: {note}");
+    }
+
     /// Ends the line.
     pub fn finish(&self) {
-        if self.terminal {
+        if self.terminal && !self.quiet {
             let _ = writeln!(std::io::stderr());
         }
     }

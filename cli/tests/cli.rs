@@ -75,6 +75,44 @@ impl Server {
         }
     }
 
+    /// A server whose store refuses (reason `validation`) every event named `refused`.
+    fn start_refusing(data: &Path, refused: &'static str) -> Self {
+        use backfill_server::store::fault::FaultInjector;
+        use backfill_server::store::sqlite::{SqliteOptions, SqliteStore};
+        use backfill_server::store::{RowAction, RowOutcome, Store};
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let options = SqliteOptions {
+            clock: Arc::new(SystemClock),
+            commit_latency: None,
+        };
+        std::fs::create_dir_all(data).expect("data dir");
+        let inner: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&data.join("refusing.db"), options).expect("store"));
+        let store = FaultInjector::new(inner, move |row| match &row.action {
+            RowAction::Event(e) if e.name == refused => {
+                Some(RowOutcome::Invalid("refused by the test's rule".into()))
+            }
+            _ => None,
+        });
+        let config = backfill_server::Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: data.to_owned(),
+            max_event_age_days: 5,
+            projects: vec![format!("{PROJECT}:{SECRET}").parse().expect("project")],
+        };
+        let server = runtime
+            .block_on(backfill_server::start(
+                &config,
+                Arc::new(SystemClock),
+                Some(Arc::new(store)),
+            ))
+            .expect("start");
+        Self {
+            runtime,
+            server: Some(server),
+        }
+    }
+
     fn url(&self) -> String {
         self.server.as_ref().map(|s| s.url()).unwrap_or_default()
     }
@@ -238,7 +276,7 @@ fn drain_empties_the_buffer_into_a_real_server() {
         ("BACKFILL_CLIENT_SECRET", SECRET),
     ];
     let out = backfill(&["drain", "--db", db_arg], None, &unreachable);
-    assert_eq!(out.status.code(), Some(75), "unreachable: try again later");
+    assert_eq!(out.status.code(), Some(69), "unreachable: try again later");
     assert_eq!(status_json(&db)["buffered_events"], 2);
 }
 
@@ -247,15 +285,29 @@ fn status_reports_a_missing_buffer_and_a_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("none.db");
     let out = backfill(&["status", "--db", db.to_str().expect("path")], None, &[]);
-    assert_eq!(out.status.code(), Some(74));
+    assert_eq!(out.status.code(), Some(66));
+    assert!(!db.exists(), "status creates nothing");
+    let out = backfill(
+        &["drain", "--db", db.to_str().expect("path")],
+        None,
+        &creds("http://127.0.0.1:9"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(66),
+        "a mistyped --db is not a new buffer"
+    );
+    assert!(!db.exists(), "drain creates nothing either");
     let out = backfill(
         &["enqueue", "--db", db.to_str().expect("path")],
         Some(&readings(2)),
         &[],
     );
     assert!(out.status.success());
+    let files = listing(dir.path());
     let out = backfill(&["status", "--db", db.to_str().expect("path")], None, &[]);
     assert!(out.status.success());
+    assert_eq!(listing(dir.path()), files, "status leaves no file behind");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("buffered        2 events"), "{text}");
     let json = status_json(&db);
@@ -264,4 +316,618 @@ fn status_reports_a_missing_buffer_and_a_table() {
             .as_str()
             .is_some_and(|t| t.ends_with('Z'))
     );
+}
+
+fn creds(url: &str) -> [(&str, &str); 3] {
+    [
+        ("BACKFILL_ENDPOINT", url),
+        ("BACKFILL_CLIENT_ID", PROJECT),
+        ("BACKFILL_CLIENT_SECRET", SECRET),
+    ]
+}
+
+fn enqueue(db: &Path, input: &str) {
+    let out = backfill(
+        &["enqueue", "--db", db.to_str().expect("path")],
+        Some(input),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_wrong_endpoint_keeps_every_reading_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(2500));
+    for wrong in [
+        format!("{}/v1", server.url()),
+        format!("{}/track/batch", server.url()),
+    ] {
+        let out = backfill(
+            &["drain", "--db", db_arg, "--until-empty"],
+            None,
+            &creds(&wrong),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{wrong}: {err}");
+        assert!(err.contains("base URL"), "{err}");
+        let status = status_json(&db);
+        assert_eq!(status["buffered_events"], 2500, "{wrong}: {status}");
+        assert!(
+            status["stats"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("404")),
+            "status says why uploads stopped: {status}"
+        );
+        assert_eq!(status["stats"]["dead_lettered"], 0, "{wrong}: {status}");
+    }
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&server.url()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.count(PROJECT, SECRET, "reading"), 2500);
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_file_that_is_not_a_buffer_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    let log = work.join("readings.ndjson");
+    let text = readings(3);
+    std::fs::write(&log, &text).expect("write");
+    let log_arg = log.to_str().expect("path");
+    let url = server.url();
+    let runs: [(&[&str], Option<&str>); 4] = [
+        (&["status", "--db", log_arg], None),
+        (&["status", "--db", log_arg, "--json"], None),
+        (&["enqueue", "--db", log_arg], Some(text.as_str())),
+        (&["drain", "--db", log_arg], None),
+    ];
+    for (args, stdin) in runs {
+        let out = backfill(args, stdin, &creds(&url));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(74), "{args:?}: {err}");
+        assert!(err.contains("not a Backfill buffer"), "{args:?}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&log).expect("read"),
+            text,
+            "{args:?}: the file is untouched"
+        );
+        assert_eq!(
+            listing(&work),
+            ["readings.ndjson"],
+            "{args:?}: nothing created"
+        );
+    }
+
+    // Another program's SQLite database is not a buffer either.
+    let other = work.join("app.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&other).expect("sqlite");
+        conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT);")
+            .expect("table");
+    }
+    let before = std::fs::read(&other).expect("read");
+    let out = backfill(
+        &["enqueue", "--db", other.to_str().expect("path")],
+        Some(&text),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(74));
+    assert!(std::fs::read(&other).expect("read") == before, "unchanged");
+
+    // A damaged buffer: status reports it and moves nothing.
+    let damaged = work.join("damaged.db");
+    let mut bytes = b"SQLite format 3\0".to_vec();
+    bytes.extend(std::iter::repeat_n(0xA5u8, 8192));
+    std::fs::write(&damaged, &bytes).expect("write");
+    let out = backfill(
+        &["status", "--db", damaged.to_str().expect("path")],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(74));
+    assert!(
+        std::fs::read(&damaged).expect("read") == bytes,
+        "status moves nothing"
+    );
+    assert_eq!(
+        listing(&work),
+        ["app.sqlite", "damaged.db", "readings.ndjson"]
+    );
+}
+
+/// Waits for `done` to hold, checking every 50 ms, for at most `limit`.
+fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}
+
+fn spawn_watch(db: &Path, url: &str) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
+    cmd.args([
+        "drain",
+        "--db",
+        db.to_str().expect("path"),
+        "--watch",
+        "--interval",
+        "1",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (k, v) in creds(url) {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn drain --watch")
+}
+
+#[test]
+fn one_drain_per_buffer_and_a_killed_one_leaves_no_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(10));
+    let mut watcher = spawn_watch(&db, &server.url());
+    assert!(
+        wait_until(std::time::Duration::from_secs(60), || server
+            .count(PROJECT, SECRET, "reading")
+            == 10),
+        "the watcher drains"
+    );
+    enqueue(&db, &readings(5));
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&server.url()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains(&format!("another drain (process {})", watcher.id())),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "the refused drain sent nothing");
+    watcher.kill().expect("kill");
+    watcher.wait().expect("reaped");
+    let out = backfill(
+        &["drain", "--db", db_arg, "--until-empty"],
+        None,
+        &creds(&server.url()),
+    );
+    assert!(
+        out.status.success(),
+        "the lock died with its holder: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.count(PROJECT, SECRET, "reading"), 15);
+    assert_eq!(status_json(&db)["buffered_events"], 0);
+}
+
+#[test]
+fn drain_watch_sends_readings_another_process_enqueues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    enqueue(&db, &readings(1));
+    let mut watcher = spawn_watch(&db, &server.url());
+    let drained = |n| {
+        wait_until(std::time::Duration::from_secs(60), || {
+            server.count(PROJECT, SECRET, "reading") == n
+        })
+    };
+    assert!(drained(1), "the first reading is drained");
+    enqueue(&db, &readings(3));
+    let seen = drained(4);
+    watcher.kill().expect("kill");
+    watcher.wait().expect("reaped");
+    assert!(seen, "readings enqueued by another process are drained");
+    assert_eq!(status_json(&db)["buffered_events"], 0);
+}
+
+#[test]
+fn expiry_is_loud_and_has_its_exit_code_and_epoch_seconds_are_seconds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let now_s = backfill_protocol::clock::Clock::now_ms(&SystemClock) / 1000;
+    // A week of hourly readings in epoch seconds, as many loggers write them.
+    let week: String = (0..7 * 24)
+        .map(|h| {
+            format!(
+                "{{\"name\":\"reading\",\"timestamp\":{},\"device_id\":\"s1\"}}\n",
+                now_s - 3600 * h - 60
+            )
+        })
+        .collect();
+    let out = backfill(
+        &["enqueue", "--db", db.to_str().expect("path")],
+        Some(&week),
+        &[],
+    );
+    assert!(out.status.success());
+    let warned = text(&out).1;
+    assert!(
+        warned.contains("48 readings") && warned.contains("5-day age window"),
+        "said at once: {warned}"
+    );
+    let out = backfill(
+        &["drain", "--db", db.to_str().expect("path"), "--until-empty"],
+        None,
+        &creds(&server.url()),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    // Readings older than 5 days (120 hours) expire: hours 120 to 167.
+    assert!(err.contains("48 events were older"), "{err}");
+    assert!(err.contains("5-day age window"), "{err}");
+    assert!(err.contains("--max-event-age-days"), "{err}");
+    assert_eq!(
+        server.count(PROJECT, SECRET, "reading"),
+        120,
+        "seconds were read as seconds, not as milliseconds of 1970"
+    );
+    let status = status_json(&db);
+    assert_eq!(status["stats"]["expired"], 48);
+    assert_eq!(status["buffered_events"], 0);
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dead_letters_past_the_bound_are_counted_exported_and_requeued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_refusing(&dir.path().join("server"), "poison");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let now = backfill_protocol::clock::Clock::now_ms(&SystemClock);
+    let input: String = (0..10)
+        .map(|i| {
+            let name = if i < 7 { "poison" } else { "reading" };
+            format!(
+                "{{\"name\":\"{name}\",\"properties\":{{\"i\":{i}}},\"timestamp\":{},\"device_id\":\"s1\"}}\n",
+                now - 60_000 * (10 - i)
+            )
+        })
+        .collect();
+    enqueue(&db, &input);
+    let out = backfill(
+        &["drain", "--db", db_arg, "--max-dead-letters", "5"],
+        None,
+        &creds(&server.url()),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("7 dead-lettered"), "{stdout}");
+    let status = status_json(&db);
+    assert_eq!(status["stats"]["dead_lettered"], 7);
+    assert_eq!(status["stats"]["dead_letters_evicted"], 2, "{status}");
+    let out = backfill(&["status", "--db", db_arg], None, &[]);
+    let (table, _) = text(&out);
+    assert!(table.contains("2 of them evicted"), "{table}");
+
+    let out = backfill(&["dead-letters", "export", "--db", db_arg], None, &[]);
+    let (exported, reasons) = text(&out);
+    assert!(out.status.success(), "{reasons}");
+    let lines: Vec<Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON"))
+        .collect();
+    assert_eq!(lines.len(), 5, "{exported}");
+    let is: Vec<i64> = lines
+        .iter()
+        .map(|l| l["properties"]["i"].as_i64().expect("i"))
+        .collect();
+    assert_eq!(is, [2, 3, 4, 5, 6], "the newest 5, oldest first");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["insert_id"].is_string() && l["name"] == "poison")
+    );
+    assert!(reasons.contains("refused by the test's rule"), "{reasons}");
+    assert!(
+        reasons.contains("2 older dead letters were evicted"),
+        "{reasons}"
+    );
+    // What is exported is enqueue's format.
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--dry-run"],
+        Some(&exported),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    let out = backfill(&["dead-letters", "requeue", "--db", db_arg], None, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("requeued 5"));
+    let status = status_json(&db);
+    assert_eq!(status["buffered_events"], 5);
+    assert_eq!(status["dead_letters"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn replaying_a_log_is_harmless_with_insert_ids_or_a_dedup_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let now_s = backfill_protocol::clock::Clock::now_ms(&SystemClock) / 1000;
+    let log: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"name\":\"reading\",\"properties\":{{\"temp\":{i}}},\"timestamp\":{},\"device_id\":\"s{}\"}}\n",
+                now_s - 60 * i,
+                i % 3
+            )
+        })
+        .collect();
+    let with_ids = "name,timestamp,insert_id,temp\nlabelled,2026-11-29T10:00:00Z,log-0001,1\nlabelled,2026-11-29T10:01:00Z,log-0002,2\n";
+    for _ in 0..2 {
+        let out = backfill(
+            &["enqueue", "--db", db_arg, "--dedup-key", "content"],
+            Some(&log),
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out).1);
+        enqueue(&db, with_ids);
+        let out = backfill(&["drain", "--db", db_arg], None, &creds(&server.url()));
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    assert_eq!(server.count(PROJECT, SECRET, "reading"), 20, "stored once");
+    let status = status_json(&db);
+    assert_eq!(status["stats"]["sent"], 44);
+    assert_eq!(
+        status["stats"]["duplicates"], 22,
+        "the replay came back as duplicates"
+    );
+    // A reading without a timestamp has no stable identity.
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--dedup-key", "content"],
+        Some("{\"name\":\"reading\"}\n"),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(65));
+    assert!(text(&out).1.contains("needs a timestamp"));
+}
+
+#[test]
+fn input_quirks_are_read_as_a_user_means_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let out = backfill(
+        &["enqueue", "--db", db_arg],
+        Some("\u{feff}{\"name\":\"reading\"}\n"),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "a BOM before NDJSON: {}",
+        text(&out).1
+    );
+    let csv = "name,iccid,code,note\nreading,89014103211118510720,007,\"two\nlines\"\nreading,1,2,3\nsession_start,1,2,3\n";
+    let out = backfill(&["enqueue", "--db", db_arg], Some(csv), &[]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        text(&out).1.contains("line 5"),
+        "the physical line: {}",
+        text(&out).1
+    );
+    let csv = "name,iccid,code\nreading,89014103211118510720,007\n";
+    enqueue(&db, csv);
+    let out = backfill(&["inspect", "--db", db_arg, "--json"], None, &[]);
+    let last = text(&out)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+        .find(|r| r["properties"]["iccid"].is_string());
+    let last = last.expect("the CSV reading");
+    assert_eq!(last["properties"]["iccid"], "89014103211118510720");
+    assert_eq!(last["properties"]["code"], "007");
+    for empty in ["", "name,temp\n"] {
+        let out = backfill(&["enqueue", "--db", db_arg], Some(empty), &[]);
+        assert!(out.status.success());
+        assert!(text(&out).1.contains("empty"), "{}", text(&out).1);
+    }
+    let out = backfill(
+        &[
+            "enqueue",
+            "--db",
+            db_arg,
+            &dir.path().join("nope.csv").to_string_lossy(),
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(66), "a missing input file");
+    assert_eq!(status_json(&db)["buffered_events"], 2);
+}
+
+#[test]
+fn causes_are_named_and_bad_endpoints_refused_up_front() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    let url = server.url();
+    for (endpoint, says) in [
+        (format!("{url} "), "spaces"),
+        (url.trim_start_matches("http://").to_owned(), "http"),
+        (format!("{url}/track/batch"), "base URL"),
+    ] {
+        let out = backfill(&["drain", "--db", db_arg], None, &creds(&endpoint));
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(78), "{endpoint:?}: {err}");
+        assert!(err.contains(says), "{endpoint:?}: {err}");
+    }
+    let refused = "http://127.0.0.1:9";
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(refused));
+    assert_eq!(out.status.code(), Some(69));
+    assert!(
+        text(&out).1.contains("connection refused"),
+        "{}",
+        text(&out).1
+    );
+    let tls = url.replace("http://", "https://");
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&tls));
+    assert_eq!(out.status.code(), Some(69));
+    assert!(text(&out).1.contains("TLS"), "{}", text(&out).1);
+    let status = status_json(&db);
+    assert_eq!(
+        status["stats"]["requests"], 0,
+        "only answered requests count"
+    );
+    assert_eq!(status["buffered_events"], 3);
+}
+
+#[test]
+fn until_empty_names_its_wait_and_ctrl_c_prints_the_summary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    enqueue(&db, &readings(3));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
+    cmd.args(["drain", "--db", db.to_str().expect("path"), "--until-empty"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in creds("http://127.0.0.1:9") {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let first = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("retrying in"))
+        .expect("a line while it waits");
+    assert!(
+        first.contains("connection refused") && first.contains("retrying in"),
+        "{first}"
+    );
+    // The shell's own `kill`: no procps needed on the machine.
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
+        .status()
+        .expect("kill -INT");
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("interrupted") && l.contains("3 left")),
+        "{rest:?}"
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly_and_help_shows_the_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    enqueue(&db, &readings(3000));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args([
+            "inspect",
+            "--db",
+            db.to_str().expect("path"),
+            "--limit",
+            "3000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("one line");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let help = backfill(&["--help"], None, &[]);
+    assert!(help.status.success());
+    for code in ["65", "66", "69", "74", "75", "77", "78", "130"] {
+        assert!(text(&help).0.contains(code), "--help lists {code}");
+    }
+    let wrong = backfill(&["drain", "--no-such-flag"], None, &[]);
+    assert_eq!(wrong.status.code(), Some(64));
+}
+
+#[test]
+fn dry_runs_touch_nothing_and_limits_evict_the_oldest_loudly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--dry-run"],
+        Some(&readings(5)),
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(text(&out).0.contains("5 readings are valid"));
+    assert!(!db.exists(), "a dry run creates nothing");
+    enqueue(&db, &readings(5));
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--max-rows", "6"],
+        Some(&readings(3)),
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(
+        text(&out).1.contains("the 2 oldest events were evicted"),
+        "{}",
+        text(&out).1
+    );
+    assert_eq!(status_json(&db)["stats"]["evicted"], 2);
+    let out = backfill(
+        &["drain", "--db", db_arg, "--dry-run"],
+        None,
+        &creds("http://127.0.0.1:9"),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("6 events"), "{}", text(&out).0);
+    assert_eq!(status_json(&db)["buffered_events"], 6);
+    let quiet = backfill(&["-q", "enqueue", "--db", db_arg], Some(&readings(1)), &[]);
+    assert!(quiet.status.success() && quiet.stdout.is_empty());
 }

@@ -6,7 +6,9 @@
 //! - [`wire`]: request and response bodies of `POST /track/batch`, `POST /track` and the read API.
 //! - [`time`]: parsing `__timestamp` values and formatting times as ISO-8601 with milliseconds.
 //! - [`ids`]: the device-id fingerprint and the deterministic 30-minute session id.
-//! - [`validate`]: the per-event rules; the server rejects rows with them and the SDK checks
+//! - [`properties`]: a row's properties with each value's JSON text exactly as sent.
+//! - [`number`]: exact decimal sums for `increment`/`decrement`.
+//! - [`validate`]: the per-event rules, one small function each; the server rejects rows with them and the SDK checks
 //!   input at the call with the same code, so a tracked event is never one the server refuses.
 //!
 //! The crate does no I/O.
@@ -15,6 +17,8 @@
 pub mod clock;
 pub mod ids;
 pub mod limits;
+pub mod number;
+pub mod properties;
 pub mod time;
 pub mod validate;
 pub mod wire;

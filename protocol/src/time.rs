@@ -3,56 +3,71 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
-/// Reads a `__timestamp` (or `sentAt`) value as milliseconds since the Unix epoch.
+/// Reads a `__timestamp` (or `sentAt`) value as milliseconds since the Unix epoch (SPEC §4).
 ///
-/// Accepts an integer number of milliseconds, a string of digits (milliseconds), an RFC 3339 /
-/// ISO-8601 date-time (read as UTC when it has no offset), or a plain `YYYY-MM-DD` date.
+/// Accepts an integer number of milliseconds (a JSON number, or a string of digits) or a date-time
+/// string in one of the forms of [`parse_timestamp_str`]. A JSON number with a fraction or an
+/// exponent is accepted when it is a whole number of milliseconds (`1.7958600e12`).
 /// Returns `None` for anything else, including times outside years 1970..=9999.
 pub fn parse_timestamp(value: &Value) -> Option<i64> {
     let ms = match value {
         Value::Number(n) => match n.as_i64() {
             Some(ms) => ms,
-            // A float is accepted when it is a whole number of milliseconds.
             None => n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15)? as i64,
         },
         Value::String(s) => parse_timestamp_str(s)?,
         _ => return None,
     };
-    (0..=253_402_300_799_999).contains(&ms).then_some(ms)
+    in_range(ms)
 }
 
-/// Reads a timestamp string: epoch milliseconds, RFC 3339, naive ISO-8601 (UTC), or a date.
+/// Reads a timestamp string as epoch milliseconds: the forms of the README's table.
+///
+/// - digits only: epoch milliseconds;
+/// - `YYYY-MM-DD`, a separator (`T`, `t` or a space), `hh:mm:ss`, an optional fraction
+///   (digits past the ninth, a nanosecond, are ignored as RFC 3339 readers do), then an
+///   optional offset: `Z`, `z`, `+hh:mm`, `+hhmm` or `+hh` (or `-`); without one, UTC;
+/// - `YYYY-MM-DDThh:mm` (UTC) and `YYYY-MM-DD` (midnight UTC).
+///
+/// Surrounding whitespace is ignored. Returns `None` for anything else: an impossible date or
+/// time (`2026-02-30`, `24:00:00`), an offset beyond ±23:59, text before or after the time.
 pub fn parse_timestamp_str(s: &str) -> Option<i64> {
     let s = s.trim();
     if s.is_empty() {
         return None;
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse::<i64>().ok();
+        return s.parse::<i64>().ok().and_then(in_range);
     }
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.timestamp_millis());
-    }
-    for format in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
-            return Some(t.and_utc().timestamp_millis());
+    // chrono's formats match the literal `T` only; the other separators RFC 3339 allows and
+    // ISO-8601 writers emit are read as it.
+    let normalized;
+    let s = match s.as_bytes().get(10) {
+        Some(b't' | b' ') if s.is_char_boundary(10) && s.is_char_boundary(11) => {
+            normalized = format!("{}T{}", &s[..10], &s[11..]);
+            normalized.as_str()
         }
-    }
-    // "2026-11-27 10:00:00+02:00" and similar: RFC 3339 with a space instead of the `T`.
-    if s.len() > 10 && s.as_bytes()[10] == b' ' {
-        let with_t = format!("{}T{}", &s[..10], &s[11..]);
-        if let Ok(t) = DateTime::parse_from_rfc3339(&with_t) {
-            return Some(t.timestamp_millis());
-        }
-    }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc().timestamp_millis())
+        _ => s,
+    };
+    let ms = if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%#z") {
+        t.timestamp_millis()
+    } else if let Ok(t) = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M"))
+    {
+        t.and_utc().timestamp_millis()
+    } else {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()?
+            .and_hms_opt(0, 0, 0)?
+            .and_utc()
+            .timestamp_millis()
+    };
+    in_range(ms)
+}
+
+/// Epoch milliseconds of years 1970 to 9999, the range the store and the read API format.
+fn in_range(ms: i64) -> Option<i64> {
+    (0..=253_402_300_799_999).contains(&ms).then_some(ms)
 }
 
 /// Formats epoch milliseconds as ISO-8601 UTC with milliseconds, e.g. `2026-11-27T10:00:00.000Z`.
@@ -76,27 +91,43 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn reads_every_accepted_form() {
-        let t = 1_764_237_600_000; // 2025-11-27T10:00:00Z
-        assert_eq!(parse_timestamp(&json!("2025-11-27T10:00:00.000Z")), Some(t));
-        assert_eq!(
-            parse_timestamp(&json!("2025-11-27T12:00:00+02:00")),
-            Some(t)
-        );
-        assert_eq!(parse_timestamp(&json!("2025-11-27T10:00:00")), Some(t));
-        assert_eq!(parse_timestamp(&json!("2025-11-27 10:00:00.000")), Some(t));
-        assert_eq!(
-            parse_timestamp(&json!("2025-11-27 12:00:00+02:00")),
-            Some(t)
-        );
-        assert_eq!(parse_timestamp(&json!(t)), Some(t));
-        assert_eq!(parse_timestamp(&json!(t.to_string())), Some(t));
-        assert_eq!(parse_timestamp(&json!(t as f64)), Some(t));
-        assert_eq!(
-            parse_timestamp(&json!("2025-11-27")),
-            Some(t - 10 * 3_600_000)
-        );
+    /// One test per accepted form (the README's table), each with the UTC time it reads as.
+    macro_rules! reads_as {
+        ($($test:ident: $sent:expr => $utc:expr;)*) => {$(
+            #[test]
+            fn $test() {
+                let expected = DateTime::parse_from_rfc3339($utc).expect("expected time");
+                assert_eq!(
+                    parse_timestamp(&$sent).map(format_iso_ms),
+                    Some(format_iso_ms(expected.timestamp_millis())),
+                    "{}", $sent
+                );
+            }
+        )*};
+    }
+
+    reads_as! {
+        utc_with_z: json!("2026-11-29T15:52:41.139Z") => "2026-11-29T15:52:41.139Z";
+        lower_case_z_and_t: json!("2026-11-29t15:52:41.139z") => "2026-11-29T15:52:41.139Z";
+        offset_with_colon: json!("2026-11-29T16:52:41.139+01:00") => "2026-11-29T15:52:41.139Z";
+        offset_without_colon_java_simple_date_format: json!("2026-11-29T16:52:41.139+0100") => "2026-11-29T15:52:41.139Z";
+        offset_in_hours_only: json!("2026-11-29T16:52:41.139+01") => "2026-11-29T15:52:41.139Z";
+        negative_offset: json!("2026-11-29T10:22:41.139-05:30") => "2026-11-29T15:52:41.139Z";
+        space_separator_with_offset: json!("2026-11-29 16:52:41+01:00") => "2026-11-29T15:52:41Z";
+        space_separator_without_offset_is_utc: json!("2026-11-29 15:52:41.139") => "2026-11-29T15:52:41.139Z";
+        no_offset_is_utc: json!("2026-11-29T15:52:41") => "2026-11-29T15:52:41Z";
+        no_fraction_with_z: json!("2026-11-29T15:52:41Z") => "2026-11-29T15:52:41Z";
+        one_fractional_digit: json!("2026-11-29T15:52:41.1Z") => "2026-11-29T15:52:41.100Z";
+        six_fractional_digits_python_isoformat: json!("2026-11-29T16:52:41.139512+01:00") => "2026-11-29T15:52:41.139Z";
+        seven_fractional_digits_dotnet_round_trip: json!("2026-11-29T15:52:41.1395127Z") => "2026-11-29T15:52:41.139Z";
+        nine_fractional_digits_java_instant: json!("2026-11-29T15:52:41.139512734Z") => "2026-11-29T15:52:41.139Z";
+        fraction_without_offset: json!("2026-11-29T15:52:41.139512734") => "2026-11-29T15:52:41.139Z";
+        minutes_only_is_utc: json!("2026-11-29T15:52") => "2026-11-29T15:52:00Z";
+        date_only_is_utc_midnight: json!("2026-11-29") => "2026-11-29T00:00:00Z";
+        surrounding_whitespace: json!(" 2026-11-29T15:52:41Z ") => "2026-11-29T15:52:41Z";
+        epoch_milliseconds: json!(1_795_967_561_139_i64) => "2026-11-29T15:52:41.139Z";
+        epoch_milliseconds_as_digits: json!("1795967561139") => "2026-11-29T15:52:41.139Z";
+        epoch_milliseconds_as_whole_float: json!(1_795_967_561_139.0) => "2026-11-29T15:52:41.139Z";
     }
 
     #[test]
@@ -105,6 +136,17 @@ mod tests {
             json!("yesterday"),
             json!(""),
             json!("2025-13-01T00:00:00Z"),
+            json!("2026-02-30T00:00:00Z"),
+            json!("2026-11-29T24:00:00Z"),
+            json!("2026-11-29T16:52:41+24:00"),
+            json!("2026-11-29T16:52:41+1"),
+            json!("2026-11-29T16:52:41.139+0100 later"),
+            json!("2026-11-29X16:52:41Z"),
+            json!("2026-11-2916:52:41Z"),
+            json!("29/11/2026 16:52"),
+            json!("16:52:41"),
+            json!("1969-12-31T23:59:59Z"),
+            json!("10000-01-01T00:00:00Z"),
             json!(true),
             json!(null),
             json!({"ms": 1}),

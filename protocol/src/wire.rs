@@ -1,9 +1,12 @@
 //! JSON bodies of the HTTP contract (SPEC §2, §3, §8).
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::properties::RawMap;
 
 /// The body of `POST /track/batch`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BatchRequest {
     /// 1 to 2000 event objects (`{"type": ..., "payload": ...}`).
@@ -14,6 +17,7 @@ pub struct BatchRequest {
 }
 
 /// Why the server refused one row of a batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum RejectReason {
@@ -34,6 +38,7 @@ impl RejectReason {
 }
 
 /// One refused row of a batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Rejection {
     /// Position of the row in the request's `events`.
@@ -45,6 +50,7 @@ pub struct Rejection {
 }
 
 /// The `202` answer to `POST /track/batch`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchResponse {
     /// Rows stored, counting those already stored before (`duplicates`).
@@ -58,6 +64,7 @@ pub struct BatchResponse {
 }
 
 /// The `200` answer to `POST /track`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TrackResponse {
     /// The device the event was attributed to (empty for a server event).
@@ -69,6 +76,7 @@ pub struct TrackResponse {
 }
 
 /// The body of every non-2xx answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     /// The HTTP status code.
@@ -80,7 +88,8 @@ pub struct ErrorBody {
 }
 
 /// One stored event as `GET /api/events` lists it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventRecord {
     /// Server-generated id.
     pub id: String,
@@ -98,13 +107,15 @@ pub struct EventRecord {
     /// Event time, ISO-8601 UTC with milliseconds.
     pub created_at: String,
     /// Properties without `__timestamp`, plus `__syncedAt` and, where set, `__clientTimestamp`.
-    pub properties: Map<String, Value>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub properties: RawMap,
     /// The event's `__insertId`, if it had one.
     pub insert_id: Option<String>,
 }
 
 /// A page of `GET /api/events`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventsPage {
     /// Events in (created_at, id) order.
     pub events: Vec<EventRecord>,
@@ -113,6 +124,7 @@ pub struct EventsPage {
 }
 
 /// One session as `GET /api/sessions` lists it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionRecord {
     /// Session id.
@@ -132,6 +144,7 @@ pub struct SessionRecord {
 }
 
 /// A page of `GET /api/sessions`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionsPage {
     /// Sessions in (started_at, id) order.
@@ -141,7 +154,8 @@ pub struct SessionsPage {
 }
 
 /// A profile as `GET /api/profiles/{profileId}` returns it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProfileRecord {
     /// Profile id.
     pub id: String,
@@ -154,7 +168,8 @@ pub struct ProfileRecord {
     /// From `identify`'s `avatar`.
     pub avatar: Option<String>,
     /// Merged `identify` properties and `increment`/`decrement` counters.
-    pub properties: Map<String, Value>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub properties: RawMap,
     /// Ids of the groups the profile was assigned to.
     pub groups: Vec<String>,
     /// When the profile was first written, ISO-8601.

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::event::{self, Event, Stamp};
 use crate::session::{self, Placement, SessionState};
 use crate::stats::Stats;
+use crate::store::drain_lock::DrainLock;
 use crate::store::{Bounds, Buffer, NewRow, clear_state, counter, set_state};
 use crate::upload::drain::{Drain, DrainEnd, DrainReport, WINDOW_KEY};
 use crate::upload::policy::Backoff;
@@ -25,6 +26,8 @@ const SESSION_KEY: &str = "session";
 const PROFILE_KEY: &str = "profile_id";
 /// Present (value `1`) while the user has opted out.
 const OPTED_OUT_KEY: &str = "opted_out";
+/// State key of the last error, with its time.
+const LAST_ERROR_KEY: &str = "last_error";
 
 /// State shared by the API and the background uploader.
 pub(crate) struct Shared {
@@ -34,6 +37,9 @@ pub(crate) struct Shared {
     transport: Arc<dyn Transport>,
     /// Held for the whole of a drain, so there is one at a time; holds the failure count.
     drain: Mutex<u32>,
+    /// The buffer's drain lock, when held for as long as this SDK is open
+    /// ([`Backfill::hold_drain_lock`]); otherwise each drain takes it for its own duration.
+    drain_lock: Mutex<Option<DrainLock>>,
     window_ms: AtomicI64,
     device_id: RwLock<String>,
     session: Mutex<Option<SessionState>>,
@@ -41,6 +47,8 @@ pub(crate) struct Shared {
     globals: RwLock<Map<String, Value>>,
     online: AtomicBool,
     unauthorized: AtomicBool,
+    /// The answers said the endpoint is wrong; uploads pause until the app acts.
+    misconfigured: AtomicBool,
     /// The app asked for a drain (online again, foreground); cleared by the next drain.
     asked: AtomicBool,
     opted_out: AtomicBool,
@@ -70,6 +78,17 @@ impl Shared {
 
     fn note_error(&self, message: String) {
         tracing::warn!("{message}");
+        // Kept in the buffer too, with its time, so that a tool looking at the buffer from
+        // another process (`backfill status`) can say why uploads stopped.
+        if !self.buffer.is_read_only() {
+            let stamped = format!(
+                "{}: {message}",
+                backfill_protocol::time::format_iso_ms(self.clock.now_ms())
+            );
+            if let Err(e) = self.buffer.set_state(LAST_ERROR_KEY, &stamped) {
+                tracing::debug!(error = %e, "cannot keep the last error");
+            }
+        }
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(message);
         }
@@ -83,6 +102,19 @@ impl Shared {
             .map_err(|_| Error::Storage("drain lock poisoned".to_owned()))?;
         self.ensure_open()?;
         self.asked.store(false, Ordering::Relaxed);
+        let held = self
+            .drain_lock
+            .lock()
+            .map_err(|_| Error::Storage("drain lock poisoned".to_owned()))?
+            .is_some();
+        // Another process draining the same buffer would send every row a second time.
+        let _lock = if held {
+            None
+        } else {
+            Some(DrainLock::try_acquire(std::path::Path::new(
+                &self.config.database_path,
+            ))?)
+        };
         let config = &self.config;
         let report = Drain {
             buffer: &self.buffer,
@@ -108,19 +140,23 @@ impl Shared {
             Ok(r) => {
                 let unauthorized = matches!(r.end, DrainEnd::Unauthorized(_));
                 self.unauthorized.store(unauthorized, Ordering::Relaxed);
-                match r.end {
+                let misconfigured = matches!(r.end, DrainEnd::Misconfigured(_));
+                self.misconfigured.store(misconfigured, Ordering::Relaxed);
+                match &r.end {
                     DrainEnd::Empty => self.retry_at_ms.store(0, Ordering::Relaxed),
                     DrainEnd::RetryIn(wait) => {
                         let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
                         self.retry_at_ms
                             .store(self.clock.now_ms().saturating_add(wait), Ordering::Relaxed);
-                        self.note_error(format!(
-                            "upload deferred for {wait} ms: server busy or unreachable"
-                        ));
+                        let cause = r.last_error.as_deref().unwrap_or("server busy");
+                        self.note_error(format!("upload deferred for {wait} ms: {cause}"));
                     }
                     DrainEnd::Unauthorized(code) => self.note_error(format!(
                         "the server refused the credentials (HTTP {code}); uploads paused"
                     )),
+                    DrainEnd::Misconfigured(why) => {
+                        self.note_error(format!("{why}; uploads paused, nothing was deleted"))
+                    }
                 }
             }
             Err(e) => self.note_error(format!("drain failed: {e}")),
@@ -179,7 +215,8 @@ fn run_uploader(
         let now_ms = shared.clock.now_ms();
         let situation = Situation {
             online: shared.online.load(Ordering::Relaxed),
-            paused: shared.unauthorized.load(Ordering::Relaxed),
+            paused: shared.unauthorized.load(Ordering::Relaxed)
+                || shared.misconfigured.load(Ordering::Relaxed),
             buffered: shared.buffered(),
             threshold: shared.config.flush_threshold,
             asked: shared.asked.load(Ordering::Relaxed),
@@ -266,6 +303,24 @@ impl Backfill {
         Self::with_parts(config, Arc::new(transport), Arc::new(SystemClock))
     }
 
+    /// Opens an existing buffer to look at it (`stats`, `dead_letters`, `buffered`): nothing
+    /// is created, moved, upgraded or written, whatever state the file is in, and recording or
+    /// draining through it fails. For tools that show a buffer another process uses.
+    pub fn open_read_only(path: impl Into<std::path::PathBuf>) -> Result<Self, Error> {
+        let path = path.into();
+        let buffer = Buffer::open_read_only(&path)?;
+        let config = Config::builder("http://127.0.0.1", "read-only", "read-only", path)
+            .background_upload(false)
+            .build()?;
+        Self::assemble(
+            config,
+            buffer,
+            None,
+            Arc::new(crate::upload::transport::NoUploads),
+            Arc::new(SystemClock),
+        )
+    }
+
     /// Opens with a given transport (an app's own HTTP stack through
     /// [`ContractTransport`](crate::upload::transport::ContractTransport), tests, simulations)
     /// and clock.
@@ -280,9 +335,21 @@ impl Backfill {
             clock.now_ms(),
             config.max_database_bytes,
         )?;
+        Self::assemble(config, buffer, recovered, transport, clock)
+    }
+
+    fn assemble(
+        config: Config,
+        buffer: Buffer,
+        recovered: Option<String>,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        let read_only = buffer.is_read_only();
         let device_id = match (&config.device_id, buffer.state(DEVICE_KEY)?) {
             (Some(fixed), _) => fixed.trim().to_owned(),
             (None, Some(stored)) => stored,
+            (None, None) if read_only => String::new(),
             (None, None) => {
                 let id = uuid::Uuid::new_v4().to_string();
                 buffer.set_state(DEVICE_KEY, &id)?;
@@ -305,6 +372,7 @@ impl Backfill {
             clock,
             transport,
             drain: Mutex::new(0),
+            drain_lock: Mutex::new(None),
             window_ms: AtomicI64::new(window_ms),
             device_id: RwLock::new(device_id),
             session: Mutex::new(session),
@@ -312,6 +380,7 @@ impl Backfill {
             globals: RwLock::new(Map::new()),
             online: AtomicBool::new(true),
             unauthorized: AtomicBool::new(false),
+            misconfigured: AtomicBool::new(false),
             asked: AtomicBool::new(false),
             opted_out: AtomicBool::new(opted_out),
             opted_out_calls: AtomicU64::new(0),
@@ -373,6 +442,16 @@ impl Backfill {
         }
     }
 
+    /// The age window events are expired by: the server's (its `backfill-max-event-age`, as
+    /// last seen and kept in the buffer), else the configured default (SPEC §9).
+    pub fn max_event_age(&self) -> Duration {
+        let shared = self.shared();
+        match shared.window_ms.load(Ordering::Relaxed) {
+            ms if ms > 0 => Duration::from_millis(ms as u64),
+            _ => Duration::from_millis(shared.config.default_max_event_age_ms),
+        }
+    }
+
     /// This device's id, sent as `__deviceId` with its own events.
     pub fn device_id(&self) -> String {
         self.shared().device_id()
@@ -386,6 +465,7 @@ impl Backfill {
             properties,
             timestamp_ms: None,
             device_id: None,
+            insert_id: None,
         })
     }
 
@@ -401,6 +481,7 @@ impl Backfill {
             properties,
             timestamp_ms: Some(timestamp_ms),
             device_id: None,
+            insert_id: None,
         })
     }
 
@@ -418,6 +499,7 @@ impl Backfill {
             properties,
             timestamp_ms: Some(timestamp_ms),
             device_id: Some(device_id.to_owned()),
+            insert_id: None,
         })
     }
 
@@ -466,7 +548,10 @@ impl Backfill {
         let mut ids = Vec::with_capacity(events.len());
         for e in events {
             let time_ms = e.timestamp_ms.unwrap_or(now);
-            let insert_id = uuid::Uuid::now_v7().to_string();
+            let insert_id = match e.insert_id {
+                Some(id) => id,
+                None => uuid::Uuid::now_v7().to_string(),
+            };
             let own = e.device_id.is_none();
             let device = e
                 .device_id
@@ -529,7 +614,10 @@ impl Backfill {
         let own_device = shared.device_id();
         let stamp = Stamp {
             time_ms: event.timestamp_ms.unwrap_or_else(|| shared.clock.now_ms()),
-            insert_id: "00000000-0000-7000-8000-000000000000",
+            insert_id: event
+                .insert_id
+                .as_deref()
+                .unwrap_or("00000000-0000-7000-8000-000000000000"),
             device_id: event.device_id.as_deref().unwrap_or(&own_device),
             session_id: None,
             profile_id: None,
@@ -593,10 +681,29 @@ impl Backfill {
         self.shared().ensure_open()?;
         self.shared().retry_at_ms.store(0, Ordering::Relaxed);
         let report = self.shared().drain()?;
-        if let DrainEnd::Unauthorized(code) = report.end {
-            return Err(Error::Unauthorized(code));
+        match &report.end {
+            DrainEnd::Unauthorized(code) => return Err(Error::Unauthorized(*code)),
+            DrainEnd::Misconfigured(why) => return Err(Error::Misconfigured(why.clone())),
+            _ => {}
         }
         Ok(report)
+    }
+
+    /// Takes the buffer's drain lock until this SDK is dropped, so that no other drain (in
+    /// this or another process) can start meanwhile; this SDK's own drains go on. Fails with
+    /// [`Error::Busy`] when another drain holds it. For tools that own a buffer's uploads.
+    pub fn hold_drain_lock(&self) -> Result<(), Error> {
+        let shared = self.shared();
+        let mut held = shared
+            .drain_lock
+            .lock()
+            .map_err(|_| Error::Storage("drain lock poisoned".to_owned()))?;
+        if held.is_none() {
+            *held = Some(DrainLock::try_acquire(std::path::Path::new(
+                &shared.config.database_path,
+            ))?);
+        }
+        Ok(())
     }
 
     /// Tells the SDK whether the network is up; going online starts a drain at once.
@@ -631,15 +738,43 @@ impl Backfill {
             sent: b.counter(counter::SENT)?,
             duplicates: b.counter(counter::DUPLICATES)?,
             dead_lettered: b.counter(counter::DEAD_LETTERED)?,
+            dead_letters_evicted: b.counter(counter::DEAD_LETTERS_EVICTED)?,
             expired: b.counter(counter::EXPIRED)?,
             evicted: b.counter(counter::EVICTED)?,
             requests: b.counter(counter::REQUESTS)?,
             bytes_sent: b.counter(counter::BYTES_SENT)?,
             unauthorized: shared.unauthorized.load(Ordering::Relaxed),
+            misconfigured: shared.misconfigured.load(Ordering::Relaxed),
             opted_out: shared.opted_out.load(Ordering::Relaxed),
             opted_out_calls: shared.opted_out_calls.load(Ordering::Relaxed),
-            last_error: shared.last_error.lock().ok().and_then(|e| e.clone()),
+            last_error: match shared.last_error.lock().ok().and_then(|e| e.clone()) {
+                Some(e) => Some(e),
+                None => b.state(LAST_ERROR_KEY)?,
+            },
         })
+    }
+
+    /// The oldest buffered events (at most `limit`), oldest first, as the wire JSON they will
+    /// be sent as.
+    pub fn buffered(&self, limit: usize) -> Result<Vec<String>, Error> {
+        let mut bodies = Vec::new();
+        self.shared().buffer.scan_oldest(None, |row| {
+            if bodies.len() >= limit {
+                return false;
+            }
+            bodies.push(row.body.to_owned());
+            true
+        })?;
+        Ok(bodies)
+    }
+
+    /// Moves every dead letter back into the buffer to be sent again, each at its own event
+    /// time and with its own insert id (so a copy the server already has is a duplicate).
+    /// Returns how many.
+    pub fn requeue_dead_letters(&self) -> Result<u64, Error> {
+        let n = self.shared().buffer.requeue_dead_letters()?;
+        self.wake_if_due(n);
+        Ok(n)
     }
 
     /// The newest dead-lettered events, newest first.

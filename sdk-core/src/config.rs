@@ -130,12 +130,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         let c = self;
         let invalid = |m: String| Err(Error::InvalidConfig(m));
-        if !(c.endpoint.starts_with("http://") || c.endpoint.starts_with("https://")) {
-            return invalid(format!(
-                "endpoint must be an http(s) URL, not {:?}",
-                c.endpoint
-            ));
-        }
+        crate::upload::endpoint::check(&c.endpoint).map_err(Error::InvalidConfig)?;
         if c.client_id.trim().is_empty() || c.client_secret.is_empty() {
             return invalid("client id and secret are required".to_owned());
         }

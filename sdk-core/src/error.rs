@@ -20,6 +20,15 @@ pub enum Error {
     /// The server refused the credentials; uploads are paused and the data is kept.
     #[error("the server refused the credentials (HTTP {0})")]
     Unauthorized(u16),
+    /// The answers say the endpoint is wrong (`404`, `405`, `410`, an answer that is not the
+    /// contract's, or every event refused alike: SPEC §9); uploads are paused and the data is
+    /// kept. The text says what the server answered.
+    #[error("the endpoint is misconfigured: {0}")]
+    Misconfigured(String),
+    /// Another drain holds the buffer (one drain per buffer, across processes); try again
+    /// once it ends.
+    #[error("busy: {0}")]
+    Busy(String),
     /// [`Backfill::close`](crate::Backfill::close) was called; this handle records and drains
     /// no more (open the buffer again to go on).
     #[error("the SDK is closed")]

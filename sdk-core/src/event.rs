@@ -16,6 +16,9 @@ pub struct Event {
     pub timestamp_ms: Option<i64>,
     /// Another device's id (a gateway recording for its sensors); this device when `None`.
     pub device_id: Option<String>,
+    /// The event's `__insertId` (1 to 64 characters, SPEC §5): a given one makes a replay of
+    /// the same event a duplicate the server stores once; a fresh UUIDv7 when `None`.
+    pub insert_id: Option<String>,
 }
 
 impl Event {
@@ -32,6 +35,7 @@ impl Event {
             properties: properties_from_json(properties_json)?,
             timestamp_ms,
             device_id,
+            insert_id: None,
         })
     }
 }
@@ -128,7 +132,7 @@ fn finish(
     payload["properties"] = Value::Object(properties);
     let event = json!({"type": kind, "payload": payload});
     let text = event.to_string();
-    validate_event(event, text.len()).map_err(Error::InvalidEvent)?;
+    validate_event(&text).map_err(Error::InvalidEvent)?;
     Ok(text)
 }
 

@@ -21,6 +21,9 @@ pub struct Stats {
     pub duplicates: u64,
     /// Events the server refused for good (kept in the dead-letter table, bounded).
     pub dead_lettered: u64,
+    /// Dead letters deleted because the dead-letter table was past its bound (the oldest go
+    /// first); counted here, never dropped silently.
+    pub dead_letters_evicted: u64,
     /// Events dropped for falling out of the server's age window.
     pub expired: u64,
     /// Events dropped to keep the buffer within its bounds.
@@ -36,6 +39,10 @@ pub struct Stats {
     /// Recording calls (`track`, `identify`, ...) that recorded nothing because the user had
     /// opted out, since the buffer was opened.
     pub opted_out_calls: u64,
-    /// The last error, if any (uploads or storage).
+    /// Uploads are paused because the answers said the endpoint is wrong (SPEC §9); the data
+    /// is kept and `last_error` says what the server answered.
+    pub misconfigured: bool,
+    /// The last error, if any (uploads or storage): this SDK's own, else the last one any SDK
+    /// kept in this buffer, prefixed with its time.
     pub last_error: Option<String>,
 }

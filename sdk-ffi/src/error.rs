@@ -12,7 +12,8 @@ use backfill_core::Error as CoreError;
 pub enum BackfillError {
     /// A bad argument: an event the server would refuse (name, properties, timestamp, size),
     /// properties that are not a JSON object, a setting out of range, or credentials the
-    /// server refused. Fix the call or the config; retrying as is fails the same way.
+    /// server refused, an endpoint that is not a Backfill server. Fix the call or the config;
+    /// retrying as is fails the same way.
     #[error("{0}")]
     InvalidArgument(String),
     /// The on-device buffer could not be written or read (disk full, damaged file). Recording
@@ -37,7 +38,10 @@ impl From<CoreError> for BackfillError {
             CoreError::InvalidConfig(_) | CoreError::InvalidEvent(_) => {
                 Self::InvalidArgument(message)
             }
-            CoreError::Unauthorized(_) => Self::InvalidArgument(message),
+            CoreError::Unauthorized(_) | CoreError::Misconfigured(_) => {
+                Self::InvalidArgument(message)
+            }
+            CoreError::Busy(_) => Self::Other(message),
             CoreError::StorageFull(_) | CoreError::Storage(_) => Self::Storage(message),
             CoreError::Closed => Self::Closed,
         }

@@ -101,6 +101,9 @@ pub struct BackfillStats {
     pub duplicates: u64,
     /// Events the server refused for good (kept in a bounded dead-letter table).
     pub dead_lettered: u64,
+    /// Dead letters dropped to keep the dead-letter table within its bound (counted, never
+    /// silently).
+    pub dead_letters_evicted: u64,
     /// Events dropped for falling out of the server's age window.
     pub expired: u64,
     /// Events dropped to keep the buffer within its bounds.
@@ -111,6 +114,8 @@ pub struct BackfillStats {
     pub bytes_sent: u64,
     /// Uploads are paused: the server refused the credentials.
     pub unauthorized: bool,
+    /// Uploads are paused: the answers say the endpoint is wrong (`last_error` says why).
+    pub misconfigured: bool,
     /// The user has opted out: nothing is recorded.
     pub opted_out: bool,
     /// Recording calls that recorded nothing because the user had opted out (since open).
@@ -129,11 +134,13 @@ impl From<Stats> for BackfillStats {
             sent: s.sent,
             duplicates: s.duplicates,
             dead_lettered: s.dead_lettered,
+            dead_letters_evicted: s.dead_letters_evicted,
             expired: s.expired,
             evicted: s.evicted,
             requests: s.requests,
             bytes_sent: s.bytes_sent,
             unauthorized: s.unauthorized,
+            misconfigured: s.misconfigured,
             opted_out: s.opted_out,
             opted_out_calls: s.opted_out_calls,
             last_error: s.last_error,
@@ -158,6 +165,12 @@ pub enum DrainEnd {
         /// The HTTP status.
         status: u16,
     },
+    /// The answers say the endpoint is wrong (`404`, `405`, `410`, an answer that is not the
+    /// contract's: SPEC §9); uploads are paused and the data is kept.
+    Misconfigured {
+        /// What the server answered.
+        reason: String,
+    },
 }
 
 impl From<backfill_core::DrainEnd> for DrainEnd {
@@ -168,6 +181,7 @@ impl From<backfill_core::DrainEnd> for DrainEnd {
                 wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
             },
             backfill_core::DrainEnd::Unauthorized(status) => Self::Stopped { status },
+            backfill_core::DrainEnd::Misconfigured(reason) => Self::Misconfigured { reason },
         }
     }
 }

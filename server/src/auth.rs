@@ -1,4 +1,5 @@
-//! Project credentials: hashing, bootstrap, and checking the `openpanel-client-*` headers.
+//! Client credentials: hashing, bootstrap, and checking the `openpanel-client-*` headers and
+//! the client's mode (SPEC §1).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -10,17 +11,33 @@ use backfill_protocol::limits::{CLIENT_ID_HEADER, CLIENT_SECRET_HEADER};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::clock::Clock;
 use crate::config::ProjectCredential;
 use crate::error::ApiError;
-use crate::store::{ProjectRecord, Store, StoreError};
+use crate::store::{ClientMode, ProjectRecord, SecretHash, Store, StoreError};
 
-/// An authenticated project.
+/// An authenticated client and the project whose data it reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Project {
-    /// The store's key.
+    /// The store's key of the project's data.
     pub key: i64,
-    /// The client id, lower-case hyphenated; used in the id derivations.
+    /// The project's client id, lower-case hyphenated; used in the id derivations (SPEC §6).
+    /// For a key issued for an existing project, that project's client id, so that every key of
+    /// one project derives the same device and session ids.
     pub client_id: String,
+    /// The client id that authenticated.
+    pub client: Uuid,
+    /// What that client may do.
+    pub mode: ClientMode,
+}
+
+/// What a route needs of a client (SPEC §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Ingestion: `write` or `root` clients.
+    Write,
+    /// The read API: `read` or `root` clients.
+    Read,
 }
 
 /// Hex SHA-256 of `salt || secret`.
@@ -31,6 +48,28 @@ pub fn hash_secret(salt: &str, secret: &str) -> String {
     hex(&h.finalize())
 }
 
+/// A fresh salt and the hash of `secret` under it.
+pub fn salted_hash(secret: &str) -> SecretHash {
+    let salt = Uuid::new_v4().simple().to_string();
+    SecretHash {
+        hash: hash_secret(&salt, secret),
+        salt,
+    }
+}
+
+/// A new random secret: `sec_` and 64 hex digits (244 random bits from two UUIDv4s).
+pub fn generate_secret() -> String {
+    format!("sec_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+/// Whether `secret` hashes to `stored`, compared in constant time.
+fn matches(stored: &SecretHash, secret: &str) -> bool {
+    constant_time_eq(
+        hash_secret(&stored.salt, secret).as_bytes(),
+        stored.hash.as_bytes(),
+    )
+}
+
 /// Compares without an early exit, so the time taken says nothing about where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -39,60 +78,115 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A project created on first start, with its secret shown once.
-#[derive(Debug, Clone)]
+/// A client created or rotated, with its secret shown once.
+#[derive(Clone)]
 pub struct NewProject {
-    /// The new client id.
+    /// The client id.
     pub client_id: Uuid,
-    /// The new secret; only its hash is stored.
+    /// The new secret; only its hash is stored, so it cannot be shown again.
     pub secret: String,
+    /// What the client may do.
+    pub mode: ClientMode,
 }
 
-/// Saves the configured projects; with none configured and none stored, creates one and returns
-/// it so that its secret can be printed once.
+impl std::fmt::Debug for NewProject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewProject")
+            .field("client_id", &self.client_id)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Saves the configured clients (their secret and mode replace what was stored); with none
+/// configured and none stored, creates a `root` client and returns it so that its secret can be
+/// printed once.
 pub async fn bootstrap(
     store: &dyn Store,
     configured: &[ProjectCredential],
+    now_ms: i64,
 ) -> Result<Option<NewProject>, StoreError> {
+    let stored = store.projects().await?;
     for p in configured {
-        let salt = Uuid::new_v4().simple().to_string();
+        let client_id = p.client_id.to_string();
+        let known = stored.iter().find(|r| r.client_id == client_id);
         store
-            .save_project(p.client_id.to_string(), hash_secret(&salt, &p.secret), salt)
+            .save_project(ProjectRecord {
+                key: 0,
+                name: known.map(|r| r.name.clone()).unwrap_or_default(),
+                owner: known.and_then(|r| r.owner),
+                client_id,
+                mode: p.mode,
+                secret: salted_hash(&p.secret),
+                previous: None,
+                revoked_at: None,
+                created_at: now_ms,
+            })
             .await?;
     }
-    if !configured.is_empty() || !store.projects().await?.is_empty() {
+    if !configured.is_empty() || !stored.is_empty() {
         return Ok(None);
     }
-    let client_id = Uuid::new_v4();
-    let secret = format!("sec_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-    let salt = Uuid::new_v4().simple().to_string();
-    store
-        .save_project(client_id.to_string(), hash_secret(&salt, &secret), salt)
-        .await?;
-    Ok(Some(NewProject { client_id, secret }))
+    let created = crate::admin::create(
+        store,
+        crate::admin::CreateOptions {
+            name: "default".to_owned(),
+            mode: ClientMode::Root,
+            for_client: None,
+        },
+        now_ms,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::admin::AdminError::Store(e) => e,
+        other => StoreError::Internal(other.to_string()),
+    })?;
+    Ok(Some(created))
 }
 
-/// The projects this server accepts, cached from the store.
+/// The clients this server accepts, cached from the store.
 pub struct ProjectRegistry {
     store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
     /// When set, only these client ids are accepted (the `--project` flags).
     only: Option<Vec<Uuid>>,
-    known: RwLock<HashMap<Uuid, ProjectRecord>>,
+    known: RwLock<HashMap<Uuid, Known>>,
+    /// When the cache was last re-read, for [`CACHE_TTL`].
     last_refresh: Mutex<Option<Instant>>,
+    /// When an unknown id or a wrong secret last made it re-read, for [`REFRESH_INTERVAL`].
+    last_miss: Mutex<Option<Instant>>,
 }
 
-/// How often an unknown client id may trigger a re-read of the projects (another node may have
-/// created it).
+/// A cached client with the client id its derivations use.
+#[derive(Clone)]
+struct Known {
+    record: ProjectRecord,
+    project_client_id: String,
+}
+
+/// How often an unknown client id or a wrong secret may trigger a re-read of the clients
+/// (another node, or `backfill-server project`, may have created or rotated it).
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long the cache is trusted: a client revoked by `backfill-server project revoke` is
+/// refused by running servers within this time.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
 impl ProjectRegistry {
-    /// Loads the projects from `store`. With `only`, other stored projects are not accepted.
-    pub async fn load(store: Arc<dyn Store>, only: Option<Vec<Uuid>>) -> Result<Self, StoreError> {
+    /// Loads the clients from `store`. With `only`, other stored clients are not accepted.
+    /// `clock` decides when a rotated-out secret stops being accepted.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        only: Option<Vec<Uuid>>,
+    ) -> Result<Self, StoreError> {
         let registry = Self {
             store,
+            clock,
             only,
             known: RwLock::new(HashMap::new()),
-            last_refresh: Mutex::new(None),
+            last_refresh: Mutex::new(Some(Instant::now())),
+            last_miss: Mutex::new(None),
         };
         registry.refresh().await?;
         Ok(registry)
@@ -100,10 +194,28 @@ impl ProjectRegistry {
 
     async fn refresh(&self) -> Result<(), StoreError> {
         let records = self.store.projects().await?;
+        let by_key: HashMap<i64, String> = records
+            .iter()
+            .map(|r| (r.key, r.client_id.clone()))
+            .collect();
         let map = records
-            .into_iter()
+            .iter()
+            .filter(|r| r.revoked_at.is_none())
             .filter_map(|r| Uuid::parse_str(&r.client_id).ok().map(|id| (id, r)))
             .filter(|(id, _)| self.only.as_ref().is_none_or(|only| only.contains(id)))
+            .map(|(id, r)| {
+                let project_client_id = by_key
+                    .get(&r.data_key())
+                    .cloned()
+                    .unwrap_or_else(|| r.client_id.clone());
+                (
+                    id,
+                    Known {
+                        record: r.clone(),
+                        project_client_id,
+                    },
+                )
+            })
             .collect();
         if let Ok(mut known) = self.known.write() {
             *known = map;
@@ -111,15 +223,38 @@ impl ProjectRegistry {
         Ok(())
     }
 
-    fn lookup(&self, id: &Uuid) -> Option<ProjectRecord> {
+    fn lookup(&self, id: &Uuid) -> Option<Known> {
         self.known
             .read()
             .ok()
             .and_then(|known| known.get(id).cloned())
     }
 
-    /// Checks the credential headers; never reads the body.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Project, ApiError> {
+    /// The project (its client id) that `client` reaches, from the cache, without checking any
+    /// secret: for log lines.
+    pub fn project_of(&self, client: &Uuid) -> Option<String> {
+        self.lookup(client).map(|k| k.project_client_id)
+    }
+
+    /// Whether `secret` is the client's current secret, or the previous one inside its grace
+    /// period.
+    fn accepts(&self, known: &Known, secret: &str) -> bool {
+        let current = matches(&known.record.secret, secret);
+        let previous = known.record.previous.as_ref().is_some_and(|p| {
+            let fresh = self.clock.now_ms() <= p.valid_until_ms;
+            // Both are compared whatever the first gave, so timing tells nothing.
+            matches(&p.secret, secret) & fresh
+        });
+        current | previous
+    }
+
+    /// Checks the credential headers and that the client's mode allows `access`; never reads
+    /// the body. Unknown ids and wrong secrets are `401`, a client outside its mode `403`.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        access: Access,
+    ) -> Result<Project, ApiError> {
         let header = |name: &str| {
             headers
                 .get(name)
@@ -133,38 +268,52 @@ impl ProjectRegistry {
         let secret = header(CLIENT_SECRET_HEADER).ok_or(ApiError::Unauthorized(
             "missing openpanel-client-secret header",
         ))?;
-        let record = match self.lookup(&id) {
-            Some(r) => Some(r),
-            None if self.may_refresh() => {
-                self.refresh().await?;
-                self.lookup(&id)
-            }
-            None => None,
+        if claim(&self.last_refresh, CACHE_TTL) {
+            self.refresh().await?;
+        }
+        let mut known = self.lookup(&id).filter(|k| self.accepts(k, secret));
+        if known.is_none() && claim(&self.last_miss, REFRESH_INTERVAL) {
+            self.refresh().await?;
+            known = self.lookup(&id).filter(|k| self.accepts(k, secret));
+        }
+        let known = known.ok_or(ApiError::Unauthorized(
+            "unknown client id or wrong client secret",
+        ))?;
+        let mode = known.record.mode;
+        let allowed = match access {
+            Access::Write => mode.can_write(),
+            Access::Read => mode.can_read(),
         };
-        let wrong = ApiError::Unauthorized("unknown client id or wrong client secret");
-        let record = record.ok_or(wrong)?;
-        let given = hash_secret(&record.secret_salt, secret);
-        if !constant_time_eq(given.as_bytes(), record.secret_hash.as_bytes()) {
-            return Err(ApiError::Unauthorized(
-                "unknown client id or wrong client secret",
-            ));
+        if !allowed {
+            return Err(ApiError::Forbidden(match access {
+                Access::Write => format!(
+                    "client {id} is a {mode} key and cannot send events; use a write or root key"
+                ),
+                Access::Read => format!(
+                    "client {id} is a {mode} key and cannot use the read API; use a read or root key"
+                ),
+            }));
         }
         Ok(Project {
-            key: record.key,
-            client_id: record.client_id,
+            key: known.record.data_key(),
+            client_id: known.project_client_id,
+            client: id,
+            mode,
         })
     }
+}
 
-    fn may_refresh(&self) -> bool {
-        let Ok(mut last) = self.last_refresh.lock() else {
-            return false;
-        };
-        let due = last.is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL);
-        if due {
-            *last = Some(Instant::now());
-        }
-        due
+/// Claims a re-read when the one `last` records is at least `interval` old; of requests arriving
+/// together, one re-reads and the others use the cache.
+fn claim(last: &Mutex<Option<Instant>>, interval: Duration) -> bool {
+    let Ok(mut last) = last.lock() else {
+        return false;
+    };
+    let due = last.is_none_or(|t| t.elapsed() >= interval);
+    if due {
+        *last = Some(Instant::now());
     }
+    due
 }
 
 #[cfg(test)]

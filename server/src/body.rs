@@ -1,6 +1,7 @@
 //! Reading request bodies: the size limit on the raw stream and on the decoded bytes.
 
 use std::io::Read;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
@@ -20,23 +21,39 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// Reads the `Content-Encoding` header; an unknown one is `415`.
+    /// Reads the `Content-Encoding` header; an unknown one is `415`, named in the message by
+    /// its first 40 characters at most (the header is the client's text, copied into logs).
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
         let Some(value) = headers.get(header::CONTENT_ENCODING) else {
             return Ok(Encoding::Identity);
         };
-        let text = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        let text = String::from_utf8_lossy(value.as_bytes())
+            .trim()
+            .to_ascii_lowercase();
         match text.as_str() {
             "" | "identity" => Ok(Encoding::Identity),
             "gzip" | "x-gzip" => Ok(Encoding::Gzip),
             "zstd" => Ok(Encoding::Zstd),
-            _ => Err(ApiError::UnsupportedEncoding(text)),
+            _ => {
+                let mut shown: String = text.chars().take(40).collect();
+                if shown.len() < text.len() {
+                    shown.push('…');
+                }
+                Err(ApiError::UnsupportedEncoding(shown))
+            }
         }
     }
 }
 
-/// Reads the raw body, refusing it as soon as it passes `limit` bytes (or declares more).
-pub async fn read_raw(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the raw body, refusing it as soon as it passes `limit` bytes (or declares more), or
+/// when no byte of it arrives for `idle` (`408`: a stalled client would otherwise hold its
+/// connection and its share of memory for ever).
+pub async fn read_raw(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    idle: Duration,
+) -> Result<Vec<u8>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -46,7 +63,10 @@ pub async fn read_raw(headers: &HeaderMap, body: Body, limit: usize) -> Result<V
     }
     let mut body = body;
     let mut out = Vec::with_capacity(declared.map_or(64 * 1024, |n| n as usize));
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = tokio::time::timeout(idle, body.frame())
+        .await
+        .map_err(|_| ApiError::BodyTimeout { idle })?
+    {
         let frame = frame
             .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
         if let Some(data) = frame.data_ref() {
@@ -92,6 +112,31 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(data).expect("write");
         enc.finish().expect("finish")
+    }
+
+    #[test]
+    fn an_unknown_encoding_is_415_named_briefly() {
+        let mut headers = HeaderMap::new();
+        let long = "x".repeat(20_000);
+        headers.insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_str(&long).expect("header"),
+        );
+        match Encoding::from_headers(&headers) {
+            Err(ApiError::UnsupportedEncoding(shown)) => {
+                assert!(shown.chars().count() <= 41, "{} characters", shown.len());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Bytes that are not visible ASCII are an unknown encoding too, not "no encoding".
+        headers.insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_bytes(b"gzip\xff").expect("header"),
+        );
+        assert!(matches!(
+            Encoding::from_headers(&headers),
+            Err(ApiError::UnsupportedEncoding(_))
+        ));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use backfill_protocol::limits::{
 };
 use uuid::Uuid;
 
+pub use crate::store::ClientMode;
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -44,13 +46,15 @@ pub fn parse_max_event_age_days(days: u32) -> Result<u32, String> {
     }
 }
 
-/// A project's client id and secret, as given by `--project <client-id>:<secret>`.
+/// A client's id, secret and mode, as given by `--project <client-id>:<secret>[:<mode>]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProjectCredential {
-    /// The project's client id.
+    /// The client id, a UUID.
     pub client_id: Uuid,
-    /// The project's secret, in clear; only its hash is stored.
+    /// The secret, in clear; only its hash is stored.
     pub secret: String,
+    /// What the client may do; `root` when not given, as before modes existed.
+    pub mode: ClientMode,
 }
 
 impl std::fmt::Debug for ProjectCredential {
@@ -58,6 +62,7 @@ impl std::fmt::Debug for ProjectCredential {
         f.debug_struct("ProjectCredential")
             .field("client_id", &self.client_id)
             .field("secret", &"<redacted>")
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -65,19 +70,33 @@ impl std::fmt::Debug for ProjectCredential {
 impl FromStr for ProjectCredential {
     type Err = String;
 
+    /// Parses `<client-id>:<secret>[:<mode>]`. The secret may itself hold colons; a last part
+    /// that names a mode (`write`, `read`, `root`) is taken as the mode.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (id, secret) = s
-            .trim()
-            .split_once(':')
-            .ok_or_else(|| "a project is given as <client-id>:<secret>".to_owned())?;
-        let client_id =
-            Uuid::parse_str(id).map_err(|_| format!("project client id {id:?} is not a UUID"))?;
+        let s = s.trim();
+        let (id, rest) = s.split_once(':').ok_or_else(|| {
+            "a project is given as <client-id>:<secret>[:write|read|root]".to_owned()
+        })?;
+        // The part before the first ':' is not echoed: given in the wrong order, it is a secret.
+        let client_id = Uuid::parse_str(id).map_err(|_| {
+            "the client id (before the first ':') is not a UUID; client ids are UUIDs such as \
+             3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f (`backfill-server project create` makes one, \
+             with its secret)"
+                .to_owned()
+        })?;
+        let (secret, mode) = match rest.rsplit_once(':') {
+            Some((secret, mode)) if mode.parse::<ClientMode>().is_ok() => {
+                (secret, mode.parse::<ClientMode>()?)
+            }
+            _ => (rest, ClientMode::Root),
+        };
         if secret.is_empty() {
             return Err(format!("project {client_id} has an empty secret"));
         }
         Ok(Self {
             client_id,
             secret: secret.to_owned(),
+            mode,
         })
     }
 }
@@ -92,6 +111,25 @@ mod tests {
             .parse()
             .expect("valid");
         assert_eq!(p.secret, "s3cr:et");
+        assert_eq!(p.mode, ClientMode::Root, "no mode is root, as before modes");
+        let w: ProjectCredential = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f:s3cr:et:write"
+            .parse()
+            .expect("valid");
+        assert_eq!((w.secret.as_str(), w.mode), ("s3cr:et", ClientMode::Write));
+        let r: ProjectCredential = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f:x:read"
+            .parse()
+            .expect("valid");
+        assert_eq!((r.secret.as_str(), r.mode), ("x", ClientMode::Read));
+        let e = "gw1:s3cret"
+            .parse::<ProjectCredential>()
+            .expect_err("not a UUID");
+        assert!(e.contains("is not a UUID"), "{e}");
+        assert!(
+            "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f::write"
+                .parse::<ProjectCredential>()
+                .is_err(),
+            "a mode without a secret"
+        );
         assert!(
             !format!("{p:?}").contains("s3cr"),
             "secrets never reach logs"

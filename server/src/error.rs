@@ -17,6 +17,9 @@ pub enum ApiError {
     /// Missing or bad credentials (`401`).
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The client's mode does not allow this route (`403`, SPEC §1).
+    #[error("{0}")]
+    Forbidden(String),
     /// A malformed envelope or query (`400`).
     #[error("{0}")]
     BadRequest(String),
@@ -37,6 +40,12 @@ pub enum ApiError {
     UnsupportedEncoding(String),
 
     // --- Retry later.
+    /// The request body stopped arriving for longer than `idle` (`408`).
+    #[error("no byte of the request body arrived for {} s; resend the request", idle.as_secs())]
+    BodyTimeout {
+        /// The longest pause allowed.
+        idle: std::time::Duration,
+    },
     /// Too many requests (`429`).
     #[error("rate limited; retry after {retry_after} s")]
     RateLimited {
@@ -50,6 +59,13 @@ pub enum ApiError {
     /// message.
     #[error("storage unavailable; retry later")]
     StoreFailed(String),
+
+    // --- Either, and the connection closes.
+    /// The inner error, answered before the request body was read to its end. The answer says
+    /// `Connection: close` and the connection is closed after it (RFC 9112 §9.6): the unread
+    /// rest of the body cannot be told from a next request, so a client must not reuse it.
+    #[error(transparent)]
+    BodyUnread(Box<ApiError>),
 }
 
 impl From<StoreError> for ApiError {
@@ -65,13 +81,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable | ApiError::StoreFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyUnread(inner) => inner.status(),
         }
     }
 
@@ -79,6 +98,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
             ApiError::Unavailable | ApiError::StoreFailed(_) => Some(STORE_RETRY_AFTER_SECS),
+            ApiError::BodyUnread(inner) => inner.retry_after(),
             _ => None,
         }
     }
@@ -87,6 +107,11 @@ impl ApiError {
 /// The cause of a store failure, attached to the response for the logging middleware.
 #[derive(Debug, Clone)]
 pub struct StoreFailure(pub String);
+
+/// Why a request failed, as told to the client, attached to the response for the logging
+/// middleware.
+#[derive(Debug, Clone)]
+pub struct FailureReason(pub String);
 
 /// The JSON error body for `status` with `message`.
 pub fn error_body(status: StatusCode, message: String) -> ErrorBody {
@@ -99,9 +124,18 @@ pub fn error_body(status: StatusCode, message: String) -> ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::BodyUnread(inner) = self {
+            let mut response = inner.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
         let status = self.status();
         let retry_after = self.retry_after();
-        let mut response = (status, Json(error_body(status, self.to_string()))).into_response();
+        let message = self.to_string();
+        let mut response = (status, Json(error_body(status, message.clone()))).into_response();
+        response.extensions_mut().insert(FailureReason(message));
         if let ApiError::StoreFailed(cause) = self {
             // Carried to the logging middleware, which removes it before the answer leaves.
             response.extensions_mut().insert(StoreFailure(cause));

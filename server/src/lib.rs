@@ -2,25 +2,31 @@
 //!
 //! # Layout
 //! - [`config`]: the typed configuration `main` builds from flags and environment.
-//! - [`api`]: routes, handlers and middleware; [`body`] reads and decodes request bodies.
+//! - [`api`]: routes, handlers and middleware; [`body`] reads and decodes request bodies;
+//!   [`connections`] accepts and serves connections, with timeouts for stalled clients.
 //! - [`ingest`]: validation, time rules and id derivation of rows, and the `202` summary.
-//! - [`auth`]: project credentials and the registry that checks them.
+//! - [`auth`]: client credentials, modes, and the registry that checks them.
+//! - [`admin`]: creating, listing, rotating and revoking clients (`backfill-server project`).
+//! - [`openapi`]: the OpenAPI document of every route, served at `/openapi.json`.
 //! - [`store`]: the [`store::Store`] trait and its embedded SQLite implementation.
 //! - [`state`], [`metrics`], [`clock`], [`error`]: what the handlers share.
 //! - [`read_client`]: a client of the read API, for tools and tests.
 //!
-//! [`start`] opens the store, binds the listener and serves in the background; `main` and the
+//! [`start`] binds the listener, opens the store and serves in the background; `main` and the
 //! end-to-end tests use it alike.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod openapi;
 pub mod read_client;
 pub mod state;
 pub mod store;
@@ -37,6 +43,7 @@ pub use crate::api::app;
 pub use crate::auth::NewProject;
 use crate::clock::Clock;
 pub use crate::config::Config;
+pub use crate::connections::Timeouts;
 use crate::metrics::Metrics;
 pub use crate::state::AppState;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
@@ -61,18 +68,14 @@ pub enum StartError {
     },
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves `state` on `listener` until `shutdown` resolves, then finishes in-flight requests
+/// (see [`connections`] for the timeouts).
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    connections::serve(app(state), listener, shutdown, Timeouts::default()).await
 }
 
 /// Opens the embedded store in `config.data_dir`.
@@ -95,7 +98,8 @@ pub fn open_embedded(
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
-    /// A project created on first start (no project configured, none stored).
+    /// A `root` client created on first start (no project configured, none stored); its secret
+    /// is shown nowhere else.
     pub created_project: Option<NewProject>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -117,20 +121,14 @@ impl RunningServer {
 }
 
 /// Starts a server for `config` with the embedded store (or `store`, when given) and `clock`.
+///
+/// The listener is bound first: a start that fails there (the port is taken) has touched no
+/// store, so it never leaves behind a created client whose secret was not shown.
 pub async fn start(
     config: &Config,
     clock: Arc<dyn Clock>,
     store: Option<Arc<dyn Store>>,
 ) -> Result<RunningServer, StartError> {
-    let metrics = Arc::new(Metrics::default());
-    let store = match store {
-        Some(store) => store,
-        None => open_embedded(config, Arc::clone(&clock), &metrics)?,
-    };
-    let created_project = auth::bootstrap(store.as_ref(), &config.projects).await?;
-    let only = (!config.projects.is_empty())
-        .then(|| config.projects.iter().map(|p| p.client_id).collect());
-    let state = AppState::new(store, clock, metrics, config.max_event_age_days, only).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -141,6 +139,15 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    let metrics = Arc::new(Metrics::default());
+    let store = match store {
+        Some(store) => store,
+        None => open_embedded(config, Arc::clone(&clock), &metrics)?,
+    };
+    let created_project = auth::bootstrap(store.as_ref(), &config.projects, clock.now_ms()).await?;
+    let only = (!config.projects.is_empty())
+        .then(|| config.projects.iter().map(|p| p.client_id).collect());
+    let state = AppState::new(store, clock, metrics, config.max_event_age_days, only).await?;
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(state, listener, async {
         let _ = rx.await;

@@ -1,7 +1,9 @@
 //! Counters and histograms exposed at `GET /metrics` in the Prometheus text format.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -49,10 +51,9 @@ impl Histogram {
     }
 }
 
-/// The routes whose latency is tracked separately.
-pub const ROUTES: [&str; 4] = ["/track/batch", "/track", "/api", "other"];
-
-/// Every metric the server exports.
+/// Every metric the server exports. Route labels are the router's patterns (e.g.
+/// `/api/profiles/{profile_id}`), `preflight` (CORS preflights, answered before routing) or
+/// `unmatched`, so their number is bounded.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Rows accepted (duplicates included).
@@ -63,27 +64,52 @@ pub struct Metrics {
     pub rejected_validation: AtomicU64,
     /// Rows rejected with reason `internal`.
     pub rejected_internal: AtomicU64,
-    /// Request latency per entry of [`ROUTES`].
-    pub request_latency: [Histogram; ROUTES.len()],
+    /// Requests the store failed (answered `503`).
+    pub store_errors: AtomicU64,
     /// Duration of each group commit of the store.
-    pub commit_latency: std::sync::Arc<Histogram>,
+    pub commit_latency: Arc<Histogram>,
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    request_latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
 }
 
 impl Metrics {
-    /// The latency histogram for a matched route path.
-    pub fn route_histogram(&self, path: &str) -> &Histogram {
-        let i = match path {
-            "/track/batch" => 0,
-            "/track" => 1,
-            p if p.starts_with("/api/") => 2,
-            _ => 3,
-        };
-        &self.request_latency[i]
+    /// Counts one answered request of `route` with `status` that took `seconds`.
+    pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
+        if let Ok(mut requests) = self.requests.lock() {
+            *requests.entry((route.to_owned(), status)).or_default() += 1;
+        }
+        let histogram = self
+            .request_latency
+            .lock()
+            .ok()
+            .map(|mut latency| Arc::clone(latency.entry(route.to_owned()).or_default()));
+        if let Some(h) = histogram {
+            h.observe(seconds);
+        }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP backfill_build_info The running build.\n# TYPE backfill_build_info gauge\n\
+             backfill_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            out,
+            "# HELP backfill_http_requests_total Answered requests by route and status.\n\
+             # TYPE backfill_http_requests_total counter"
+        );
+        if let Ok(requests) = self.requests.lock() {
+            for ((route, status), n) in requests.iter() {
+                let _ = writeln!(
+                    out,
+                    "backfill_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
         let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
@@ -114,13 +140,21 @@ impl Metrics {
             "backfill_events_rejected_total{{reason=\"internal\"}} {}",
             self.rejected_internal.load(Ordering::Relaxed)
         );
+        counter(
+            &mut out,
+            "backfill_store_errors_total",
+            "Requests the store failed (answered 503).",
+            &self.store_errors,
+        );
         let name = "backfill_http_request_duration_seconds";
         let _ = writeln!(
             out,
             "# HELP {name} Request latency by route.\n# TYPE {name} histogram"
         );
-        for (route, h) in ROUTES.iter().zip(&self.request_latency) {
-            h.render(&mut out, name, &format!("route=\"{route}\""));
+        if let Ok(latency) = self.request_latency.lock() {
+            for (route, h) in latency.iter() {
+                h.render(&mut out, name, &format!("route=\"{route}\""));
+            }
         }
         let name = "backfill_store_commit_duration_seconds";
         let _ = writeln!(

@@ -35,7 +35,8 @@ impl AppState {
         max_event_age_days: u32,
         only_projects: Option<Vec<Uuid>>,
     ) -> Result<Self, StoreError> {
-        let projects = ProjectRegistry::load(Arc::clone(&store), only_projects).await?;
+        let projects =
+            ProjectRegistry::load(Arc::clone(&store), Arc::clone(&clock), only_projects).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 store,

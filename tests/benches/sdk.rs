@@ -176,6 +176,7 @@ fn bench_track(dir: &Path, n: usize) {
                 properties: reading((chunk * 1000 + i) as u64),
                 timestamp_ms: None,
                 device_id: Some("s-1".into()),
+                insert_id: None,
             })
             .collect();
         sdk.track_many(events).expect("track_many");
@@ -221,6 +222,7 @@ fn bench_drain(dir: &Path, url: &str, server_pid: u32, backlog: usize, compress:
                     properties: reading(n as u64),
                     timestamp_ms: Some(start + n as i64 * step),
                     device_id: Some(format!("gw-0001-sensor-{:02}", n % 7)),
+                    insert_id: None,
                 }
             })
             .collect();

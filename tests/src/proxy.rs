@@ -18,6 +18,9 @@ pub enum Step {
     DropAnswer,
     /// Answer with this status and `Retry-After` without asking the server.
     Status(u16, u32),
+    /// Answer with this status and body (`text/html`) without asking the server: something
+    /// that is not a Backfill server.
+    Foreign(u16, &'static str),
     /// Read the request and never answer.
     Stall,
     /// Read part of the request and hang up.
@@ -133,6 +136,13 @@ async fn handle(mut client: TcpStream, upstream: SocketAddr, step: Step) {
             );
             let answer = format!(
                 "HTTP/1.1 {code} Injected\r\ncontent-type: application/json\r\nretry-after: {retry_after}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = client.write_all(answer.as_bytes()).await;
+        }
+        Step::Foreign(code, body) => {
+            let answer = format!(
+                "HTTP/1.1 {code} Foreign\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = client.write_all(answer.as_bytes()).await;

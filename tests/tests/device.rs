@@ -16,7 +16,11 @@ fn props(v: Value) -> Map<String, Value> {
 fn a_corrupt_buffer_is_moved_aside_and_recreated() {
     let server = TestServer::start(5, None);
     let db = server.dir.path().join("sdk.db");
-    std::fs::write(&db, vec![0x5a; 64 * 1024]).expect("write garbage");
+    // An SQLite file whose pages are damaged (its header says SQLite; recovery applies only
+    // to such a file: anything else is refused untouched).
+    let mut damaged = b"SQLite format 3\0".to_vec();
+    damaged.extend(std::iter::repeat_n(0x5au8, 64 * 1024));
+    std::fs::write(&db, damaged).expect("write garbage");
     let sdk =
         Backfill::open(server.sdk_config(&db).build().expect("config")).expect("opens anyway");
     let stats = sdk.stats().expect("stats");

@@ -25,6 +25,7 @@ fn record_week(sdk: &Backfill, start: i64) -> usize {
                     .unwrap_or_default(),
                 timestamp_ms: Some(t),
                 device_id: Some(format!("gw-0001-sensor-{s:02}")),
+                insert_id: None,
             })
             .collect();
         total += sdk.track_many(events).expect("recorded").len();

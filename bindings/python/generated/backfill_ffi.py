@@ -1169,7 +1169,7 @@ class BackfillStats:
     """
     A snapshot of the buffer and the uploads.
 """
-    def __init__(self, *, buffered:int, buffered_bytes:int, oldest_event_ms:typing.Optional[int], newest_event_ms:typing.Optional[int], sent:int, duplicates:int, dead_lettered:int, expired:int, evicted:int, requests:int, bytes_sent:int, unauthorized:bool, opted_out:bool, opted_out_calls:int, last_error:typing.Optional[str]):
+    def __init__(self, *, buffered:int, buffered_bytes:int, oldest_event_ms:typing.Optional[int], newest_event_ms:typing.Optional[int], sent:int, duplicates:int, dead_lettered:int, dead_letters_evicted:int, expired:int, evicted:int, requests:int, bytes_sent:int, unauthorized:bool, misconfigured:bool, opted_out:bool, opted_out_calls:int, last_error:typing.Optional[str]):
         self.buffered = buffered
         self.buffered_bytes = buffered_bytes
         self.oldest_event_ms = oldest_event_ms
@@ -1177,11 +1177,13 @@ class BackfillStats:
         self.sent = sent
         self.duplicates = duplicates
         self.dead_lettered = dead_lettered
+        self.dead_letters_evicted = dead_letters_evicted
         self.expired = expired
         self.evicted = evicted
         self.requests = requests
         self.bytes_sent = bytes_sent
         self.unauthorized = unauthorized
+        self.misconfigured = misconfigured
         self.opted_out = opted_out
         self.opted_out_calls = opted_out_calls
         self.last_error = last_error
@@ -1190,7 +1192,7 @@ class BackfillStats:
 
     
     def __str__(self):
-        return "BackfillStats(buffered={}, buffered_bytes={}, oldest_event_ms={}, newest_event_ms={}, sent={}, duplicates={}, dead_lettered={}, expired={}, evicted={}, requests={}, bytes_sent={}, unauthorized={}, opted_out={}, opted_out_calls={}, last_error={})".format(self.buffered, self.buffered_bytes, self.oldest_event_ms, self.newest_event_ms, self.sent, self.duplicates, self.dead_lettered, self.expired, self.evicted, self.requests, self.bytes_sent, self.unauthorized, self.opted_out, self.opted_out_calls, self.last_error)
+        return "BackfillStats(buffered={}, buffered_bytes={}, oldest_event_ms={}, newest_event_ms={}, sent={}, duplicates={}, dead_lettered={}, dead_letters_evicted={}, expired={}, evicted={}, requests={}, bytes_sent={}, unauthorized={}, misconfigured={}, opted_out={}, opted_out_calls={}, last_error={})".format(self.buffered, self.buffered_bytes, self.oldest_event_ms, self.newest_event_ms, self.sent, self.duplicates, self.dead_lettered, self.dead_letters_evicted, self.expired, self.evicted, self.requests, self.bytes_sent, self.unauthorized, self.misconfigured, self.opted_out, self.opted_out_calls, self.last_error)
     def __eq__(self, other):
         if self.buffered != other.buffered:
             return False
@@ -1206,6 +1208,8 @@ class BackfillStats:
             return False
         if self.dead_lettered != other.dead_lettered:
             return False
+        if self.dead_letters_evicted != other.dead_letters_evicted:
+            return False
         if self.expired != other.expired:
             return False
         if self.evicted != other.evicted:
@@ -1215,6 +1219,8 @@ class BackfillStats:
         if self.bytes_sent != other.bytes_sent:
             return False
         if self.unauthorized != other.unauthorized:
+            return False
+        if self.misconfigured != other.misconfigured:
             return False
         if self.opted_out != other.opted_out:
             return False
@@ -1235,11 +1241,13 @@ class _UniffiFfiConverterTypeBackfillStats(_UniffiConverterRustBuffer):
             sent=_UniffiFfiConverterUInt64.read(buf),
             duplicates=_UniffiFfiConverterUInt64.read(buf),
             dead_lettered=_UniffiFfiConverterUInt64.read(buf),
+            dead_letters_evicted=_UniffiFfiConverterUInt64.read(buf),
             expired=_UniffiFfiConverterUInt64.read(buf),
             evicted=_UniffiFfiConverterUInt64.read(buf),
             requests=_UniffiFfiConverterUInt64.read(buf),
             bytes_sent=_UniffiFfiConverterUInt64.read(buf),
             unauthorized=_UniffiFfiConverterBoolean.read(buf),
+            misconfigured=_UniffiFfiConverterBoolean.read(buf),
             opted_out=_UniffiFfiConverterBoolean.read(buf),
             opted_out_calls=_UniffiFfiConverterUInt64.read(buf),
             last_error=_UniffiFfiConverterOptionalString.read(buf),
@@ -1254,11 +1262,13 @@ class _UniffiFfiConverterTypeBackfillStats(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.check_lower(value.sent)
         _UniffiFfiConverterUInt64.check_lower(value.duplicates)
         _UniffiFfiConverterUInt64.check_lower(value.dead_lettered)
+        _UniffiFfiConverterUInt64.check_lower(value.dead_letters_evicted)
         _UniffiFfiConverterUInt64.check_lower(value.expired)
         _UniffiFfiConverterUInt64.check_lower(value.evicted)
         _UniffiFfiConverterUInt64.check_lower(value.requests)
         _UniffiFfiConverterUInt64.check_lower(value.bytes_sent)
         _UniffiFfiConverterBoolean.check_lower(value.unauthorized)
+        _UniffiFfiConverterBoolean.check_lower(value.misconfigured)
         _UniffiFfiConverterBoolean.check_lower(value.opted_out)
         _UniffiFfiConverterUInt64.check_lower(value.opted_out_calls)
         _UniffiFfiConverterOptionalString.check_lower(value.last_error)
@@ -1272,11 +1282,13 @@ class _UniffiFfiConverterTypeBackfillStats(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.sent, buf)
         _UniffiFfiConverterUInt64.write(value.duplicates, buf)
         _UniffiFfiConverterUInt64.write(value.dead_lettered, buf)
+        _UniffiFfiConverterUInt64.write(value.dead_letters_evicted, buf)
         _UniffiFfiConverterUInt64.write(value.expired, buf)
         _UniffiFfiConverterUInt64.write(value.evicted, buf)
         _UniffiFfiConverterUInt64.write(value.requests, buf)
         _UniffiFfiConverterUInt64.write(value.bytes_sent, buf)
         _UniffiFfiConverterBoolean.write(value.unauthorized, buf)
+        _UniffiFfiConverterBoolean.write(value.misconfigured, buf)
         _UniffiFfiConverterBoolean.write(value.opted_out, buf)
         _UniffiFfiConverterUInt64.write(value.opted_out_calls, buf)
         _UniffiFfiConverterOptionalString.write(value.last_error, buf)
@@ -1391,6 +1403,37 @@ class DrainEnd:
                 return False
             return True
 
+    @dataclass
+    class MISCONFIGURED:
+        """
+        The answers say the endpoint is wrong (`404`, `405`, `410`, an answer that is not the
+        contract's: SPEC §9); uploads are paused and the data is kept.
+"""
+        
+        def __init__(self, reason:str):
+            self.reason = reason
+            
+            """
+        What the server answered.
+"""
+        
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "DrainEnd.MISCONFIGURED(reason={})".format(self.reason)
+        def __eq__(self, other):
+            if not isinstance(other, DrainEnd):
+                return NotImplemented
+            if not other.is_MISCONFIGURED():
+                return False
+            if self.reason != other.reason:
+                return False
+            return True
+
     
 
     # For each variant, we have `is_NAME` and `is_name` methods for easily checking
@@ -1407,6 +1450,10 @@ class DrainEnd:
         return isinstance(self, DrainEnd.STOPPED)
     def is_stopped(self) -> bool:
         return isinstance(self, DrainEnd.STOPPED)
+    def is_MISCONFIGURED(self) -> bool:
+        return isinstance(self, DrainEnd.MISCONFIGURED)
+    def is_misconfigured(self) -> bool:
+        return isinstance(self, DrainEnd.MISCONFIGURED)
     
 
 # Now, a little trick - we make each nested variant class be a subclass of the main
@@ -1415,6 +1462,7 @@ class DrainEnd:
 DrainEnd.EMPTY = type("DrainEnd.EMPTY", (DrainEnd.EMPTY, DrainEnd,), {})  # type: ignore
 DrainEnd.RETRY_LATER = type("DrainEnd.RETRY_LATER", (DrainEnd.RETRY_LATER, DrainEnd,), {})  # type: ignore
 DrainEnd.STOPPED = type("DrainEnd.STOPPED", (DrainEnd.STOPPED, DrainEnd,), {})  # type: ignore
+DrainEnd.MISCONFIGURED = type("DrainEnd.MISCONFIGURED", (DrainEnd.MISCONFIGURED, DrainEnd,), {})  # type: ignore
 
 
 
@@ -1434,6 +1482,10 @@ class _UniffiFfiConverterTypeDrainEnd(_UniffiConverterRustBuffer):
             return DrainEnd.STOPPED(
                 _UniffiFfiConverterUInt16.read(buf),
             )
+        if variant == 4:
+            return DrainEnd.MISCONFIGURED(
+                _UniffiFfiConverterString.read(buf),
+            )
         raise InternalError("Raw enum value doesn't match any cases")
 
     @staticmethod
@@ -1445,6 +1497,9 @@ class _UniffiFfiConverterTypeDrainEnd(_UniffiConverterRustBuffer):
             return
         if value.is_STOPPED():
             _UniffiFfiConverterUInt16.check_lower(value.status)
+            return
+        if value.is_MISCONFIGURED():
+            _UniffiFfiConverterString.check_lower(value.reason)
             return
         raise ValueError(value)
 
@@ -1458,6 +1513,9 @@ class _UniffiFfiConverterTypeDrainEnd(_UniffiConverterRustBuffer):
         if value.is_STOPPED():
             buf.write_i32(3)
             _UniffiFfiConverterUInt16.write(value.status, buf)
+        if value.is_MISCONFIGURED():
+            buf.write_i32(4)
+            _UniffiFfiConverterString.write(value.reason, buf)
 
 
 
@@ -1662,7 +1720,8 @@ class BackfillError:  # type: ignore
         """
         A bad argument: an event the server would refuse (name, properties, timestamp, size),
         properties that are not a JSON object, a setting out of range, or credentials the
-        server refused. Fix the call or the config; retrying as is fails the same way.
+        server refused, an endpoint that is not a Backfill server. Fix the call or the config;
+        retrying as is fails the same way.
 """
         def __repr__(self):
             return "BackfillError.InvalidArgument({})".format(repr(str(self)))

@@ -5,6 +5,7 @@
 //! cheap (no fsync per event) and survives a killed process; only a power loss can take the
 //! last transactions.
 
+pub mod drain_lock;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{
-    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 
 use crate::error::Error;
@@ -63,6 +64,31 @@ struct Inner {
     conn: Connection,
     rows: u64,
     bytes: u64,
+    /// `PRAGMA data_version` when `rows` and `bytes` were last counted: it changes when another
+    /// connection (another process recording into this buffer) commits.
+    data_version: i64,
+}
+
+impl Inner {
+    /// Counts the rows and bytes again if another connection has written since they were
+    /// counted.
+    fn refresh(&mut self) -> Result<(), Error> {
+        let version: i64 = self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if version != self.data_version {
+            let (rows, bytes): (i64, i64) = self.conn.query_row(
+                "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            self.rows = rows.max(0) as u64;
+            self.bytes = bytes.max(0) as u64;
+            self.data_version = version;
+        }
+        Ok(())
+    }
 }
 
 /// The buffer. Writes are serialised through one connection; the drain reads the rows it packs
@@ -73,6 +99,8 @@ pub struct Buffer {
     scanner: Mutex<Connection>,
     /// Copies the WAL back into the file, so that neither `track` nor a settle waits for it.
     checkpointer: Mutex<Connection>,
+    /// Opened by [`Buffer::open_read_only`].
+    read_only: bool,
     /// How many times eviction or expiry has removed rows since the buffer was opened; changed
     /// only under the `inner` lock, read without it so that packing never waits for a settle.
     removals: AtomicU64,
@@ -86,6 +114,8 @@ pub mod counter {
     pub const DUPLICATES: &str = "duplicates";
     /// Events the server refused for good, moved to the dead-letter table.
     pub const DEAD_LETTERED: &str = "dead_lettered";
+    /// Dead letters deleted because the dead-letter table was past its bound.
+    pub const DEAD_LETTERS_EVICTED: &str = "dead_letters_evicted";
     /// Events dropped because they fell out of the server's age window.
     pub const EXPIRED: &str = "expired";
     /// Events dropped to keep the buffer within its bounds.
@@ -110,13 +140,29 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
 /// WAL pages after which a commit checkpoints by itself, when no drain does it.
 const AUTO_CHECKPOINT_PAGES: u32 = 8192;
 
-fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let conn = Connection::open(path)?;
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection, rusqlite::Error> {
+    let conn = if read_only {
+        // Opened for reading and writing, never creating, and then refused every write
+        // (`query_only`): a read-only connection to a WAL database leaves its `-wal` and `-shm`
+        // files behind, while this one, when it is the last to close, removes them as SQLite
+        // does for any connection.
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn
+    } else {
+        Connection::open(path)?
+    };
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Checkpoints run during and after drains (`Buffer::checkpoint`); the automatic one is only
-    // a backstop for long offline stretches, so that `track` rarely pays for copying the WAL back.
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
-    conn.pragma_update(None, "wal_autocheckpoint", AUTO_CHECKPOINT_PAGES)?;
+    if !read_only {
+        // Checkpoints run during and after drains (`Buffer::checkpoint`); the automatic one is
+        // only a backstop for long offline stretches, so that `track` rarely pays for copying
+        // the WAL back.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        conn.pragma_update(None, "wal_autocheckpoint", AUTO_CHECKPOINT_PAGES)?;
+    }
     // Reading the schema touches the file header and the first pages: a damaged file fails here.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
@@ -124,19 +170,83 @@ fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
+/// The first 16 bytes of every SQLite database file (its file format, section 1.3.1).
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses a file that is not an SQLite database: it is someone's data (an NDJSON log passed as
+/// `--db`), never a buffer to recover. A missing or empty file passes (a new buffer).
+fn check_header(path: &Path) -> Result<(), Error> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let read = match std::fs::File::open(path) {
+        Ok(mut f) => f.read(&mut head),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Storage(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    match read {
+        Ok(0) => Ok(()),
+        Ok(n) if n == head.len() && &head == SQLITE_HEADER => Ok(()),
+        Ok(_) => Err(Error::Storage(format!(
+            "{} is not a Backfill buffer (not an SQLite database); it was left untouched",
+            path.display()
+        ))),
+        Err(e) => Err(Error::Storage(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Refuses an SQLite database that some other program wrote (version 0, with tables of its
+/// own): creating the buffer's tables in it would change someone else's data.
+fn check_foreign(conn: &Connection, path: &Path) -> Result<(), Error> {
+    let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT IN
+            ('events', 'dead_letters', 'state', 'counters') AND name NOT LIKE 'sqlite_%'",
+        [],
+        |r| r.get(0),
+    )?;
+    if version == 0 && tables > 0 {
+        return Err(Error::Storage(format!(
+            "{} is an SQLite database of another program, not a Backfill buffer; it was left \
+             untouched",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 impl Buffer {
-    /// Opens (or creates) the buffer at `path`. A corrupt file is moved aside to
-    /// `<path>.corrupt-<ms>` and a new buffer is created; the second value then says so.
+    /// Opens (or creates) the buffer at `path`. A file that is not an SQLite database, or an
+    /// SQLite database of another program, is refused and left untouched. An SQLite file that
+    /// fails its checks (a damaged buffer) is moved aside to `<path>.corrupt-<ms>` and a new
+    /// buffer is created; the second value then says so.
     pub fn open(
         path: &Path,
         now_ms: i64,
         max_bytes: Option<u64>,
     ) -> Result<(Self, Option<String>), Error> {
+        check_header(path)?;
+        // Looked at read-only first: opening for writing would already switch another
+        // program's database to WAL.
+        if path.metadata().is_ok_and(|m| m.len() > 0) {
+            match open_connection(path, true) {
+                Ok(conn) => check_foreign(&conn, path)?,
+                Err(e) if is_corruption(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let (mut conn, recovered) = match open_connection(path) {
+        let (mut conn, recovered) = match open_connection(path, false) {
             Ok(conn) => (conn, None),
             Err(e) if is_corruption(&e) => {
                 let aside = PathBuf::from(format!("{}.corrupt-{now_ms}", path.display()));
@@ -151,7 +261,7 @@ impl Buffer {
                     aside.display()
                 );
                 tracing::error!("{note}");
-                (open_connection(path)?, Some(note))
+                (open_connection(path, false)?, Some(note))
             }
             Err(e) => return Err(e.into()),
         };
@@ -161,27 +271,56 @@ impl Buffer {
             let pages = (max / page.max(512) as u64).max(8);
             conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
         }
-        let (rows, bytes): (i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let inner = Inner {
+        let buffer = Self::with_connection(conn, path, false)?;
+        Ok((buffer, recovered))
+    }
+
+    /// Opens an existing buffer for reading only: nothing is created, moved, upgraded or
+    /// written, whatever state the file is in. Writing through it fails.
+    pub fn open_read_only(path: &Path) -> Result<Self, Error> {
+        if !path.is_file() {
+            return Err(Error::Storage(format!("no buffer at {}", path.display())));
+        }
+        check_header(path)?;
+        let conn = open_connection(path, true)?;
+        let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 0 {
+            return Err(Error::Storage(format!(
+                "{} is an SQLite database but not a Backfill buffer",
+                path.display()
+            )));
+        }
+        if version > schema::VERSION {
+            return Err(Error::Storage(format!(
+                "buffer schema version {version} is newer than this SDK's {}",
+                schema::VERSION
+            )));
+        }
+        Self::with_connection(conn, path, true)
+    }
+
+    fn with_connection(conn: Connection, path: &Path, read_only: bool) -> Result<Self, Error> {
+        let mut inner = Inner {
             conn,
-            rows: rows.max(0) as u64,
-            bytes: bytes.max(0) as u64,
+            rows: 0,
+            bytes: 0,
+            data_version: i64::MIN,
         };
-        let scanner = open_connection(path)?;
-        let checkpointer = open_connection(path)?;
-        Ok((
-            Self {
-                inner: Mutex::new(inner),
-                scanner: Mutex::new(scanner),
-                checkpointer: Mutex::new(checkpointer),
-                removals: AtomicU64::new(0),
-            },
-            recovered,
-        ))
+        inner.refresh()?;
+        let scanner = open_connection(path, read_only)?;
+        let checkpointer = open_connection(path, read_only)?;
+        Ok(Self {
+            inner: Mutex::new(inner),
+            scanner: Mutex::new(scanner),
+            checkpointer: Mutex::new(checkpointer),
+            read_only,
+            removals: AtomicU64::new(0),
+        })
+    }
+
+    /// True when opened by [`Buffer::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, Error> {
@@ -230,9 +369,10 @@ impl Buffer {
         self.removals.load(Ordering::Acquire)
     }
 
-    /// Buffered rows and bytes.
+    /// Buffered rows and bytes, including rows other processes recorded into this buffer.
     pub fn totals(&self) -> Result<(u64, u64), Error> {
-        let inner = self.lock()?;
+        let mut inner = self.lock()?;
+        inner.refresh()?;
         Ok((inner.rows, inner.bytes))
     }
 
@@ -253,6 +393,7 @@ impl Buffer {
             ));
         }
         let mut inner = self.lock()?;
+        inner.refresh()?;
         let (mut count, mut bytes) = (inner.rows, inner.bytes);
         let tx = inner
             .conn
@@ -386,10 +527,16 @@ impl Buffer {
                 }
             }
         }
-        tx.execute(
-            "DELETE FROM dead_letters WHERE seq <= (SELECT max(seq) FROM dead_letters) - ?1",
-            params![max_dead_letters as i64],
-        )?;
+        if !settled.refused.is_empty() {
+            // Past the bound the oldest go, and are counted: never dropped silently.
+            let evicted = tx
+                .prepare_cached(
+                    "DELETE FROM dead_letters
+                     WHERE seq <= (SELECT max(seq) FROM dead_letters) - ?1",
+                )?
+                .execute(params![max_dead_letters as i64])?;
+            bump(&tx, counter::DEAD_LETTERS_EVICTED, evicted as u64)?;
+        }
         bump(&tx, counter::SENT, settled.delivered.len() as u64)?;
         bump(&tx, counter::DUPLICATES, settled.duplicates)?;
         bump(&tx, counter::DEAD_LETTERED, settled.refused.len() as u64)?;
@@ -416,15 +563,17 @@ impl Buffer {
         Ok(())
     }
 
-    /// Drops rows with an event time before `cutoff_ms`; returns how many.
-    pub fn expire(&self, cutoff_ms: i64) -> Result<u64, Error> {
+    /// Drops rows with an event time before `cutoff_ms`; says how many and the oldest's time.
+    pub fn expire(&self, cutoff_ms: i64) -> Result<Expired, Error> {
         let mut inner = self.lock()?;
         let tx = inner
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let freed: Vec<i64> = tx
-            .prepare_cached("DELETE FROM events WHERE seq < ?1 RETURNING bytes")?
-            .query_map(params![schema::seq_slot(cutoff_ms).0], |r| r.get(0))?
+        let freed: Vec<(i64, i64)> = tx
+            .prepare_cached("DELETE FROM events WHERE seq < ?1 RETURNING bytes, time_ms")?
+            .query_map(params![schema::seq_slot(cutoff_ms).0], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
         bump(&tx, counter::EXPIRED, freed.len() as u64)?;
         tx.commit()?;
@@ -434,8 +583,11 @@ impl Buffer {
         inner.rows = inner.rows.saturating_sub(freed.len() as u64);
         inner.bytes = inner
             .bytes
-            .saturating_sub(freed.iter().map(|b| *b as u64).sum());
-        Ok(freed.len() as u64)
+            .saturating_sub(freed.iter().map(|(b, _)| *b as u64).sum());
+        Ok(Expired {
+            count: freed.len() as u64,
+            oldest_ms: freed.iter().map(|(_, t)| *t).min(),
+        })
     }
 
     /// A counter's value.
@@ -471,6 +623,36 @@ impl Buffer {
         })
     }
 
+    /// Moves every dead letter back into the buffer, at its event time, to be sent again (once
+    /// what made the server refuse it is fixed). Returns how many.
+    pub fn requeue_dead_letters(&self) -> Result<u64, Error> {
+        let mut inner = self.lock()?;
+        inner.refresh()?;
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let letters: Vec<(String, String)> = tx
+            .prepare("SELECT insert_id, body FROM dead_letters ORDER BY seq")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut bytes = 0u64;
+        for (insert_id, body) in &letters {
+            let time_ms = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["payload"]["properties"]["__timestamp"].as_i64())
+                .ok_or_else(|| {
+                    Error::Storage(format!("dead letter {insert_id} has no __timestamp"))
+                })?;
+            schema::insert_event(&tx, time_ms, insert_id, body, body.len() as i64)?;
+            bytes += body.len() as u64;
+        }
+        tx.execute("DELETE FROM dead_letters", [])?;
+        tx.commit()?;
+        inner.rows += letters.len() as u64;
+        inner.bytes += bytes;
+        Ok(letters.len() as u64)
+    }
+
     /// The newest dead letters, newest first.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
         self.read(|conn| {
@@ -483,6 +665,15 @@ impl Buffer {
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+}
+
+/// What [`Buffer::expire`] dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// Rows dropped.
+    pub count: u64,
+    /// The event time (epoch ms) of the oldest of them.
+    pub oldest_ms: Option<i64>,
 }
 
 /// What a drain learned about the rows it sent.
@@ -597,7 +788,7 @@ mod tests {
         // In flight: the oldest row expires and an older event is recorded between the others.
         buffer.append(&rows, BOUNDS, |_| Ok(())).expect("append");
         let sent = packed(&buffer);
-        assert_eq!(buffer.expire(1_500).expect("expire"), 1);
+        assert_eq!(buffer.expire(1_500).expect("expire").count, 1);
         let late = row(2_500, 4444);
         buffer
             .append(std::slice::from_ref(&late), BOUNDS, |_| Ok(()))
@@ -628,6 +819,67 @@ mod tests {
             buffer.totals().expect("totals"),
             (1, late.body.len() as u64)
         );
+    }
+
+    #[test]
+    fn dead_letters_past_the_bound_are_counted_and_requeued_at_their_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (buffer, _) = Buffer::open(&dir.path().join("b.db"), 0, None).expect("open");
+        let rows: Vec<NewRow> = (0..7)
+            .map(|n| NewRow {
+                time_ms: 1_000 + n as i64,
+                insert_id: format!("id-{n}"),
+                body: format!(
+                    r#"{{"type":"track","payload":{{"name":"r","properties":{{"__timestamp":{}}}}}}}"#,
+                    1_000 + n
+                ),
+            })
+            .collect();
+        buffer.append(&rows, BOUNDS, |_| Ok(())).expect("append");
+        let mut refused = packed(&buffer);
+        refused.refused = refused
+            .delivered
+            .drain(..)
+            .map(|s| (s, "no".to_owned()))
+            .collect();
+        refused.delivered_bytes = 0;
+        buffer.settle(&refused, 5, 5).expect("settle");
+        assert_eq!(buffer.totals().expect("totals"), (0, 0));
+        assert_eq!(buffer.counter(counter::DEAD_LETTERED).expect("counter"), 7);
+        assert_eq!(
+            buffer
+                .counter(counter::DEAD_LETTERS_EVICTED)
+                .expect("counter"),
+            2,
+            "7 refused, 5 kept"
+        );
+        assert_eq!(buffer.requeue_dead_letters().expect("requeue"), 5);
+        assert!(buffer.dead_letters(10).expect("dead letters").is_empty());
+        let bodies = order(&buffer);
+        assert_eq!(bodies.len(), 5);
+        assert!(
+            bodies[0].contains("1002"),
+            "the newest five, oldest first: {bodies:?}"
+        );
+        let bytes: u64 = rows[2..].iter().map(|r| r.body.len() as u64).sum();
+        assert_eq!(buffer.totals().expect("totals"), (5, bytes));
+    }
+
+    #[test]
+    fn rows_recorded_through_another_connection_are_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("b.db");
+        let (drainer, _) = Buffer::open(&path, 0, None).expect("open");
+        let (recorder, _) = Buffer::open(&path, 0, None).expect("open again");
+        assert_eq!(drainer.totals().expect("totals"), (0, 0));
+        let rows = [row(1_000, 1), row(2_000, 22)];
+        recorder.append(&rows, BOUNDS, |_| Ok(())).expect("append");
+        let bytes = (rows[0].body.len() + rows[1].body.len()) as u64;
+        assert_eq!(drainer.totals().expect("totals"), (2, bytes));
+        let sent = packed(&drainer);
+        drainer.settle(&sent, 0, 10).expect("settle");
+        assert_eq!(drainer.totals().expect("totals"), (0, 0));
+        assert_eq!(recorder.totals().expect("totals"), (0, 0));
     }
 
     #[test]
@@ -691,7 +943,7 @@ mod tests {
             .map(|n| format!(r#"{{"n":{n}}}"#))
             .collect();
         assert_eq!(order(&buffer), expected);
-        assert_eq!(buffer.expire(3_000).expect("expire"), 2);
+        assert_eq!(buffer.expire(3_000).expect("expire").count, 2);
         assert_eq!(order(&buffer), expected[2..]);
         assert_eq!(
             buffer.time_span().expect("span"),

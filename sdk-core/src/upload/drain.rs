@@ -10,7 +10,7 @@ use backfill_protocol::wire::{BatchResponse, ErrorBody, RejectReason, Rejection}
 use std::collections::VecDeque;
 use std::thread::ScopedJoinHandle;
 
-use super::policy::{self, Answer, Backoff, decide};
+use super::policy::{Answer, Attempt, Backoff, Decision, Fault, Verdict, decide};
 use super::transport::{NetworkError, Reply, Transport};
 use crate::batch::{Batch, Packer, seal};
 use crate::error::Error;
@@ -29,11 +29,21 @@ struct InFlight<'scope> {
 
 /// An answer read: what to do next and what it settles in the buffer.
 struct Answered {
-    decision: Decision,
-    /// Delivered and refused rows, and the request's own count.
+    verdict: Verdict,
+    /// Delivered and refused rows of a `202`, and the request's own count.
     settled: Settled,
-    /// Every row of the request, when the whole request was refused for good.
-    refused_all: Option<Settled>,
+    /// The request's rows.
+    batch: Batch,
+    /// What the server said when it refused the whole request (status and message).
+    refusal: Option<(u16, String)>,
+}
+
+/// A single event of a split that the server refused, kept buffered until its sibling's answer
+/// tells whether the event or the configuration is at fault.
+struct Held {
+    seq: i64,
+    status: u16,
+    error: String,
 }
 
 /// Work for the thread that settles answers while the drain goes on.
@@ -98,29 +108,6 @@ fn settler_gone() -> Error {
 /// How often, at most, a drain drops expired rows while it runs.
 const EXPIRE_EVERY_MS: i64 = 1000;
 
-/// What the drain does after an answer (the policy's decision, with what it needs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Decision {
-    Next,
-    RetryAfter(Duration),
-    /// Halve the batch of this many rows.
-    Split(usize),
-    /// The rows were dead-lettered (HTTP status).
-    DeadLetter(u16),
-    /// Stop on this HTTP status.
-    Stop(u16),
-}
-
-fn to_decision(d: policy::Decision, batch: &Batch, status: u16) -> Decision {
-    match d {
-        policy::Decision::Next => Decision::Next,
-        policy::Decision::RetryAfter(wait) => Decision::RetryAfter(wait),
-        policy::Decision::Split => Decision::Split(batch.len()),
-        policy::Decision::DeadLetter => Decision::DeadLetter(status),
-        policy::Decision::Stop => Decision::Stop(status),
-    }
-}
-
 /// Stamps `sentAt`, compresses and sends; runs on the request's own thread.
 fn send(
     transport: &dyn Transport,
@@ -181,6 +168,10 @@ pub enum DrainEnd {
     RetryIn(Duration),
     /// The server refused the credentials; uploads stop until the app acts.
     Unauthorized(u16),
+    /// The answers say the endpoint is wrong (`404`, `405`, `410`, an answer that is not the
+    /// contract's, or every event refused alike, SPEC §9); uploads stop and nothing is deleted.
+    /// The text says what the server answered.
+    Misconfigured(String),
 }
 
 /// What one drain did.
@@ -194,10 +185,16 @@ pub struct DrainReport {
     pub dead_lettered: u64,
     /// Events dropped for being older than the server's window.
     pub expired: u64,
-    /// Requests made.
+    /// The event time (epoch ms) of the oldest event dropped as expired.
+    pub oldest_expired_ms: Option<i64>,
+    /// The age window (ms) events were expired by: the server's, or the default.
+    pub window_ms: i64,
+    /// Requests that got an answer.
     pub requests: u64,
     /// Bytes of request bodies on the wire.
     pub bytes_sent: u64,
+    /// The last failure's cause (`connection refused`, `HTTP 503: ...`), if any.
+    pub last_error: Option<String>,
     /// How it ended.
     pub end: DrainEnd,
 }
@@ -233,22 +230,41 @@ impl Drain<'_> {
             duplicates: 0,
             dead_lettered: 0,
             expired: 0,
+            oldest_expired_ms: None,
+            window_ms: 0,
             requests: 0,
             bytes_sent: 0,
+            last_error: None,
             end: DrainEnd::Empty,
         };
         // Learn the server's window before expiring anything by the default one: a server
         // configured for a week must receive the events of days 6 and 7.
         if self.window_ms.load(Ordering::Relaxed) == 0 && self.buffer.totals()?.0 > 0 {
             match self.transport.probe() {
-                Ok(reply) => self.learn_window(&reply)?,
+                Ok(reply) => {
+                    self.learn_window(&reply)?;
+                    // `GET /healthz` exists on every Backfill server (SPEC §8): a URL where it
+                    // is missing is not one's root.
+                    if matches!(reply.status, 404 | 405 | 410) {
+                        report.end = DrainEnd::Misconfigured(format!(
+                            "GET /healthz answered HTTP {}: the endpoint is not a Backfill \
+                             server's base URL",
+                            reply.status
+                        ));
+                        return Ok(report);
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "server unreachable");
-                    report.end = self.fail(&Answer::Network, 1);
+                    report.last_error = Some(e.0);
+                    *self.failures = self.failures.saturating_add(1);
+                    report.end =
+                        DrainEnd::RetryIn(self.backoff.delay(*self.failures, Self::draw()));
                     return Ok(report);
                 }
             }
         }
+        report.window_ms = self.window();
         // Settles commit many pages: the WAL is copied back on a thread of the drain's own,
         // so that no settle waits for it.
         self.buffer.auto_checkpoints(false)?;
@@ -279,11 +295,22 @@ impl Drain<'_> {
             let mut after: Option<i64> = None;
             let mut exhausted = false;
             let mut expired_at: Option<i64> = None;
+            // A split is under way (the batch size has not yet grown back): one request at a
+            // time, so that each answer is read before the next rows are chosen.
+            let mut splitting = false;
+            let mut held: Option<Held> = None;
             loop {
-                while !exhausted && in_flight.len() < PIPELINE_DEPTH {
+                let depth = if splitting { 1 } else { PIPELINE_DEPTH };
+                while !exhausted && in_flight.len() < depth {
                     let now = clock.now_ms();
                     if expired_at.is_none_or(|t| now - t >= EXPIRE_EVERY_MS) {
-                        report.expired += buffer.expire(now - self.window())?;
+                        let expired = buffer.expire(now - self.window())?;
+                        report.expired += expired.count;
+                        report.oldest_expired_ms =
+                            match (report.oldest_expired_ms, expired.oldest_ms) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            };
                         expired_at = Some(now);
                     }
                     let removals = buffer.removals();
@@ -308,31 +335,82 @@ impl Drain<'_> {
                     settled_all(&settler)?;
                     return Ok(());
                 };
-                let answered = self.answer(next, report)?;
-                let decision = answered.decision.clone();
-                if decision == Decision::Next && answered.refused_all.is_none() {
-                    let job = ToSettler::Settle(answered.settled, clock.now_ms());
-                    settler.send(job).map_err(|_| settler_gone())?;
+                let attempt = Attempt {
+                    failures: *self.failures,
+                    batch_len: next.batch.len(),
+                    split: splitting,
+                    held: held.as_ref().map(|h| h.status),
+                };
+                let answered = self.answer(next, &attempt, report)?;
+                let Verdict {
+                    decision,
+                    dead_letter_held,
+                } = answered.verdict.clone();
+                if decision == Decision::Next {
                     *self.failures = 0;
                     cap = (cap * 2).min(self.max_events);
+                    splitting &= cap < self.max_events;
+                }
+                if decision == Decision::Next && !dead_letter_held {
+                    let job = ToSettler::Settle(answered.settled, clock.now_ms());
+                    settler.send(job).map_err(|_| settler_gone())?;
                     continue;
                 }
                 settled_all(&settler)?;
-                self.apply(answered)?;
-                // Anything but success: let the requests already sent finish and settle what
-                // they delivered, then act from the oldest unsettled row again.
-                while let Some(other) = in_flight.pop_front() {
-                    let answered = self.answer(other, report)?;
-                    self.apply(answered)?;
+                let now = clock.now_ms();
+                buffer.settle(&answered.settled, now, max_dead_letters)?;
+                if dead_letter_held && let Some(h) = held.take() {
+                    self.dead_letter(&[h.seq], &h.error, report)?;
                 }
-                after = None;
-                exhausted = false;
+                // Anything but plain success: let the requests already sent finish and settle
+                // what they delivered; the rest is sent again from the oldest unsettled row.
+                let others = !in_flight.is_empty();
+                while let Some(other) = in_flight.pop_front() {
+                    let attempt = Attempt {
+                        batch_len: other.batch.len(),
+                        ..attempt
+                    };
+                    let answered = self.answer(other, &attempt, report)?;
+                    buffer.settle(&answered.settled, clock.now_ms(), max_dead_letters)?;
+                }
+                if others || decision != Decision::Next {
+                    after = None;
+                    exhausted = false;
+                }
                 match decision {
                     Decision::Next => {}
-                    Decision::Split(len) => cap = (len / 2).max(1),
-                    Decision::DeadLetter(_) => {}
-                    Decision::Stop(code) => {
-                        report.end = DrainEnd::Unauthorized(code);
+                    Decision::Split => {
+                        cap = (answered.batch.len() / 2).max(1);
+                        splitting = true;
+                    }
+                    Decision::DeadLetter => {
+                        let error = answered.refusal.map(|r| r.1).unwrap_or_default();
+                        self.dead_letter(&answered.batch.seqs, &error, report)?;
+                    }
+                    Decision::Hold => {
+                        let (status, error) = answered.refusal.unwrap_or_default();
+                        let seq = answered.batch.seqs.first().copied();
+                        if let Some(seq) = seq {
+                            held = Some(Held { seq, status, error });
+                        }
+                        after = seq;
+                        cap = 1;
+                    }
+                    Decision::Stop(fault) => {
+                        let said = answered
+                            .refusal
+                            .map(|(code, message)| format!("HTTP {code}: {message}"))
+                            .unwrap_or_default();
+                        report.end = match fault {
+                            Fault::Credentials(code) => DrainEnd::Unauthorized(code),
+                            Fault::Endpoint(_) => DrainEnd::Misconfigured(format!(
+                                "{said}: the endpoint is not a Backfill server's base URL"
+                            )),
+                            Fault::RefusedAlike(_) => DrainEnd::Misconfigured(format!(
+                                "{said}, for every event sent alone: the server refuses the \
+                                 requests, not the events"
+                            )),
+                        };
                         return Ok(());
                     }
                     Decision::RetryAfter(wait) => {
@@ -345,14 +423,20 @@ impl Drain<'_> {
         })
     }
 
-    /// Settles an answer's rows in the buffer now.
-    fn apply(&self, answered: Answered) -> Result<(), Error> {
-        let now = self.clock.now_ms();
+    /// Moves rows the server refused for themselves to the dead-letter table.
+    fn dead_letter(
+        &self,
+        seqs: &[i64],
+        error: &str,
+        report: &mut DrainReport,
+    ) -> Result<(), Error> {
+        let refused = Settled {
+            refused: seqs.iter().map(|s| (*s, error.to_owned())).collect(),
+            ..Default::default()
+        };
         self.buffer
-            .settle(&answered.settled, now, self.max_dead_letters)?;
-        if let Some(refused) = answered.refused_all {
-            self.buffer.settle(&refused, now, self.max_dead_letters)?;
-        }
+            .settle(&refused, self.clock.now_ms(), self.max_dead_letters)?;
+        report.dead_lettered += seqs.len() as u64;
         Ok(())
     }
 
@@ -361,6 +445,7 @@ impl Drain<'_> {
     fn answer(
         &mut self,
         flight: InFlight<'_>,
+        attempt: &Attempt,
         report: &mut DrainReport,
     ) -> Result<Answered, Error> {
         let InFlight {
@@ -371,87 +456,78 @@ impl Drain<'_> {
         let (wire_len, result) = request
             .join()
             .unwrap_or((0, Err(NetworkError("request thread panicked".into()))));
-        report.requests += 1;
-        report.bytes_sent += wire_len;
-        // The request is counted with whatever it settles, in one transaction.
-        let mut sent = Settled {
-            requests: 1,
-            bytes_sent: wire_len,
-            ..Default::default()
-        };
         let reply = match result {
             Ok(reply) => reply,
             Err(e) => {
                 tracing::debug!(error = %e, "request failed");
+                report.last_error = Some(e.0);
                 return Ok(Answered {
-                    decision: to_decision(self.policy(&Answer::Network, batch.len()), &batch, 0),
-                    settled: sent,
-                    refused_all: None,
+                    verdict: self.policy(&Answer::Network, attempt),
+                    settled: Settled::default(),
+                    batch,
+                    refusal: None,
                 });
             }
         };
+        // Only requests that got an answer are counted, with whatever they settle, in one
+        // transaction.
+        report.requests += 1;
+        report.bytes_sent += wire_len;
+        let mut settled = Settled {
+            requests: 1,
+            bytes_sent: wire_len,
+            ..Default::default()
+        };
         self.learn_window(&reply)?;
+        let mut refusal = None;
         let answer = match serde_json::from_slice::<BatchResponse>(&reply.body) {
             Ok(accepted) if reply.status == 202 => {
-                sent = Settled {
+                settled = Settled {
                     requests: 1,
                     bytes_sent: wire_len,
                     removals_when_packed: Some(removals),
                     ..settle(&batch, &accepted)
                 };
-                let retry_rows = sent.delivered.len() + sent.refused.len() < batch.len();
-                report.sent += sent.delivered.len() as u64;
-                report.duplicates += sent.duplicates;
-                report.dead_lettered += sent.refused.len() as u64;
+                let retry_rows = settled.delivered.len() + settled.refused.len() < batch.len();
+                report.sent += settled.delivered.len() as u64;
+                report.duplicates += settled.duplicates;
+                report.dead_lettered += settled.refused.len() as u64;
+                if retry_rows {
+                    report.last_error = Some("the server failed on some events".to_owned());
+                }
                 Answer::Accepted { retry_rows }
             }
-            // A 202 that is not the contract's answer: resending is safe (insert ids deduplicate).
-            Err(_) if reply.status == 202 => Answer::Status {
-                code: 502,
-                retry_after: None,
-            },
-            _ => Answer::Status {
-                code: reply.status,
-                retry_after: reply.retry_after,
-            },
-        };
-        let decision = to_decision(self.policy(&answer, batch.len()), &batch, reply.status);
-        let refused_all = if let Decision::DeadLetter(_) = decision {
-            let error = serde_json::from_slice::<ErrorBody>(&reply.body)
-                .map(|b| b.message)
-                .unwrap_or_else(|_| format!("HTTP {}", reply.status));
-            report.dead_lettered += batch.len() as u64;
-            Some(Settled {
-                refused: batch.seqs.iter().map(|s| (*s, error.clone())).collect(),
-                ..Default::default()
-            })
-        } else {
-            None
+            _ => {
+                let body = serde_json::from_slice::<ErrorBody>(&reply.body)
+                    .ok()
+                    .filter(|b| b.status == reply.status);
+                let contract_body = body.is_some();
+                let message = body.map(|b| b.message).unwrap_or_else(|| {
+                    if reply.status == 202 {
+                        "an answer that is not the contract's".to_owned()
+                    } else {
+                        "an answer that is not the contract's JSON error body".to_owned()
+                    }
+                });
+                report.last_error = Some(format!("HTTP {}: {message}", reply.status));
+                refusal = Some((reply.status, message));
+                Answer::Status {
+                    code: reply.status,
+                    retry_after: reply.retry_after,
+                    contract_body,
+                }
+            }
         };
         Ok(Answered {
-            decision,
-            settled: sent,
-            refused_all,
+            verdict: self.policy(&answer, attempt),
+            settled,
+            batch,
+            refusal,
         })
     }
 
-    fn policy(&self, answer: &Answer, batch_len: usize) -> policy::Decision {
-        decide(
-            answer,
-            *self.failures,
-            batch_len,
-            &self.backoff,
-            Self::draw(),
-        )
-    }
-
-    fn fail(&mut self, answer: &Answer, batch_len: usize) -> DrainEnd {
-        let decision = self.policy(answer, batch_len);
-        *self.failures = self.failures.saturating_add(1);
-        match decision {
-            policy::Decision::RetryAfter(wait) => DrainEnd::RetryIn(wait),
-            _ => DrainEnd::RetryIn(self.backoff.delay(*self.failures, Self::draw())),
-        }
+    fn policy(&self, answer: &Answer, attempt: &Attempt) -> Verdict {
+        decide(answer, attempt, &self.backoff, Self::draw())
     }
 }
 

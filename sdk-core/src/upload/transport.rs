@@ -42,6 +42,19 @@ pub trait Transport: Send + Sync {
     fn probe(&self) -> Result<Reply, NetworkError>;
 }
 
+/// A transport that never sends: for a buffer opened only to be looked at.
+pub(crate) struct NoUploads;
+
+impl Transport for NoUploads {
+    fn post_batch(&self, _body: Vec<u8>, _gzip: bool) -> Result<Reply, NetworkError> {
+        Err(NetworkError("this buffer is open read-only".to_owned()))
+    }
+
+    fn probe(&self) -> Result<Reply, NetworkError> {
+        self.post_batch(Vec::new(), false)
+    }
+}
+
 /// An answer as any HTTP stack gives it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpResponse {
@@ -229,21 +242,14 @@ mod builtin {
 
         fn exchange(&self, request: reqwest::RequestBuilder) -> Result<HttpResponse, NetworkError> {
             self.runtime.block_on(async {
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| NetworkError(e.to_string()))?;
+                let response = request.send().await.map_err(|e| cause(&e))?;
                 let status = response.status().as_u16();
                 let headers = response
                     .headers()
                     .iter()
                     .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
                     .collect();
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| NetworkError(e.to_string()))?
-                    .to_vec();
+                let body = response.bytes().await.map_err(|e| cause(&e))?.to_vec();
                 Ok(HttpResponse {
                     status,
                     headers,
@@ -261,6 +267,52 @@ mod builtin {
             }
             request
         }
+    }
+
+    /// Names why a request got no answer: DNS, refused, reset, TLS, timeout, with the host.
+    fn cause(e: &reqwest::Error) -> NetworkError {
+        let host = e
+            .url()
+            .and_then(|u| {
+                u.host_str().map(|h| match u.port() {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.to_owned(),
+                })
+            })
+            .unwrap_or_else(|| "the server".to_owned());
+        let mut chain = Vec::new();
+        let mut io_kind = None;
+        let mut source: Option<&dyn std::error::Error> = Some(e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                io_kind.get_or_insert(io.kind());
+            }
+            chain.push(s.to_string());
+            source = s.source();
+        }
+        let text = chain.join(": ");
+        let lower = text.to_ascii_lowercase();
+        let named = if e.is_timeout() {
+            format!("no answer from {host} in time (timed out)")
+        } else if io_kind == Some(std::io::ErrorKind::ConnectionRefused)
+            || lower.contains("refused")
+        {
+            format!("connection refused by {host} (is the server running, on this port?)")
+        } else if lower.contains("dns") || lower.contains("lookup") || lower.contains("resolve") {
+            format!("DNS lookup failed for {host} (is the host name right?)")
+        } else if lower.contains("tls")
+            || lower.contains("certificate")
+            || lower.contains("handshake")
+            || lower.contains("invalidcontenttype")
+            || lower.contains("corrupt message")
+        {
+            format!("TLS failed with {host} (is it an https server? for a plain one use http://)")
+        } else if io_kind == Some(std::io::ErrorKind::ConnectionReset) || lower.contains("reset") {
+            format!("the connection to {host} was reset")
+        } else {
+            format!("no answer from {host}")
+        };
+        NetworkError(format!("{named}: {text}"))
     }
 
     impl HttpClient for ReqwestClient {

@@ -6,17 +6,17 @@ use backfill_protocol::limits::{
     FUTURE_TOLERANCE_MS, MAX_BATCH_EVENTS, SKEW_THRESHOLD_MS, max_event_age_ms,
 };
 use backfill_protocol::time::parse_timestamp;
-use backfill_protocol::validate::{
-    Action, CLIENT_TIMESTAMP, ClientTime, ValidEvent, validate_event,
-};
+use backfill_protocol::validate::{Action, CLIENT_TIMESTAMP, ValidEvent, validate_event};
 use backfill_protocol::wire::{BatchResponse, RejectReason, Rejection};
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::store::{NewEvent, PreparedRow, RowAction, RowOutcome};
 
+#[cfg(test)]
+mod differential;
 mod quick;
 
 /// What the server knows about a request besides its body.
@@ -96,14 +96,7 @@ pub fn prepare_batch(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiErr
     };
     let mut sessions = SessionIds::default();
     for (index, raw) in envelope.events.into_iter().enumerate() {
-        let checked = match quick::read(raw) {
-            Some(track) => Ok(Checked::from(track)),
-            None => serde_json::from_str::<Value>(raw.get())
-                .map_err(|e| e.to_string())
-                .and_then(|v| validate_event(v, raw.get().len()))
-                .map(Checked::from),
-        };
-        let row = checked.and_then(|ev| prepare_row(ev, meta, shift, &mut sessions));
+        let row = check(raw).and_then(|ev| prepare_row(ev, meta, shift, &mut sessions));
         match row {
             Ok((row, _)) => {
                 prepared.rows.push(row);
@@ -121,12 +114,13 @@ pub fn prepare_batch(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiErr
 
 /// Parses and checks a `POST /track` body (one event object).
 pub fn prepare_single(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiError> {
-    let value: Value = serde_json::from_slice(body)
+    let raw: &RawValue = std::str::from_utf8(body)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_json::from_str(text).map_err(|e| e.to_string()))
         .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     let mut prepared = Prepared::default();
     let mut sessions = SessionIds::default();
-    let row = validate_event(value, body.len())
-        .and_then(|ev| prepare_row(ev.into(), meta, None, &mut sessions));
+    let row = check(raw).and_then(|ev| prepare_row(ev, meta, None, &mut sessions));
     match row {
         Ok((row, device_id)) => {
             prepared.attribution = Some(match &row.action {
@@ -151,84 +145,12 @@ pub fn prepare_single(body: &[u8], meta: &RequestMeta) -> Result<Prepared, ApiEr
     Ok(prepared)
 }
 
-/// A row's properties: a parsed object, or raw JSON values under unescaped keys sorted by key.
-enum Properties<'a> {
-    Tree(Map<String, Value>),
-    Raw(Vec<(&'a str, &'a str)>),
-}
-
-impl Properties<'_> {
-    fn into_tree(self) -> Map<String, Value> {
-        match self {
-            Properties::Tree(map) => map,
-            Properties::Raw(pairs) => pairs
-                .into_iter()
-                .map(|(k, v)| {
-                    let value = serde_json::from_str(v).unwrap_or(Value::Null);
-                    (k.to_owned(), value)
-                })
-                .collect(),
-        }
-    }
-
-    /// The stored JSON text, with `__clientTimestamp` set when the server changed the time.
-    fn into_json(self, client_time: Option<Value>) -> String {
-        match self {
-            Properties::Tree(mut map) => {
-                if let Some(raw) = client_time {
-                    map.insert(CLIENT_TIMESTAMP.to_owned(), raw);
-                }
-                Value::Object(map).to_string()
-            }
-            Properties::Raw(pairs) => {
-                quick::write_object(&pairs, client_time.as_ref().map(|v| (CLIENT_TIMESTAMP, v)))
-            }
-        }
-    }
-}
-
-/// A row that passed every rule of SPEC §4, by either path.
-struct Checked<'a> {
-    action: Action,
-    profile_id: Option<String>,
-    properties: Properties<'a>,
-    timestamp: Option<ClientTime>,
-    device_id: Option<String>,
-    session_id: Option<String>,
-    insert_id: Option<String>,
-    ip: Option<String>,
-}
-
-impl From<ValidEvent> for Checked<'_> {
-    fn from(ev: ValidEvent) -> Self {
-        Checked {
-            action: ev.action,
-            profile_id: ev.profile_id,
-            properties: Properties::Tree(ev.properties),
-            timestamp: ev.timestamp,
-            device_id: ev.device_id,
-            session_id: ev.session_id,
-            insert_id: ev.insert_id,
-            ip: ev.ip,
-        }
-    }
-}
-
-impl<'a> From<quick::QuickTrack<'a>> for Checked<'a> {
-    fn from(t: quick::QuickTrack<'a>) -> Self {
-        Checked {
-            action: Action::Track {
-                name: t.name.to_owned(),
-                groups: t.groups.into_iter().map(str::to_owned).collect(),
-            },
-            profile_id: t.profile_id.map(str::to_owned),
-            properties: Properties::Raw(t.properties),
-            timestamp: t.timestamp,
-            device_id: t.device_id.map(str::to_owned),
-            session_id: t.session_id.map(str::to_owned),
-            insert_id: t.insert_id.map(str::to_owned),
-            ip: t.ip.map(str::to_owned),
-        }
+/// Checks one row: the quick reader where it can decide, else the full check. Both apply the
+/// same rules of [`backfill_protocol::validate`] and give the same [`ValidEvent`].
+fn check(raw: &RawValue) -> Result<ValidEvent<'_>, String> {
+    match quick::read(raw) {
+        Some(event) => Ok(event),
+        None => validate_event(raw.get()),
     }
 }
 
@@ -264,7 +186,7 @@ impl SessionIds {
 
 /// Applies the time rules and id derivations to one valid row.
 fn prepare_row(
-    mut ev: Checked<'_>,
+    mut ev: ValidEvent<'_>,
     meta: &RequestMeta,
     shift: Option<i64>,
     sessions: &mut SessionIds,
@@ -272,7 +194,7 @@ fn prepare_row(
     let receive = meta.receive_ms;
     let (mut time_ms, mut client_time) = match &ev.timestamp {
         Some(t) => match shift {
-            Some(shift) => (t.ms.saturating_add(shift), Some(t.raw.clone())),
+            Some(shift) => (t.ms.saturating_add(shift), Some(t.raw)),
             None => (t.ms, None),
         },
         None => (receive, None),
@@ -280,7 +202,7 @@ fn prepare_row(
     if time_ms > receive + FUTURE_TOLERANCE_MS {
         time_ms = receive;
         if let Some(t) = &ev.timestamp {
-            client_time = Some(t.raw.clone());
+            client_time = Some(t.raw);
         }
     }
     if receive - time_ms > max_event_age_ms(meta.max_event_age_days) {
@@ -308,7 +230,7 @@ fn prepare_row(
         }
     };
 
-    let Checked {
+    let ValidEvent {
         action,
         profile_id,
         properties,
@@ -326,7 +248,7 @@ fn prepare_row(
                 device_id,
                 session_id,
                 profile_id,
-                properties: properties.into_json(client_time),
+                properties: properties.to_json(client_time.map(|raw| (CLIENT_TIMESTAMP, raw))),
                 groups: (!groups.is_empty()).then(|| Value::from(groups).to_string()),
             };
             (RowAction::Event(event), String::new())
@@ -351,7 +273,7 @@ fn prepare_row(
                 RowAction::Identify {
                     profile_id,
                     fields,
-                    properties: without_specials(properties.into_tree()),
+                    properties: properties.to_raw_map(not_special),
                 },
                 device_id,
             )
@@ -376,7 +298,7 @@ fn prepare_row(
                 id,
                 group_type,
                 name,
-                properties: without_specials(properties.into_tree()),
+                properties: properties.to_raw_map(not_special),
             },
             device_id,
         ),
@@ -416,10 +338,9 @@ pub fn new_event_id(now_ms: i64) -> uuid::Uuid {
         .into_uuid()
 }
 
-/// Drops the `__`-prefixed control properties before they reach a profile or group.
-fn without_specials(mut properties: Map<String, Value>) -> Map<String, Value> {
-    properties.retain(|k, _| !k.starts_with("__"));
-    properties
+/// Whether a property reaches a profile or group: the `__`-prefixed control properties do not.
+fn not_special(key: &str) -> bool {
+    !key.starts_with("__")
 }
 
 /// Combines validation refusals with the store's outcomes into the `202` body.

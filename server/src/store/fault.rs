@@ -73,13 +73,8 @@ impl Store for FaultInjector {
         self.inner.projects()
     }
 
-    fn save_project(
-        &self,
-        client_id: String,
-        secret_hash: String,
-        secret_salt: String,
-    ) -> StoreFuture<i64> {
-        self.inner.save_project(client_id, secret_hash, secret_salt)
+    fn save_project(&self, record: ProjectRecord) -> StoreFuture<i64> {
+        self.inner.save_project(record)
     }
 
     fn events(&self, query: EventQuery) -> StoreFuture<Vec<StoredEvent>> {

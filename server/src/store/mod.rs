@@ -11,6 +11,8 @@ pub mod sqlite;
 use std::future::Future;
 use std::pin::Pin;
 
+use backfill_protocol::number::Decimal;
+use backfill_protocol::properties::RawMap;
 use serde_json::{Map, Value};
 
 /// A boxed future returned by [`Store`] methods.
@@ -33,17 +35,105 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// A project as stored: its internal key and the hash of its secret.
+/// What a client may do (SPEC §1), as upstream's client modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientMode {
+    /// Ingest only (`/track`, `/track/batch`): the key apps and gateways ship.
+    Write,
+    /// The read API only (`/api/...`): for dashboards and exports.
+    Read,
+    /// Both; what clients stored before modes existed become.
+    Root,
+}
+
+impl ClientMode {
+    /// Every mode, in the order the documentation lists them.
+    pub const ALL: [ClientMode; 3] = [ClientMode::Write, ClientMode::Read, ClientMode::Root];
+
+    /// The name stored and given on the command line: `write`, `read` or `root`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientMode::Write => "write",
+            ClientMode::Read => "read",
+            ClientMode::Root => "root",
+        }
+    }
+
+    /// Whether this mode may ingest events.
+    pub fn can_write(self) -> bool {
+        matches!(self, ClientMode::Write | ClientMode::Root)
+    }
+
+    /// Whether this mode may use the read API.
+    pub fn can_read(self) -> bool {
+        matches!(self, ClientMode::Read | ClientMode::Root)
+    }
+}
+
+impl std::fmt::Display for ClientMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ClientMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ClientMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown client mode {s:?}; use write, read or root"))
+    }
+}
+
+/// A salted secret hash: hex SHA-256 of `salt || secret`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretHash {
+    /// Hex SHA-256 of `salt || secret`.
+    pub hash: String,
+    /// Hex salt.
+    pub salt: String,
+}
+
+/// The secret a rotation replaced, still accepted until `valid_until_ms`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// Its hash.
+    pub secret: SecretHash,
+    /// Epoch ms after which it is refused.
+    pub valid_until_ms: i64,
+}
+
+/// A client (one credential) as stored. Each client reaches the data of one project: its own,
+/// or, for a key issued for an existing project, that project's (`owner`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProjectRecord {
-    /// The store's key for the project.
+    /// The store's key for the client; also the data key of a client without an owner.
     pub key: i64,
     /// The client id (a UUID, lower-case hyphenated).
     pub client_id: String,
-    /// Hex SHA-256 of `salt || secret`.
-    pub secret_hash: String,
-    /// Hex salt of the secret hash.
-    pub secret_salt: String,
+    /// A label for operators; may be empty.
+    pub name: String,
+    /// What the client may do.
+    pub mode: ClientMode,
+    /// The key of the client whose project's data this client reaches; `None`: its own.
+    pub owner: Option<i64>,
+    /// The current secret's hash.
+    pub secret: SecretHash,
+    /// The secret the last rotation replaced, while its grace period lasts.
+    pub previous: Option<PreviousSecret>,
+    /// When the client was revoked (epoch ms); a revoked client is refused.
+    pub revoked_at: Option<i64>,
+    /// When the client was created (epoch ms).
+    pub created_at: i64,
+}
+
+impl ProjectRecord {
+    /// The key of the project whose data this client reaches.
+    pub fn data_key(&self) -> i64 {
+        self.owner.unwrap_or(self.key)
+    }
 }
 
 impl std::fmt::Debug for ProjectRecord {
@@ -51,6 +141,9 @@ impl std::fmt::Debug for ProjectRecord {
         f.debug_struct("ProjectRecord")
             .field("key", &self.key)
             .field("client_id", &self.client_id)
+            .field("mode", &self.mode)
+            .field("owner", &self.owner)
+            .field("revoked_at", &self.revoked_at)
             .finish()
     }
 }
@@ -90,8 +183,8 @@ pub enum RowAction {
         profile_id: String,
         /// `firstName`, `lastName`, `email`, `avatar` (wire names) with their values.
         fields: Vec<(&'static str, String)>,
-        /// Properties to merge, special properties removed.
-        properties: Map<String, Value>,
+        /// Properties to merge, special properties removed, each value's JSON text as sent.
+        properties: RawMap,
     },
     /// Add `delta` to a numeric profile property.
     Increment {
@@ -99,8 +192,8 @@ pub enum RowAction {
         profile_id: String,
         /// Property name.
         property: String,
-        /// Signed amount.
-        delta: f64,
+        /// Signed amount, added exactly ([`backfill_protocol::number::add_exact`]).
+        delta: Decimal,
     },
     /// Create or update a group.
     Group {
@@ -110,8 +203,8 @@ pub enum RowAction {
         group_type: String,
         /// Display name.
         name: String,
-        /// Group properties, special properties removed.
-        properties: Map<String, Value>,
+        /// Group properties, special properties removed, each value's JSON text as sent.
+        properties: RawMap,
     },
     /// Add a profile to groups.
     AssignGroup {
@@ -155,7 +248,7 @@ pub enum RowOutcome {
 }
 
 /// A stored event as the read API needs it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct StoredEvent {
     /// Server-generated id.
     pub id: String,
@@ -171,8 +264,8 @@ pub struct StoredEvent {
     pub profile_id: Option<String>,
     /// Event time, epoch ms.
     pub created_at: i64,
-    /// Stored properties.
-    pub properties: Map<String, Value>,
+    /// Stored properties, each value's JSON text as sent.
+    pub properties: RawMap,
     /// Commit time, epoch ms.
     pub synced_at: i64,
     /// Idempotency key.
@@ -197,14 +290,14 @@ pub struct StoredSession {
 }
 
 /// A profile with its groups.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct StoredProfile {
     /// Profile id.
     pub id: String,
     /// `firstName`, `lastName`, `email`, `avatar` by wire name.
     pub fields: Map<String, Value>,
-    /// Merged properties.
-    pub properties: Map<String, Value>,
+    /// Merged properties, each value's JSON text as sent (or as an exact sum computed).
+    pub properties: RawMap,
     /// Group ids.
     pub groups: Vec<String>,
     /// First write, epoch ms.
@@ -261,16 +354,12 @@ pub trait Store: Send + Sync + 'static {
     /// the store gets the same salt for the same day.
     fn daily_salt(&self, day: String) -> StoreFuture<String>;
 
-    /// Every project.
+    /// Every client, revoked ones included, by key.
     fn projects(&self) -> StoreFuture<Vec<ProjectRecord>>;
 
-    /// Creates a project or replaces its secret hash; returns its key.
-    fn save_project(
-        &self,
-        client_id: String,
-        secret_hash: String,
-        secret_salt: String,
-    ) -> StoreFuture<i64>;
+    /// Creates the client `record.client_id` or replaces everything stored of it but its key
+    /// and creation time (`record.key` and `record.created_at` are ignored); returns its key.
+    fn save_project(&self, record: ProjectRecord) -> StoreFuture<i64>;
 
     /// A page of events.
     fn events(&self, query: EventQuery) -> StoreFuture<Vec<StoredEvent>>;

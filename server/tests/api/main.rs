@@ -6,6 +6,8 @@ mod auth;
 mod dedup;
 mod envelope;
 mod faults;
+mod fidelity;
+mod modes;
 mod profiles;
 mod read;
 mod rules;

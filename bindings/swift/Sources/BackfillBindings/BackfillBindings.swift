@@ -1590,6 +1590,11 @@ public struct BackfillStats: Equatable, Hashable {
      */
     public var deadLettered: UInt64
     /**
+     * Dead letters dropped to keep the dead-letter table within its bound (counted, never
+     * silently).
+     */
+    public var deadLettersEvicted: UInt64
+    /**
      * Events dropped for falling out of the server's age window.
      */
     public var expired: UInt64
@@ -1609,6 +1614,10 @@ public struct BackfillStats: Equatable, Hashable {
      * Uploads are paused: the server refused the credentials.
      */
     public var unauthorized: Bool
+    /**
+     * Uploads are paused: the answers say the endpoint is wrong (`last_error` says why).
+     */
+    public var misconfigured: Bool
     /**
      * The user has opted out: nothing is recorded.
      */
@@ -1647,6 +1656,10 @@ public struct BackfillStats: Equatable, Hashable {
          * Events the server refused for good (kept in a bounded dead-letter table).
          */deadLettered: UInt64, 
         /**
+         * Dead letters dropped to keep the dead-letter table within its bound (counted, never
+         * silently).
+         */deadLettersEvicted: UInt64, 
+        /**
          * Events dropped for falling out of the server's age window.
          */expired: UInt64, 
         /**
@@ -1661,6 +1674,9 @@ public struct BackfillStats: Equatable, Hashable {
         /**
          * Uploads are paused: the server refused the credentials.
          */unauthorized: Bool, 
+        /**
+         * Uploads are paused: the answers say the endpoint is wrong (`last_error` says why).
+         */misconfigured: Bool, 
         /**
          * The user has opted out: nothing is recorded.
          */optedOut: Bool, 
@@ -1677,11 +1693,13 @@ public struct BackfillStats: Equatable, Hashable {
         self.sent = sent
         self.duplicates = duplicates
         self.deadLettered = deadLettered
+        self.deadLettersEvicted = deadLettersEvicted
         self.expired = expired
         self.evicted = evicted
         self.requests = requests
         self.bytesSent = bytesSent
         self.unauthorized = unauthorized
+        self.misconfigured = misconfigured
         self.optedOut = optedOut
         self.optedOutCalls = optedOutCalls
         self.lastError = lastError
@@ -1710,11 +1728,13 @@ public struct FfiConverterTypeBackfillStats: FfiConverterRustBuffer {
                 sent: FfiConverterUInt64.read(from: &buf), 
                 duplicates: FfiConverterUInt64.read(from: &buf), 
                 deadLettered: FfiConverterUInt64.read(from: &buf), 
+                deadLettersEvicted: FfiConverterUInt64.read(from: &buf), 
                 expired: FfiConverterUInt64.read(from: &buf), 
                 evicted: FfiConverterUInt64.read(from: &buf), 
                 requests: FfiConverterUInt64.read(from: &buf), 
                 bytesSent: FfiConverterUInt64.read(from: &buf), 
                 unauthorized: FfiConverterBool.read(from: &buf), 
+                misconfigured: FfiConverterBool.read(from: &buf), 
                 optedOut: FfiConverterBool.read(from: &buf), 
                 optedOutCalls: FfiConverterUInt64.read(from: &buf), 
                 lastError: FfiConverterOptionString.read(from: &buf)
@@ -1729,11 +1749,13 @@ public struct FfiConverterTypeBackfillStats: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.sent, into: &buf)
         FfiConverterUInt64.write(value.duplicates, into: &buf)
         FfiConverterUInt64.write(value.deadLettered, into: &buf)
+        FfiConverterUInt64.write(value.deadLettersEvicted, into: &buf)
         FfiConverterUInt64.write(value.expired, into: &buf)
         FfiConverterUInt64.write(value.evicted, into: &buf)
         FfiConverterUInt64.write(value.requests, into: &buf)
         FfiConverterUInt64.write(value.bytesSent, into: &buf)
         FfiConverterBool.write(value.unauthorized, into: &buf)
+        FfiConverterBool.write(value.misconfigured, into: &buf)
         FfiConverterBool.write(value.optedOut, into: &buf)
         FfiConverterUInt64.write(value.optedOutCalls, into: &buf)
         FfiConverterOptionString.write(value.lastError, into: &buf)
@@ -1971,7 +1993,8 @@ enum BackfillError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
     /**
      * A bad argument: an event the server would refuse (name, properties, timestamp, size),
      * properties that are not a JSON object, a setting out of range, or credentials the
-     * server refused. Fix the call or the config; retrying as is fails the same way.
+     * server refused, an endpoint that is not a Backfill server. Fix the call or the config;
+     * retrying as is fails the same way.
      */
     case InvalidArgument(message: String)
     
@@ -2116,6 +2139,15 @@ public enum DrainEnd: Equatable, Hashable {
          * The HTTP status.
          */status: UInt16
     )
+    /**
+     * The answers say the endpoint is wrong (`404`, `405`, `410`, an answer that is not the
+     * contract's: SPEC §9); uploads are paused and the data is kept.
+     */
+    case misconfigured(
+        /**
+         * What the server answered.
+         */reason: String
+    )
 
 
 
@@ -2145,6 +2177,9 @@ public struct FfiConverterTypeDrainEnd: FfiConverterRustBuffer {
         case 3: return .stopped(status: try FfiConverterUInt16.read(from: &buf)
         )
         
+        case 4: return .misconfigured(reason: try FfiConverterString.read(from: &buf)
+        )
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -2165,6 +2200,11 @@ public struct FfiConverterTypeDrainEnd: FfiConverterRustBuffer {
         case let .stopped(status):
             writeInt(&buf, Int32(3))
             FfiConverterUInt16.write(status, into: &buf)
+            
+        
+        case let .misconfigured(reason):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(reason, into: &buf)
             
         }
     }

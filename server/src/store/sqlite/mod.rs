@@ -22,8 +22,8 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::{
-    EventQuery, IngestJob, ProjectRecord, RowOutcome, SessionQuery, Store, StoreError, StoreFuture,
-    StoredEvent, StoredProfile, StoredSession,
+    ClientMode, EventQuery, IngestJob, PreviousSecret, ProjectRecord, RowOutcome, SecretHash,
+    SessionQuery, Store, StoreError, StoreFuture, StoredEvent, StoredProfile, StoredSession,
 };
 use crate::clock::Clock;
 use crate::metrics::Histogram;
@@ -124,6 +124,34 @@ fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection
          PRAGMA temp_store = MEMORY;",
     )?;
     Ok(conn)
+}
+
+/// Writes a consistent copy of the database at `path` to `dest` (a new file) with SQLite's
+/// `VACUUM INTO`, while servers keep writing: it reads one snapshot, and in WAL mode a reader
+/// never blocks the writer. The copy is a complete database, compacted, that a server opens as
+/// its `backfill.db`.
+pub fn backup(path: &Path, dest: &Path) -> Result<(), StoreError> {
+    if dest.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "{} already exists; a backup never overwrites a file",
+            dest.display()
+        )));
+    }
+    if !path.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "no database at {}; is --data-dir right?",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let dest = dest
+        .to_str()
+        .ok_or_else(|| StoreError::Unavailable(format!("{} is not valid UTF-8", dest.display())))?;
+    conn.execute("VACUUM INTO ?1", params![dest])
+        .map_err(|e| StoreError::Unavailable(format!("backup to {dest} failed: {e}")))?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -391,6 +419,38 @@ fn commit_group(
     }
 }
 
+/// Reads a `projects` row selected in the column order of [`Store::projects`].
+fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProjectRecord> {
+    let mode: String = r.get(3)?;
+    let mode = mode.parse::<ClientMode>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+    })?;
+    let previous_hash: Option<String> = r.get(7)?;
+    let previous_salt: Option<String> = r.get(8)?;
+    let previous_until: Option<i64> = r.get(9)?;
+    let previous = match (previous_hash, previous_salt, previous_until) {
+        (Some(hash), Some(salt), Some(valid_until_ms)) => Some(PreviousSecret {
+            secret: SecretHash { hash, salt },
+            valid_until_ms,
+        }),
+        _ => None,
+    };
+    Ok(ProjectRecord {
+        key: r.get(0)?,
+        client_id: r.get(1)?,
+        name: r.get(2)?,
+        mode,
+        owner: r.get(4)?,
+        secret: SecretHash {
+            hash: r.get(5)?,
+            salt: r.get(6)?,
+        },
+        previous,
+        revoked_at: r.get(10)?,
+        created_at: r.get(11)?,
+    })
+}
+
 impl Store for SqliteStore {
     fn ingest(&self, job: IngestJob) -> StoreFuture<Vec<RowOutcome>> {
         let (reply, answer) = oneshot::channel();
@@ -417,43 +477,47 @@ impl Store for SqliteStore {
     fn projects(&self) -> StoreFuture<Vec<ProjectRecord>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT key, client_id, secret_hash, secret_salt FROM projects ORDER BY key",
+                "SELECT key, client_id, name, mode, owner, secret_hash, secret_salt,
+                        previous_hash, previous_salt, previous_until, revoked_at, created_at
+                 FROM projects ORDER BY key",
             )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(ProjectRecord {
-                    key: r.get(0)?,
-                    client_id: r.get(1)?,
-                    secret_hash: r.get(2)?,
-                    secret_salt: r.get(3)?,
-                })
-            })?;
+            let rows = stmt.query_map([], project_row)?;
             rows.collect()
         })
     }
 
-    fn save_project(
-        &self,
-        client_id: String,
-        secret_hash: String,
-        secret_salt: String,
-    ) -> StoreFuture<i64> {
-        let now = uuid::Timestamp::now(uuid::NoContext).to_unix().0;
+    fn save_project(&self, record: ProjectRecord) -> StoreFuture<i64> {
+        let now = uuid::Timestamp::now(uuid::NoContext).to_unix();
+        let now_ms = i64::try_from(now.0 * 1000 + u64::from(now.1 / 1_000_000)).unwrap_or(0);
         self.call(move |conn| {
+            let previous = record.previous.as_ref();
             conn.execute(
-                "INSERT INTO projects (client_id, secret_hash, secret_salt, created_at)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (client_id) DO UPDATE SET secret_hash = excluded.secret_hash,
-                    secret_salt = excluded.secret_salt",
+                "INSERT INTO projects (client_id, name, mode, owner, secret_hash, secret_salt,
+                     previous_hash, previous_salt, previous_until, revoked_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (client_id) DO UPDATE SET name = excluded.name,
+                    mode = excluded.mode, owner = excluded.owner,
+                    secret_hash = excluded.secret_hash, secret_salt = excluded.secret_salt,
+                    previous_hash = excluded.previous_hash,
+                    previous_salt = excluded.previous_salt,
+                    previous_until = excluded.previous_until, revoked_at = excluded.revoked_at",
                 params![
-                    client_id,
-                    secret_hash,
-                    secret_salt,
-                    i64::try_from(now).unwrap_or(0)
+                    record.client_id,
+                    record.name,
+                    record.mode.as_str(),
+                    record.owner,
+                    record.secret.hash,
+                    record.secret.salt,
+                    previous.map(|p| &p.secret.hash),
+                    previous.map(|p| &p.secret.salt),
+                    previous.map(|p| p.valid_until_ms),
+                    record.revoked_at,
+                    now_ms,
                 ],
             )?;
             conn.query_row(
                 "SELECT key FROM projects WHERE client_id = ?1",
-                params![client_id],
+                params![record.client_id],
                 |r| r.get(0),
             )
         })

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use backfill_protocol::limits::SESSION_START_LEAD_MS;
 
-use super::write::json_map;
+use super::write::{json_map, raw_map};
 use crate::store::{EventQuery, SessionQuery, StoredEvent, StoredProfile, StoredSession};
 
 /// Builds `WHERE` clauses and their parameters together so they cannot drift apart.
@@ -142,7 +142,7 @@ pub(super) fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<
             session_id: r.get(4)?,
             profile_id: r.get(5)?,
             created_at: r.get(6)?,
-            properties: json_map(&r.get::<_, String>(7)?),
+            properties: raw_map(&r.get::<_, String>(7)?),
             synced_at: r.get(8)?,
             insert_id: r.get(9)?,
         })
@@ -193,7 +193,7 @@ pub(super) fn profile(
         .query_row(params![project, id], |r| {
             Ok((
                 json_map(&r.get::<_, String>(0)?),
-                json_map(&r.get::<_, String>(1)?),
+                raw_map(&r.get::<_, String>(1)?),
                 r.get(2)?,
                 r.get(3)?,
             ))

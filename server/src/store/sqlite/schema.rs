@@ -5,15 +5,27 @@ use rusqlite::Connection;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 
 const CREATE: &str = "
+-- One row per client (credential). A client reaches the data of its own key, or of `owner`'s
+-- for a key issued for an existing project.
 CREATE TABLE projects (
-    key         INTEGER PRIMARY KEY,
-    client_id   TEXT NOT NULL UNIQUE,
-    secret_hash TEXT NOT NULL,
-    secret_salt TEXT NOT NULL,
-    created_at  INTEGER NOT NULL
+    key            INTEGER PRIMARY KEY,
+    client_id      TEXT NOT NULL UNIQUE,
+    secret_hash    TEXT NOT NULL,
+    secret_salt    TEXT NOT NULL,
+    -- Epoch ms.
+    created_at     INTEGER NOT NULL,
+    name           TEXT NOT NULL DEFAULT '',
+    -- 'write', 'read' or 'root' (SPEC §1).
+    mode           TEXT NOT NULL DEFAULT 'root',
+    owner          INTEGER REFERENCES projects (key),
+    -- The secret a rotation replaced, accepted until previous_until (epoch ms).
+    previous_hash  TEXT,
+    previous_salt  TEXT,
+    previous_until INTEGER,
+    revoked_at     INTEGER
 );
 CREATE TABLE salts (
     day  TEXT PRIMARY KEY,
@@ -138,12 +150,40 @@ DROP INDEX events_by_time;
 CREATE INDEX events_by_time ON events (created_at, project);
 ";
 
+/// Version 4 gives each client a mode, a name, an owner project, a rotation's previous secret
+/// and a revocation time. Clients stored before keep working as `root`, as they did; creation
+/// times move from seconds to milliseconds.
+const UPGRADE_TO_4: &str = "
+ALTER TABLE projects ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE projects ADD COLUMN mode TEXT NOT NULL DEFAULT 'root';
+ALTER TABLE projects ADD COLUMN owner INTEGER REFERENCES projects (key);
+ALTER TABLE projects ADD COLUMN previous_hash TEXT;
+ALTER TABLE projects ADD COLUMN previous_salt TEXT;
+ALTER TABLE projects ADD COLUMN previous_until INTEGER;
+ALTER TABLE projects ADD COLUMN revoked_at INTEGER;
+UPDATE projects SET created_at = created_at * 1000;
+";
+
 /// Steps from each older version to the next, up to [`VERSION`].
 fn upgrade(conn: &Connection, from: i32) -> Result<(), StoreError> {
     for version in from..VERSION {
         match version {
             1 => conn.execute_batch(UPGRADE_TO_2)?,
             2 => conn.execute_batch(UPGRADE_TO_3)?,
+            3 => {
+                conn.execute_batch(UPGRADE_TO_4)?;
+                let clients: i64 =
+                    conn.query_row("SELECT count(*) FROM projects", [], |r| r.get(0))?;
+                if clients > 0 {
+                    tracing::warn!(
+                        clients,
+                        "clients stored before client modes existed are now `root`: they can \
+                         read every stored event and profile. Issue `write` keys for apps and \
+                         gateways (backfill-server project create --mode write --for <client-id>) \
+                         and revoke root keys that apps ship"
+                    );
+                }
+            }
             _ => {
                 return Err(StoreError::Unavailable(format!(
                     "no upgrade path from schema version {version}"
@@ -178,10 +218,26 @@ mod tests {
         assert_eq!(n, 1);
     }
 
-    /// A version-1 database: today's schema with the time index and the idempotency keys in
-    /// their first shape.
-    fn version_1(conn: &Connection) {
+    /// Today's schema with the `projects` table as versions 1 to 3 wrote it (no modes).
+    fn create_before_modes(conn: &Connection) {
         create(conn).expect("create");
+        conn.execute_batch(
+            "DROP TABLE projects;
+             CREATE TABLE projects (
+                 key         INTEGER PRIMARY KEY,
+                 client_id   TEXT NOT NULL UNIQUE,
+                 secret_hash TEXT NOT NULL,
+                 secret_salt TEXT NOT NULL,
+                 created_at  INTEGER NOT NULL
+             );",
+        )
+        .expect("projects before modes");
+    }
+
+    /// A version-1 database: today's schema with the time index, the idempotency keys and the
+    /// clients in their first shape.
+    fn version_1(conn: &Connection) {
+        create_before_modes(conn);
         conn.execute_batch(
             "DROP INDEX events_by_time;
              CREATE INDEX events_by_time ON events (project, created_at, id);
@@ -251,7 +307,7 @@ mod tests {
     #[test]
     fn upgrades_version_2_keeping_every_event_readable_by_time() {
         let mut conn = Connection::open_in_memory().expect("open");
-        create(&conn).expect("create");
+        create_before_modes(&conn);
         conn.execute_batch(
             "DROP INDEX events_by_time;
              CREATE INDEX events_by_time ON events (created_at, project, id);
@@ -273,6 +329,48 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("rows");
         assert_eq!(names, ["a", "b"]);
+    }
+
+    /// A version-3 database with one client.
+    const PROJECTS_V3: &str = "
+        INSERT INTO projects (client_id, secret_hash, secret_salt, created_at)
+            VALUES ('3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f', 'h', 's', 1795860000);
+        PRAGMA user_version = 3;";
+
+    #[test]
+    fn upgrades_version_3_clients_to_root() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        create_before_modes(&conn);
+        conn.execute_batch(PROJECTS_V3).expect("version 3");
+        migrate(&mut conn).expect("upgrade");
+        let (client_id, hash, mode, created_at, owner, revoked): (
+            String,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+        ) = conn
+            .query_row(
+                "SELECT client_id, secret_hash, mode, created_at, owner, revoked_at FROM projects",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .expect("client");
+        assert_eq!(client_id, "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f");
+        assert_eq!(hash, "h", "the secret is kept");
+        assert_eq!(mode, "root");
+        assert_eq!(created_at, 1_795_860_000_000, "seconds became milliseconds");
+        assert_eq!((owner, revoked), (None, None));
     }
 
     #[test]

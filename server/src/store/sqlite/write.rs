@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 
 use backfill_protocol::limits::SESSION_START_LEAD_MS;
+use backfill_protocol::number::{Decimal, add_exact};
+use backfill_protocol::properties::RawMap;
 use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::store::{IngestJob, NewEvent, PreparedRow, RowAction, RowOutcome};
@@ -183,7 +186,7 @@ fn apply_rows(
                     id,
                     group_type,
                     name,
-                    Value::Object(properties.clone()).to_string(),
+                    raw_json(properties),
                     synced_at
                 ])?;
                 RowOutcome::Stored
@@ -314,7 +317,7 @@ fn upsert_session(
 
 struct Profile {
     fields: Map<String, Value>,
-    properties: Map<String, Value>,
+    properties: RawMap,
     field_times: Map<String, Value>,
     created_at: i64,
 }
@@ -326,7 +329,7 @@ fn load_profile(conn: &Connection, project: i64, id: &str) -> rusqlite::Result<O
     .query_row(params![project, id], |r| {
         Ok(Profile {
             fields: json_map(&r.get::<_, String>(0)?),
-            properties: json_map(&r.get::<_, String>(1)?),
+            properties: raw_map(&r.get::<_, String>(1)?),
             field_times: json_map(&r.get::<_, String>(2)?),
             created_at: r.get(3)?,
         })
@@ -352,7 +355,7 @@ fn save_profile(
         project,
         id,
         Value::Object(p.fields.clone()).to_string(),
-        Value::Object(p.properties.clone()).to_string(),
+        raw_json(&p.properties),
         Value::Object(p.field_times.clone()).to_string(),
         p.created_at,
         now,
@@ -363,7 +366,7 @@ fn save_profile(
 fn empty_profile(now: i64) -> Profile {
     Profile {
         fields: Map::new(),
-        properties: Map::new(),
+        properties: RawMap::new(),
         field_times: Map::new(),
         created_at: now,
     }
@@ -383,7 +386,7 @@ fn identify(
     project: i64,
     id: &str,
     fields: &[(&'static str, String)],
-    properties: &Map<String, Value>,
+    properties: &RawMap,
     time_ms: i64,
     now: i64,
 ) -> rusqlite::Result<()> {
@@ -413,33 +416,36 @@ fn identify(
     save_profile(conn, project, id, &profile, now)
 }
 
+/// Adds `delta` exactly; a sum that cannot be exact, or a property that is not a number,
+/// refuses the row (SPEC §6b) and changes nothing.
 fn increment(
     conn: &Connection,
     project: i64,
     id: &str,
     property: &str,
-    delta: f64,
+    delta: Decimal,
     now: i64,
 ) -> rusqlite::Result<RowOutcome> {
     let mut profile = load_profile(conn, project, id)?.unwrap_or_else(|| empty_profile(now));
-    let current = match profile.properties.get(property) {
-        None | Some(Value::Null) => 0.0,
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
-        Some(_) => {
-            return Ok(RowOutcome::Invalid(format!(
-                "profile property {property} is not a number"
-            )));
-        }
+    let current = profile.properties.get(property).map(|v| v.get());
+    let sum = match add_exact(property, current, delta).map(RawValue::from_string) {
+        Ok(Ok(sum)) => sum,
+        Ok(Err(e)) => return Ok(RowOutcome::Invalid(e.to_string())),
+        Err(e) => return Ok(RowOutcome::Invalid(e)),
     };
-    let sum = current + delta;
-    let value = if sum.fract() == 0.0 && sum.abs() < 9.0e15 {
-        Value::from(sum as i64)
-    } else {
-        serde_json::Number::from_f64(sum).map_or(Value::Null, Value::Number)
-    };
-    profile.properties.insert(property.to_owned(), value);
+    profile.properties.insert(property.to_owned(), sum);
     save_profile(conn, project, id, &profile, now)?;
     Ok(RowOutcome::Stored)
+}
+
+/// Reads a properties column, keeping each value's JSON text; anything else reads as empty.
+pub(super) fn raw_map(text: &str) -> RawMap {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Writes properties kept as JSON text.
+fn raw_json(properties: &RawMap) -> String {
+    serde_json::to_string(properties).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// Reads a JSON object column; anything else reads as empty.

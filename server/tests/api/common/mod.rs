@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use backfill_server::auth;
-use backfill_server::clock::ManualClock;
+use backfill_server::clock::{Clock, ManualClock};
 use backfill_server::config::ProjectCredential;
 use backfill_server::metrics::Metrics;
 use backfill_server::store::Store;
@@ -69,7 +69,7 @@ impl Harness {
         store: Arc<dyn Store>,
         days: u32,
     ) -> Self {
-        auth::bootstrap(store.as_ref(), &credentials())
+        auth::bootstrap(store.as_ref(), &credentials(), clock.now_ms())
             .await
             .expect("bootstrap");
         let state = AppState::new(
@@ -181,6 +181,24 @@ impl Harness {
             .expect("request");
         let (status, _, body) = self.send(req).await;
         (status, body)
+    }
+
+    /// A `GET` answer's status and body text, for what `Value` would alter (number text).
+    pub async fn get_text(&self, path_and_query: &str) -> (StatusCode, String) {
+        let req = Request::get(path_and_query)
+            .header("openpanel-client-id", PROJECT)
+            .header("openpanel-client-secret", SECRET)
+            .body(Body::empty())
+            .expect("request");
+        let response = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Every event of the project matching `query`, across pages.

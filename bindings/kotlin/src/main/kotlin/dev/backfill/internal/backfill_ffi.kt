@@ -2549,6 +2549,12 @@ data class BackfillStats (
     var `deadLettered`: kotlin.ULong
     , 
     /**
+     * Dead letters dropped to keep the dead-letter table within its bound (counted, never
+     * silently).
+     */
+    var `deadLettersEvicted`: kotlin.ULong
+    , 
+    /**
      * Events dropped for falling out of the server's age window.
      */
     var `expired`: kotlin.ULong
@@ -2572,6 +2578,11 @@ data class BackfillStats (
      * Uploads are paused: the server refused the credentials.
      */
     var `unauthorized`: kotlin.Boolean
+    , 
+    /**
+     * Uploads are paused: the answers say the endpoint is wrong (`last_error` says why).
+     */
+    var `misconfigured`: kotlin.Boolean
     , 
     /**
      * The user has opted out: nothing is recorded.
@@ -2614,6 +2625,8 @@ public object FfiConverterTypeBackfillStats: FfiConverterRustBuffer<BackfillStat
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterBoolean.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterULong.read(buf),
@@ -2629,11 +2642,13 @@ public object FfiConverterTypeBackfillStats: FfiConverterRustBuffer<BackfillStat
             FfiConverterULong.allocationSize(value.`sent`) +
             FfiConverterULong.allocationSize(value.`duplicates`) +
             FfiConverterULong.allocationSize(value.`deadLettered`) +
+            FfiConverterULong.allocationSize(value.`deadLettersEvicted`) +
             FfiConverterULong.allocationSize(value.`expired`) +
             FfiConverterULong.allocationSize(value.`evicted`) +
             FfiConverterULong.allocationSize(value.`requests`) +
             FfiConverterULong.allocationSize(value.`bytesSent`) +
             FfiConverterBoolean.allocationSize(value.`unauthorized`) +
+            FfiConverterBoolean.allocationSize(value.`misconfigured`) +
             FfiConverterBoolean.allocationSize(value.`optedOut`) +
             FfiConverterULong.allocationSize(value.`optedOutCalls`) +
             FfiConverterOptionalString.allocationSize(value.`lastError`)
@@ -2647,11 +2662,13 @@ public object FfiConverterTypeBackfillStats: FfiConverterRustBuffer<BackfillStat
             FfiConverterULong.write(value.`sent`, buf)
             FfiConverterULong.write(value.`duplicates`, buf)
             FfiConverterULong.write(value.`deadLettered`, buf)
+            FfiConverterULong.write(value.`deadLettersEvicted`, buf)
             FfiConverterULong.write(value.`expired`, buf)
             FfiConverterULong.write(value.`evicted`, buf)
             FfiConverterULong.write(value.`requests`, buf)
             FfiConverterULong.write(value.`bytesSent`, buf)
             FfiConverterBoolean.write(value.`unauthorized`, buf)
+            FfiConverterBoolean.write(value.`misconfigured`, buf)
             FfiConverterBoolean.write(value.`optedOut`, buf)
             FfiConverterULong.write(value.`optedOutCalls`, buf)
             FfiConverterOptionalString.write(value.`lastError`, buf)
@@ -2817,7 +2834,8 @@ sealed class BackfillException(message: String): kotlin.Exception(message) {
     /**
      * A bad argument: an event the server would refuse (name, properties, timestamp, size),
      * properties that are not a JSON object, a setting out of range, or credentials the
-     * server refused. Fix the call or the config; retrying as is fails the same way.
+     * server refused, an endpoint that is not a Backfill server. Fix the call or the config;
+     * retrying as is fails the same way.
      */
         class InvalidArgument(message: String) : BackfillException(message)
         
@@ -2941,6 +2959,22 @@ sealed class DrainEnd {
         companion object
     }
     
+    /**
+     * The answers say the endpoint is wrong (`404`, `405`, `410`, an answer that is not the
+     * contract's: SPEC §9); uploads are paused and the data is kept.
+     */
+    data class Misconfigured(
+        /**
+         * What the server answered.
+         */
+        val `reason`: kotlin.String) : DrainEnd()
+        
+    {
+        
+
+        companion object
+    }
+    
 
     
 
@@ -2963,6 +2997,9 @@ public object FfiConverterTypeDrainEnd : FfiConverterRustBuffer<DrainEnd>{
                 )
             3 -> DrainEnd.Stopped(
                 FfiConverterUShort.read(buf),
+                )
+            4 -> DrainEnd.Misconfigured(
+                FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
         }
@@ -2989,6 +3026,13 @@ public object FfiConverterTypeDrainEnd : FfiConverterRustBuffer<DrainEnd>{
                 + FfiConverterUShort.allocationSize(value.`status`)
             )
         }
+        is DrainEnd.Misconfigured -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+        }
     }
 
     override fun write(value: DrainEnd, buf: ByteBuffer) {
@@ -3005,6 +3049,11 @@ public object FfiConverterTypeDrainEnd : FfiConverterRustBuffer<DrainEnd>{
             is DrainEnd.Stopped -> {
                 buf.putInt(3)
                 FfiConverterUShort.write(value.`status`, buf)
+                Unit
+            }
+            is DrainEnd.Misconfigured -> {
+                buf.putInt(4)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
