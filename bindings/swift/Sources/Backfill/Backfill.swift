@@ -136,8 +136,9 @@ public final class Backfill: @unchecked Sendable {
         let s = try Self.call { try client.stats() }
         return BackfillStats(
             buffered: s.buffered, bufferedBytes: s.bufferedBytes, oldestEventMs: s.oldestEventMs,
-            sent: s.sent, duplicates: s.duplicates, deadLettered: s.deadLettered, expired: s.expired,
-            evicted: s.evicted, requests: s.requests, unauthorized: s.unauthorized,
+            sent: s.sent, duplicates: s.duplicates, deadLettered: s.deadLettered,
+            deadLettersEvicted: s.deadLettersEvicted, expired: s.expired, evicted: s.evicted,
+            requests: s.requests, unauthorized: s.unauthorized, misconfigured: s.misconfigured,
             optedOut: s.optedOut, lastError: s.lastError)
     }
 
@@ -177,6 +178,7 @@ public final class Backfill: @unchecked Sendable {
         case .empty: end = .empty
         case .retryLater(let waitMs): end = .retryLater(waitMs: waitMs)
         case .stopped(let status): end = .stopped(status: Int(status))
+        case .misconfigured(let reason): end = .misconfigured(reason: reason)
         }
         return DrainReport(
             sent: r.sent, duplicates: r.duplicates, deadLettered: r.deadLettered, expired: r.expired,

@@ -89,6 +89,9 @@ public enum DrainEnd: Sendable, Equatable {
     case retryLater(waitMs: UInt64)
     /// The server refused the configuration (`401`/`403`); uploads are paused, the data kept.
     case stopped(status: Int)
+    /// The answers say the endpoint is wrong (`404`, `405`, `410`, or a body that is not the
+    /// contract's; SPEC §9): uploads are paused, the data kept. `reason` is what the server said.
+    case misconfigured(reason: String)
 }
 
 /// What one drain did. Counts are events unless said otherwise.
@@ -123,6 +126,8 @@ public struct BackfillStats: Sendable, Equatable {
     public var duplicates: UInt64
     /// Events the server refused for good.
     public var deadLettered: UInt64
+    /// Dead letters dropped to keep the dead-letter table within its bound (counted).
+    public var deadLettersEvicted: UInt64
     /// Events dropped for falling out of the server's age window.
     public var expired: UInt64
     /// Events dropped to keep the buffer within its bounds.
@@ -131,6 +136,8 @@ public struct BackfillStats: Sendable, Equatable {
     public var requests: UInt64
     /// Uploads are paused: the server refused the credentials.
     public var unauthorized: Bool
+    /// Uploads are paused: the answers say the endpoint is wrong (`lastError` says why).
+    public var misconfigured: Bool
     /// The user has opted out: nothing is recorded.
     public var optedOut: Bool
     /// The last error of an upload or of the storage, if any.

@@ -119,11 +119,14 @@ final class BackfillTests: XCTestCase {
     }
 
     func testAThrowingHTTPClientIsANetworkFailureAndTheEventsStay() async throws {
+        struct NoRoute: Error, CustomStringConvertible {
+            var description: String { "no route to host (test)" }
+        }
         final class Failing: HTTPClient, @unchecked Sendable {
             let calls = Locked(0)
             func send(_ request: HTTPRequest) throws -> HTTPResponse {
                 calls.with { $0 += 1 }
-                throw URLError(.notConnectedToInternet)
+                throw NoRoute()
             }
         }
         let failing = Failing()
@@ -133,7 +136,8 @@ final class BackfillTests: XCTestCase {
         guard case .retryLater = report.end else { return XCTFail("\(report.end)") }
         XCTAssertGreaterThan(failing.calls.value, 0)
         XCTAssertEqual(try backfill.stats().buffered, 1)
-        XCTAssertNotNil(try backfill.stats().lastError)
+        let lastError = try backfill.stats().lastError ?? ""
+        XCTAssertTrue(lastError.contains("no route to host (test)"), lastError)
     }
 
     @MainActor

@@ -213,6 +213,7 @@ private fun FfiDrainReport.toPublic() = DrainReport(
         is FfiDrainEnd.Empty -> DrainEnd.Empty
         is FfiDrainEnd.RetryLater -> DrainEnd.RetryLater(e.waitMs.toLongSaturated())
         is FfiDrainEnd.Stopped -> DrainEnd.Stopped(e.status.toInt())
+        is FfiDrainEnd.Misconfigured -> DrainEnd.Misconfigured(e.reason)
     },
 )
 
@@ -224,11 +225,13 @@ private fun BackfillStats.toPublic() = Stats(
     sent = sent.toLongSaturated(),
     duplicates = duplicates.toLongSaturated(),
     deadLettered = deadLettered.toLongSaturated(),
+    deadLettersEvicted = deadLettersEvicted.toLongSaturated(),
     expired = expired.toLongSaturated(),
     evicted = evicted.toLongSaturated(),
     requests = requests.toLongSaturated(),
     bytesSent = bytesSent.toLongSaturated(),
     unauthorized = unauthorized,
+    misconfigured = misconfigured,
     optedOut = optedOut,
     optedOutCalls = optedOutCalls.toLongSaturated(),
     lastError = lastError,

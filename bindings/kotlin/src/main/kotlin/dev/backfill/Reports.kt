@@ -16,6 +16,13 @@ sealed class DrainEnd {
      * uploads are paused and the events kept until a client opens with a working config.
      */
     data class Stopped(val status: Int) : DrainEnd()
+
+    /**
+     * The answers say the endpoint is wrong (`404`, `405`, `410`, or a body that is not the
+     * contract's; SPEC §9): uploads are paused and the events kept until a client opens with a
+     * working endpoint. [reason] is what the server answered.
+     */
+    data class Misconfigured(val reason: String) : DrainEnd()
 }
 
 /** What one drain did. Counts are events unless said otherwise. */
@@ -52,6 +59,8 @@ data class Stats(
     val duplicates: Long,
     /** Events the server refused for good. */
     val deadLettered: Long,
+    /** Dead letters dropped to keep the dead-letter table within its bound (counted, never silently). */
+    val deadLettersEvicted: Long,
     /** Events dropped for falling out of the server's age window. */
     val expired: Long,
     /** Events dropped to keep the buffer within its bounds. */
@@ -62,6 +71,8 @@ data class Stats(
     val bytesSent: Long,
     /** Uploads are paused: the server refused the credentials. */
     val unauthorized: Boolean,
+    /** Uploads are paused: the answers say the endpoint is wrong ([lastError] says why). */
+    val misconfigured: Boolean,
     /** The user has opted out: nothing is recorded. */
     val optedOut: Boolean,
     /** Recording calls that recorded nothing because the user had opted out (since open). */

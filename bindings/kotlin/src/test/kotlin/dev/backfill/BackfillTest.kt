@@ -161,13 +161,14 @@ class BackfillTest {
         assertTrue(calls > 0, "the HTTP client was used")
         val stats = backfill.stats()
         assertEquals(1, stats.buffered)
-        assertTrue(stats.lastError.orEmpty().contains("unreachable"), stats.lastError)
+        assertTrue(stats.lastError.orEmpty().contains("no route to host (test)"), stats.lastError)
 
         // Not only IOExceptions: any exception from the app's client is read the same way.
         val buggy = Backfill(config(null, "buggy.db").copy(backgroundUpload = false), HttpClient { error("bug in the app's client") }).closing()
         buggy.track("reading")
         assertIs<DrainEnd.RetryLater>(buggy.flushBlocking().end)
         assertEquals(1, buggy.stats().buffered)
+        assertTrue(buggy.stats().lastError.orEmpty().contains("bug in the app's client"), buggy.stats().lastError)
     }
 
     @Test
@@ -188,7 +189,7 @@ class BackfillTest {
             val report = client.flush()
             assertIs<dev.backfill.internal.DrainEnd.RetryLater>(report.end)
             assertEquals(1uL, client.stats().buffered)
-            assertTrue(client.stats().lastError.orEmpty().contains("unreachable"), client.stats().lastError)
+            assertTrue(client.stats().lastError.orEmpty().contains("raw failure"), client.stats().lastError)
         } finally {
             client.shutdown()
             client.destroy()

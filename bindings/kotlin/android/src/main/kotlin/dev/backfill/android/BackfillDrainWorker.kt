@@ -24,7 +24,8 @@ class BackfillDrainWorker(context: Context, params: WorkerParameters) :
                 // The server is busy or the network dropped mid-drain: the events stay buffered
                 // and WorkManager tries again with its own backoff.
                 is DrainEnd.RetryLater -> Result.retry()
-                is DrainEnd.Stopped -> Result.failure()
+                // A configuration fault: retrying as is cannot help; the data is kept.
+                is DrainEnd.Stopped, is DrainEnd.Misconfigured -> Result.failure()
             }
         } catch (e: BackfillException) {
             Result.retry()
