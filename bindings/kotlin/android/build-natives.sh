@@ -9,7 +9,11 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
 out="$here/src/main/jniLibs"
-profile="${BACKFILL_FFI_PROFILE:-release}"
+# The shipping profile (LTO, one codegen unit, opt-level "s", unwinding kept).
+profile="${BACKFILL_FFI_PROFILE:-release-ffi}"
+# The bundled SQLite without the modules the SDK never uses, as bindings/build-library.sh builds it.
+export LIBSQLITE3_FLAGS="${LIBSQLITE3_FLAGS:--USQLITE_ENABLE_FTS3 -USQLITE_ENABLE_FTS3_PARENTHESIS -USQLITE_ENABLE_FTS5 \
+-USQLITE_ENABLE_RTREE -USQLITE_ENABLE_DBSTAT_VTAB -USQLITE_ENABLE_LOAD_EXTENSION -DSQLITE_OMIT_LOAD_EXTENSION}"
 
 : "${ANDROID_NDK_HOME:?set ANDROID_NDK_HOME to the Android NDK (r27 or newer)}"
 command -v cargo-ndk >/dev/null || cargo install cargo-ndk --locked

@@ -10,7 +10,11 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 swift_dir="$(cd "$here/.." && pwd)"
 root="$(cd "$swift_dir/../.." && pwd)"
-profile="${BACKFILL_FFI_PROFILE:-release}"
+# The shipping profile (LTO, one codegen unit, opt-level "s", unwinding kept).
+profile="${BACKFILL_FFI_PROFILE:-release-ffi}"
+# The bundled SQLite without the modules the SDK never uses, as bindings/build-library.sh builds it.
+export LIBSQLITE3_FLAGS="${LIBSQLITE3_FLAGS:--USQLITE_ENABLE_FTS3 -USQLITE_ENABLE_FTS3_PARENTHESIS -USQLITE_ENABLE_FTS5 \
+-USQLITE_ENABLE_RTREE -USQLITE_ENABLE_DBSTAT_VTAB -USQLITE_ENABLE_LOAD_EXTENSION -DSQLITE_OMIT_LOAD_EXTENSION}"
 work="$root/target/ios-xcframework"
 out="$swift_dir/BackfillFFI.xcframework"
 export IPHONEOS_DEPLOYMENT_TARGET="${IPHONEOS_DEPLOYMENT_TARGET:-15.0}"
