@@ -40,6 +40,7 @@ impl LocalServer {
                     .parse()
                     .map_err(anyhow::Error::msg)?,
             ],
+            ..Default::default()
         };
         let server =
             runtime.block_on(backfill_server::start(&config, Arc::new(SystemClock), None))?;

@@ -107,6 +107,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
                 .parse::<ProjectCredential>()
                 .map_err(anyhow::Error::msg)?,
         ],
+        ..Default::default()
     };
     let server = runtime.block_on(backfill_server::start(&config, Arc::new(SystemClock), None))?;
     let url = server.url();

@@ -2,9 +2,10 @@
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backfill_core::{Backfill, Config, DrainEnd, DrainReport, Error, Event};
+use backfill_core::{Backfill, Config, DrainEnd, DrainReport, Error, Event, Stats};
 use clap::Args;
 use serde_json::json;
 
@@ -19,7 +20,7 @@ use crate::units::{format_size, parse_size};
 #[derive(Debug, Args)]
 pub struct DrainArgs {
     #[command(flatten)]
-    db: crate::DbArg,
+    pub(crate) db: crate::DbArg,
     /// Base URL of the server.
     #[arg(long, env = "BACKFILL_ENDPOINT")]
     endpoint: String,
@@ -54,7 +55,7 @@ pub struct DrainArgs {
 #[derive(Debug, Args)]
 pub struct EnqueueArgs {
     #[command(flatten)]
-    db: crate::DbArg,
+    pub(crate) db: crate::DbArg,
     /// The readings; `-` or nothing for standard input.
     file: Option<PathBuf>,
     /// Give each reading a content-derived insert id, so that enqueueing the same log again is
@@ -75,7 +76,8 @@ pub struct EnqueueArgs {
 #[derive(Debug, Clone, Args)]
 pub struct Limits {
     /// Most events the buffer holds; past it the oldest are evicted and counted.
-    #[arg(long, env = "BACKFILL_MAX_ROWS", default_value_t = 1_000_000)]
+    #[arg(long, env = "BACKFILL_MAX_ROWS", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     max_rows: u64,
     /// Most bytes of event JSON the buffer holds (e.g. 512MiB, 2GB); past it the oldest are
     /// evicted and counted.
@@ -93,7 +95,8 @@ fn open_offline(db: &Path, limits: &Limits) -> Result<Backfill, Error> {
     Backfill::open(config)
 }
 
-fn storage_exit(e: &Error) -> u8 {
+/// The exit code of an SDK error (the table in `main`).
+pub fn storage_exit(e: &Error) -> u8 {
     match e {
         Error::Unauthorized(_) => exit::NOPERM,
         Error::Misconfigured(_) | Error::InvalidConfig(_) => exit::CONFIG,
@@ -138,6 +141,28 @@ fn warn_too_old(sdk: &Backfill, events: &[(usize, Event)]) {
     }
 }
 
+/// Says at once when readings are stamped later than now (past the server's minute of
+/// tolerance): the server stores those at the time they arrive instead (SPEC §4), keeping the
+/// given time aside as `__clientTimestamp`.
+fn warn_future(events: &[(usize, Event)]) {
+    use backfill_protocol::limits::FUTURE_TOLERANCE_MS;
+    let now = backfill_protocol::clock::Clock::now_ms(&backfill_core::SystemClock);
+    let ahead: Vec<(usize, i64)> = events
+        .iter()
+        .filter_map(|(line, e)| e.timestamp_ms.map(|t| (*line, t)))
+        .filter(|(_, t)| *t > now + FUTURE_TOLERANCE_MS)
+        .collect();
+    if let Some((line, latest)) = ahead.iter().max_by_key(|(_, t)| *t) {
+        eprintln!(
+            "backfill enqueue: warning: {} readings are stamped in the future (the latest, line \
+             {line}, at {}); the server will store them at the time they arrive, keeping the \
+             given time as __clientTimestamp. Is the clock of the device that stamped them right?",
+            ahead.len(),
+            iso(Some(*latest)),
+        );
+    }
+}
+
 /// `backfill enqueue`: all readings or none.
 pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
     let db = &args.db.db;
@@ -149,7 +174,18 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
                 return Ok(exit::NO_INPUT);
             }
         },
-        None => read_events(std::io::stdin().lock()),
+        None => {
+            use std::io::IsTerminal;
+            // Run by hand without a file, it would otherwise wait without a word.
+            if std::io::stdin().is_terminal() && !output::quiet() {
+                eprintln!(
+                    "backfill enqueue: reading readings (NDJSON or CSV) from the terminal; end \
+                     with Ctrl-D, or give a file: backfill enqueue --db {} FILE",
+                    db.display()
+                );
+            }
+            read_events(std::io::stdin().lock())
+        }
     };
     let mut events = match events {
         Ok(events) => events,
@@ -204,9 +240,21 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     warn_too_old(&sdk, &events);
+    warn_future(&events);
     let before = sdk.stats()?;
     if let Err(e) = sdk.track_many(events.into_iter().map(|(_, e)| e).collect()) {
-        eprintln!("backfill enqueue: {e}; nothing was added");
+        let hint = match e {
+            // SQLite names a write refused by the OS (ENOSPC, EFBIG, EIO) as a disk I/O error.
+            Error::Storage(_) | Error::StorageFull(_) => {
+                ". If the disk is full or a file-size limit (ulimit -f, systemd's LimitFSIZE=) \
+                 was reached, free space or raise the limit and enqueue the readings again"
+            }
+            // Past the buffer's bounds as a whole (the bounds of a single reading are checked
+            // before).
+            Error::InvalidEvent(_) => ". Raise --max-rows or --max-bytes, or enqueue fewer at once",
+            _ => "",
+        };
+        eprintln!("backfill enqueue: {e}; nothing was added, the buffer is unchanged{hint}");
         return Ok(storage_exit(&e));
     }
     let after = sdk.stats()?;
@@ -319,105 +367,154 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
         ));
         return Ok(exit::OK);
     }
-    let sdk = match Backfill::open(config) {
-        Ok(sdk) => sdk,
-        Err(e) => {
-            eprintln!("backfill drain: {e}");
-            return Ok(storage_exit(&e));
-        }
-    };
-    // One drain per buffer: a second one would send every reading again.
-    if let Err(e) = sdk.hold_drain_lock() {
-        eprintln!("backfill drain: {e}; try again once it ends");
-        return Ok(storage_exit(&e));
-    }
-    on_interrupt(&sdk);
-    loop {
-        let before = sdk.stats()?;
-        let result = drain_with_progress(&sdk, args.until_empty || args.watch);
-        let after = sdk.stats()?;
-        let sent = after.sent - before.sent;
-        let mut code = exit::OK;
-        if let Ok(report) = &result
-            && report.expired > 0
-        {
-            warn_expired(report);
-            code = exit::EXPIRED;
-        }
-        match result {
-            Ok(DrainReport {
-                end: DrainEnd::Empty,
-                ..
-            }) => {
-                if sent > 0 || !args.watch {
-                    output::line(&format!(
-                        "sent {sent} events in {} requests ({}); {} duplicates, {} dead-lettered, {} expired; {} left",
-                        after.requests - before.requests,
-                        format_size(after.bytes_sent - before.bytes_sent),
-                        after.duplicates - before.duplicates,
-                        after.dead_lettered - before.dead_lettered,
-                        after.expired - before.expired,
-                        after.buffered_events
-                    ));
-                }
-            }
-            Ok(DrainReport {
-                end: DrainEnd::RetryIn(wait),
-                last_error,
-                ..
-            }) => {
-                let cause = last_error.as_deref().unwrap_or("the server is busy");
-                eprintln!(
-                    "backfill drain: {cause}; {} events kept, retry in {:.0} s",
-                    after.buffered_events,
-                    wait.as_secs_f64()
-                );
-                return Ok(exit::UNAVAILABLE);
-            }
-            Ok(DrainReport {
-                end: DrainEnd::Unauthorized(code),
-                ..
-            })
-            | Err(Error::Unauthorized(code)) => {
-                eprintln!(
-                    "backfill drain: the server refused the credentials (HTTP {code}); the data is kept"
-                );
-                return Ok(exit::NOPERM);
-            }
-            Ok(DrainReport {
-                end: DrainEnd::Misconfigured(why),
-                ..
-            })
-            | Err(Error::Misconfigured(why)) => {
-                eprintln!(
-                    "backfill drain: {why} (endpoint {}); nothing was deleted, {} events kept. \
-                     Set BACKFILL_ENDPOINT to the server's base URL, e.g. https://ingest.example.com",
-                    args.endpoint, after.buffered_events
-                );
-                return Ok(exit::CONFIG);
-            }
+    let interrupt = on_interrupt();
+    // A watching drain starts again on a buffer that was replaced under it (deleted and
+    // created again, or moved aside as damaged): it would watch the old file forever.
+    'buffer: loop {
+        let sdk = match Backfill::open(config.clone()) {
+            Ok(sdk) => sdk,
             Err(e) => {
                 eprintln!("backfill drain: {e}");
                 return Ok(storage_exit(&e));
             }
+        };
+        let opened = file_identity(&args.db.db);
+        // One drain per buffer: a second one would send every reading again.
+        if let Err(e) = sdk.hold_drain_lock() {
+            eprintln!("backfill drain: {e}; try again once it ends");
+            return Ok(storage_exit(&e));
         }
-        if !args.watch {
-            return Ok(code);
+        watch_for_interrupt(&interrupt, Some(&sdk));
+        loop {
+            let before = sdk.stats()?;
+            let result = drain_with_progress(&sdk, args.until_empty || args.watch);
+            let after = sdk.stats()?;
+            let sent = after.sent - before.sent;
+            let mut code = exit::OK;
+            if let Ok(report) = &result
+                && report.expired > 0
+            {
+                warn_expired(report);
+                code = exit::EXPIRED;
+            }
+            match result {
+                Ok(DrainReport {
+                    end: DrainEnd::Empty,
+                    ..
+                }) => {
+                    if sent > 0 || !args.watch {
+                        output::line(&format!(
+                            "sent {sent} events in {} requests ({}); {} duplicates, {} dead-lettered, {} expired; {} left",
+                            after.requests - before.requests,
+                            format_size(after.bytes_sent - before.bytes_sent),
+                            after.duplicates - before.duplicates,
+                            after.dead_lettered - before.dead_lettered,
+                            after.expired - before.expired,
+                            after.buffered_events
+                        ));
+                    }
+                }
+                Ok(DrainReport {
+                    end: DrainEnd::RetryIn(wait),
+                    last_error,
+                    ..
+                }) => {
+                    let cause = last_error.as_deref().unwrap_or("the server is busy");
+                    eprintln!(
+                        "backfill drain: {cause}; {} events kept, retry in {:.0} s",
+                        after.buffered_events,
+                        wait.as_secs_f64()
+                    );
+                    return Ok(exit::UNAVAILABLE);
+                }
+                Ok(DrainReport {
+                    end: DrainEnd::Unauthorized(code),
+                    ..
+                })
+                | Err(Error::Unauthorized(code)) => {
+                    // The server's own words (a wrong secret, a read-only key), as the SDK kept them.
+                    let why = after.last_error.clone().unwrap_or_else(|| {
+                        format!("the server refused the credentials (HTTP {code})")
+                    });
+                    eprintln!(
+                        "backfill drain: {why}; nothing was deleted, {} events kept. Check \
+                     BACKFILL_CLIENT_ID and BACKFILL_CLIENT_SECRET (a write or root key of this \
+                     server)",
+                        after.buffered_events
+                    );
+                    return Ok(exit::NOPERM);
+                }
+                Ok(DrainReport {
+                    end: DrainEnd::Misconfigured(why),
+                    ..
+                })
+                | Err(Error::Misconfigured(why)) => {
+                    eprintln!(
+                        "backfill drain: {why} (endpoint {}); nothing was deleted, {} events kept. \
+                     Set BACKFILL_ENDPOINT to the server's base URL, e.g. https://ingest.example.com",
+                        args.endpoint, after.buffered_events
+                    );
+                    return Ok(exit::CONFIG);
+                }
+                Err(e) => {
+                    eprintln!("backfill drain: {e}");
+                    return Ok(storage_exit(&e));
+                }
+            }
+            if !args.watch {
+                return Ok(code);
+            }
+            while sdk.stats()?.buffered_events == 0 {
+                std::thread::sleep(Duration::from_secs(args.interval.max(1)));
+                if file_identity(&args.db.db) != opened {
+                    eprintln!(
+                        "backfill drain: the buffer {} was replaced (deleted, or moved aside); \
+                     watching the one now at that path",
+                        args.db.db.display()
+                    );
+                    // Its lock goes with the last handle on it.
+                    watch_for_interrupt(&interrupt, None);
+                    drop(sdk);
+                    continue 'buffer;
+                }
+            }
         }
-        while sdk.stats()?.buffered_events == 0 {
-            std::thread::sleep(Duration::from_secs(args.interval.max(1)));
-        }
+    }
+}
+
+/// The file behind `path` (device and inode), to notice when it is replaced; `None` when
+/// there is none, or where the platform does not say.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// The buffer a drain works on, and its stats when the drain took it, for the summary on
+/// Ctrl-C.
+type Interrupt = Arc<Mutex<Option<(Backfill, Stats)>>>;
+
+/// Sets (or, with `None`, clears) the buffer the Ctrl-C summary speaks of.
+fn watch_for_interrupt(interrupt: &Interrupt, sdk: Option<&Backfill>) {
+    let entry = sdk.and_then(|sdk| sdk.stats().ok().map(|start| (sdk.clone(), start)));
+    if let Ok(mut current) = interrupt.lock() {
+        *current = entry;
     }
 }
 
 /// On Ctrl-C (SIGINT), prints what this drain did so far and ends with exit 130. Rows sent
 /// but not yet settled stay buffered and are resent by the next drain: their insert ids make
 /// the server count them as duplicates, not store them twice.
-fn on_interrupt(sdk: &Backfill) {
-    let Ok(start) = sdk.stats() else {
-        return;
-    };
-    let sdk = sdk.clone();
+fn on_interrupt() -> Interrupt {
+    let interrupt = Interrupt::default();
+    let current = Arc::clone(&interrupt);
     let watcher = std::thread::Builder::new()
         .name("backfill-signal".to_owned())
         .spawn(move || {
@@ -430,7 +527,10 @@ fn on_interrupt(sdk: &Backfill) {
             if runtime.block_on(tokio::signal::ctrl_c()).is_err() {
                 return;
             }
-            let now = sdk.stats().unwrap_or_default();
+            let (now, start) = match current.lock().ok().and_then(|c| c.clone()) {
+                Some((sdk, start)) => (sdk.stats().unwrap_or_default(), start),
+                None => Default::default(),
+            };
             eprintln!(
                 "\nbackfill drain: interrupted; sent {} events in {} requests, {} duplicates, {} \
                  dead-lettered, {} expired; {} left in the buffer for the next drain",
@@ -446,6 +546,7 @@ fn on_interrupt(sdk: &Backfill) {
     if let Err(e) = watcher {
         tracing::warn!(error = %e, "cannot watch for Ctrl-C");
     }
+    interrupt
 }
 
 /// Says loudly that events were dropped unsent for their age, and how to keep them.

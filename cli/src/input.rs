@@ -35,11 +35,28 @@ fn bad(line: usize, message: impl Into<String>) -> InputError {
 /// CSV by the first non-blank character (`{`), after a UTF-8 byte-order mark if there is one.
 /// Empty input (or a CSV header alone) gives no readings.
 pub fn read_events(mut input: impl BufRead) -> Result<Vec<(usize, Event)>, InputError> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     input
-        .read_to_string(&mut text)
-        .map_err(|e| bad(0, format!("cannot read the input: {e}")))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(1, format!("cannot read the input: {e}")))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let before = &bytes[..e.valid_up_to()];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = before.len()
+            - before
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+        bad(
+            line,
+            format!(
+                "byte {} is not UTF-8 (is the file in another encoding, such as Latin-1 or \
+                 UTF-16? convert it, e.g. with iconv -t UTF-8)",
+                column + 1
+            ),
+        )
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
@@ -59,6 +76,7 @@ fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
         }
         let value: Value =
             serde_json::from_str(line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
+        exact_integers(line).map_err(|e| bad(n, e))?;
         let Value::Object(mut obj) = value else {
             return Err(bad(n, "a reading must be a JSON object"));
         };
@@ -71,6 +89,9 @@ fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
             Some(Value::Object(p)) => p,
             Some(_) => return Err(bad(n, "\"properties\" must be an object")),
         };
+        if let Some(why) = properties.keys().find_map(|key| reserved(key)) {
+            return Err(bad(n, why));
+        }
         let timestamp_ms = match obj.remove("timestamp") {
             None | Some(Value::Null) => None,
             Some(Value::Number(number)) => {
@@ -112,6 +133,74 @@ fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
     Ok(events)
 }
 
+/// Why a property may not have this name, if it may not: the SDK sets these itself from the
+/// reading's fields (SPEC §9), so a value given as a property would be dropped without a word.
+fn reserved(key: &str) -> Option<String> {
+    use backfill_protocol::validate::{DEVICE_ID, INSERT_ID, SESSION_ID, TIMESTAMP};
+    let field = match key {
+        TIMESTAMP => "give it as the \"timestamp\" field (CSV: column)",
+        INSERT_ID => "give it as the \"insert_id\" field (CSV: column)",
+        DEVICE_ID => "give it as the \"device_id\" field (CSV: column)",
+        SESSION_ID => "the server makes sessions of a device's readings",
+        _ => return None,
+    };
+    Some(format!(
+        "the property {key:?} is set by Backfill itself; {field}"
+    ))
+}
+
+/// The physical line (1-based) where the CSV record at byte `offset` of `text` starts. The
+/// reader ends a CRLF record at its CR, so its own positions can point at the LF before the
+/// record's first cell (and its line count then misses a line): line ends are skipped first.
+fn line_at(text: &str, offset: u64) -> usize {
+    let bytes = text.as_bytes();
+    let mut start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    while start < bytes.len() && matches!(bytes[start], b'\r' | b'\n') {
+        start += 1;
+    }
+    bytes[..start].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// Refuses a JSON integer that a 64-bit integer cannot hold (a 20-digit ICCID, say): read as
+/// a floating-point number it would lose its last digits without a word. `line` is valid JSON.
+fn exact_integers(line: &str) -> Result<(), String> {
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len()
+                && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+            {
+                i += 1;
+            }
+            let token = &line[start..i];
+            let integer = !token.contains(['.', 'e', 'E']);
+            if integer && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
+                return Err(format!(
+                    "the number {token} has too many digits to be kept exactly; give it as a \
+                     string (\"{token}\")"
+                ));
+            }
+            continue;
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 /// CSV with a header: `name` is required, `timestamp`, `device_id` and `insert_id` are optional,
 /// every other column is a property (numbers and booleans are read as such).
 fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
@@ -122,6 +211,21 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
         .headers()
         .map_err(|e| bad(1, format!("bad CSV header: {e}")))?
         .clone();
+    // A column without a name, or two of one name, would lose values silently.
+    for (c, header) in headers.iter().enumerate() {
+        if header.is_empty() {
+            return Err(bad(
+                1,
+                format!("column {} of the CSV header has no name", c + 1),
+            ));
+        }
+        if let Some(why) = reserved(header) {
+            return Err(bad(1, why));
+        }
+        if headers.iter().take(c).any(|h| h == header) {
+            return Err(bad(1, format!("the CSV header names {header:?} twice")));
+        }
+    }
     let column = |name: &str| headers.iter().position(|h| h == name);
     let name_col = column("name").ok_or_else(|| bad(1, "the CSV header has no \"name\" column"))?;
     let (time_col, device_col) = (column("timestamp"), column("device_id"));
@@ -129,10 +233,20 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
     let mut events = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let record = record.map_err(|e| {
-            let line = e.position().map_or(i + 2, |p| p.line() as usize);
-            bad(line, format!("bad CSV row: {e}"))
+            let line = e.position().map_or(i + 2, |p| line_at(text, p.byte()));
+            // The reader's own text names its own line count; this one is exact.
+            let message = match e.kind() {
+                csv::ErrorKind::UnequalLengths {
+                    expected_len, len, ..
+                } => format!(
+                    "{len} cells where the header has {expected_len} (a quote left open, or a \
+                     comma in a cell that is not quoted?)"
+                ),
+                _ => format!("bad CSV row: {e}"),
+            };
+            bad(line, message)
         })?;
-        let n = record.position().map_or(i + 2, |p| p.line() as usize);
+        let n = record.position().map_or(i + 2, |p| line_at(text, p.byte()));
         let name = record
             .get(name_col)
             .filter(|s| !s.is_empty())

@@ -10,6 +10,16 @@
 //! - [`output`]: stdout that respects `-q` and ends quietly on a closed pipe.
 //! - [`units`]: sizes in human units.
 
+/// `std::eprintln!` without its panic: when the reader of stderr has gone (a closed pipe, a
+/// log process that died), a failure being reported must still end with its exit code, not
+/// a crash. Defined before the modules, so every one of them uses it.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod dedup;
 mod demo;
 mod gateway;
@@ -18,6 +28,7 @@ mod output;
 mod progress;
 mod units;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -132,12 +143,50 @@ enum DeadLetters {
     },
 }
 
+impl Command {
+    /// The buffer the command works on, if it has one.
+    fn db(&self) -> Option<&std::path::Path> {
+        match self {
+            Command::Demo(_) => None,
+            Command::Enqueue(args) => Some(&args.db.db),
+            Command::Drain(args) => Some(&args.db.db),
+            Command::Status { db, .. }
+            | Command::Inspect { db, .. }
+            | Command::DeadLetters(DeadLetters::Export { db } | DeadLetters::Requeue { db }) => {
+                Some(&db.db)
+            }
+        }
+    }
+}
+
 /// The buffer file.
 #[derive(Debug, Clone, Args)]
 pub struct DbArg {
     /// Path of the SQLite buffer.
     #[arg(long, env = "BACKFILL_DB")]
     pub db: PathBuf,
+}
+
+/// Under a file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) the kernel ends a process
+/// that writes past it with SIGXFSZ, silently and with no code of the table. With the signal
+/// handled, the write fails with `EFBIG` instead: the buffer rolls the write back and the
+/// command says so, exit 74, like a full disk.
+fn report_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        let _context = runtime.enter();
+        // The handler stays installed for the life of the process once registered.
+        if let Err(e) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+            tracing::debug!(error = %e, "cannot handle SIGXFSZ");
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -153,6 +202,7 @@ fn main() -> ExitCode {
         }
     };
     output::set_quiet(cli.quiet);
+    report_file_size_limit();
     let level = match cli.verbose {
         0 => "error",
         1 => "backfill_core=debug,warn",
@@ -160,11 +210,21 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a cron line's `2>>backfill.log` gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
+    if let Some(db) = cli.command.db().filter(|db| db.is_dir()) {
+        eprintln!(
+            "backfill: --db {} is a directory; give the path of the buffer file, e.g. {}",
+            db.display(),
+            db.join("gw.db").display()
+        );
+        return ExitCode::from(exit::NO_INPUT);
+    }
     let code = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Enqueue(args) => gateway::enqueue(&args),
@@ -176,9 +236,20 @@ fn main() -> ExitCode {
     };
     match code {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("backfill: {e:#}");
-            ExitCode::from(exit::SOFTWARE)
-        }
+        // The buffer failing under a command (a table missing, a write refused) is the
+        // buffer's fault, with its code; anything else is a bug.
+        Err(e) => match e.downcast_ref::<backfill_core::Error>() {
+            Some(sdk) => {
+                eprintln!(
+                    "backfill: {sdk}. The buffer may be damaged or changed by another program: \
+                     move it aside (keep it) and start a new one"
+                );
+                ExitCode::from(gateway::storage_exit(sdk))
+            }
+            None => {
+                eprintln!("backfill: {e:#}");
+                ExitCode::from(exit::SOFTWARE)
+            }
+        },
     }
 }

@@ -9,6 +9,8 @@ pub struct Progress {
     started: Instant,
     terminal: bool,
     last_line: Option<Instant>,
+    /// The line that reached the total was shown.
+    reached: bool,
     /// `-q`: nothing is shown.
     quiet: bool,
 }
@@ -22,6 +24,7 @@ impl Progress {
             terminal: std::io::stderr().is_terminal(),
             quiet: crate::output::quiet(),
             last_line: None,
+            reached: false,
         }
     }
 
@@ -55,18 +58,28 @@ impl Progress {
                 self.total
             );
             let _ = err.flush();
-        } else if self
-            .last_line
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-            || done >= self.total
-        {
-            self.last_line = Some(Instant::now());
+        } else if self.plain_line_due(done) {
             let _ = writeln!(
                 err,
                 "drain: {done}/{} events, {requests} requests, {rate:.0} events/s, ETA {eta}",
                 self.total
             );
         }
+    }
+
+    /// Whether a plain line (a log, not a terminal) is due: at most one a second, and the
+    /// one that reaches the total. Events enqueued during the drain take `done` past the
+    /// total; that is no reason for a line at every update.
+    fn plain_line_due(&mut self, done: u64) -> bool {
+        let reached = done >= self.total && !self.reached;
+        let due = self
+            .last_line
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if reached || due {
+            self.reached |= reached;
+            self.last_line = Some(Instant::now());
+        }
+        reached || due
     }
 
     /// Ends the bar's line with a note (why the drain waits), so the next redraw starts below.
@@ -82,6 +95,25 @@ impl Progress {
     pub fn finish(&self) {
         if self.terminal && !self.quiet {
             let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_gets_a_line_a_second_even_past_the_total() {
+        let mut progress = Progress::new(10);
+        assert!(progress.plain_line_due(0), "the first line");
+        assert!(!progress.plain_line_due(5), "within the second");
+        assert!(progress.plain_line_due(10), "the total reached");
+        for done in 11..100 {
+            assert!(
+                !progress.plain_line_due(done),
+                "past the total, within the second"
+            );
         }
     }
 }

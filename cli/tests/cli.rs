@@ -31,9 +31,10 @@ fn backfill(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output 
     }
     let mut child = cmd.spawn().expect("run backfill");
     if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(stdin.unwrap_or("").as_bytes())
-            .expect("stdin");
+        // A command that refuses its arguments may end before it reads its input.
+        if let Err(e) = input.write_all(stdin.unwrap_or("").as_bytes()) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "stdin: {e}");
+        }
     }
     child.wait_with_output().expect("wait")
 }
@@ -65,6 +66,7 @@ impl Server {
             data_dir: data.to_owned(),
             max_event_age_days: 5,
             projects: vec![format!("{project}:{secret}").parse().expect("project")],
+            ..Default::default()
         };
         let server = runtime
             .block_on(backfill_server::start(&config, Arc::new(SystemClock), None))
@@ -99,6 +101,7 @@ impl Server {
             data_dir: data.to_owned(),
             max_event_age_days: 5,
             projects: vec![format!("{PROJECT}:{SECRET}").parse().expect("project")],
+            ..Default::default()
         };
         let server = runtime
             .block_on(backfill_server::start(
@@ -244,7 +247,18 @@ fn drain_empties_the_buffer_into_a_real_server() {
     ];
     let out = backfill(&["drain", "--db", db_arg], None, &env);
     assert_eq!(out.status.code(), Some(77), "refused credentials");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wrong client secret") && err.contains("BACKFILL_CLIENT_SECRET"),
+        "the server's reason and what to check: {err}"
+    );
     assert_eq!(status_json(&db)["buffered_events"], 3, "data kept");
+    assert!(
+        status_json(&db)["stats"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("wrong client secret")),
+        "status says it too"
+    );
 
     let env = [
         ("BACKFILL_ENDPOINT", url.as_str()),
@@ -930,4 +944,446 @@ fn dry_runs_touch_nothing_and_limits_evict_the_oldest_loudly() {
     assert_eq!(status_json(&db)["buffered_events"], 6);
     let quiet = backfill(&["-q", "enqueue", "--db", db_arg], Some(&readings(1)), &[]);
     assert!(quiet.status.success() && quiet.stdout.is_empty());
+}
+
+/// A stub HTTP server outside the project (a proxy, a portal, another host): answers every
+/// request with `answer` (status line, headers and body, without the final CRLFs) and counts
+/// the requests it read.
+fn stub(answer: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let mut length = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = (&stream).write_all(format!("{answer}\r\n\r\n").as_bytes());
+        }
+    });
+    (url, hits)
+}
+
+#[test]
+fn a_redirect_is_a_wrong_endpoint_and_the_secret_never_follows_it() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    // Another host (a captive portal's login page, a parked domain) that must never see the
+    // client secret.
+    let (elsewhere, elsewhere_hits) = stub(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 5\r\nconnection: close\r\n\r\nlogin"
+            .to_owned(),
+    );
+    for code in [
+        "301 Moved Permanently",
+        "302 Found",
+        "307 Temporary Redirect",
+        "308 Permanent Redirect",
+    ] {
+        let (redirector, _) = stub(format!(
+            "HTTP/1.1 {code}\r\nlocation: {elsewhere}/login\r\ncontent-length: 0\r\nconnection: close"
+        ));
+        let out = backfill(&["drain", "--db", db_arg], None, &creds(&redirector));
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(78), "{code}: {err}");
+        assert!(err.contains("redirect"), "{code}: {err}");
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            0,
+            "{code}: the redirect was followed"
+        );
+        assert_eq!(status_json(&db)["buffered_events"], 3);
+    }
+}
+
+#[test]
+fn enqueue_names_the_line_of_invalid_utf8_and_refuses_ambiguous_csv_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let file = dir.path().join("readings");
+    let file_arg = file.to_str().expect("path");
+    // A Latin-1 "é" on the third line of an otherwise good log.
+    let mut latin1 = readings(2).into_bytes();
+    latin1.extend_from_slice(b"{\"name\":\"caf\xe9\"}\n");
+    std::fs::write(&file, &latin1).expect("write");
+    let out = backfill(&["enqueue", "--db", db_arg, file_arg], None, &[]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("line 3") && err.contains("UTF-8"), "{err}");
+    // Two columns of one name: one of the values would be lost.
+    for (csv, says) in [
+        ("name,temp,temp\nreading,1,2\n", "\"temp\""),
+        ("name,,temp\nreading,1,2\n", "column 2"),
+    ] {
+        std::fs::write(&file, csv).expect("write");
+        let out = backfill(&["enqueue", "--db", db_arg, file_arg], None, &[]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(65), "{csv:?}: {err}");
+        assert!(
+            err.contains("line 1") && err.contains(says),
+            "{csv:?}: {err}"
+        );
+    }
+    assert!(!db.exists(), "nothing was written");
+}
+
+#[test]
+fn a_file_size_limit_is_reported_as_a_full_disk_and_keeps_the_buffer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(10));
+    let input = dir.path().join("many.ndjson");
+    std::fs::write(&input, readings(5000)).expect("write");
+    // `ulimit -f` counts 512-byte blocks: 256 KiB, past the buffer's size after 10 readings
+    // and short of 5000 more.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 512 && exec \"$0\" enqueue --db \"$1\" \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_backfill"))
+        .arg(db_arg)
+        .arg(&input)
+        .output()
+        .expect("run backfill under ulimit -f");
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(err.contains("nothing was added"), "{err}");
+    assert!(
+        err.contains("ulimit -f"),
+        "the likely causes are named: {err}"
+    );
+    assert_eq!(status_json(&db)["buffered_events"], 10);
+}
+
+#[test]
+fn messages_carry_no_terminal_colours_into_a_log_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(500));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .expect("open the buffer");
+    file.set_len(3000).expect("truncate the buffer");
+    let out = backfill(&["enqueue", "--db", db_arg], Some(&readings(1)), &[]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("corrupt"),
+        "the damaged buffer is named: {err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "no escape codes in a pipe: {err:?}"
+    );
+}
+
+#[test]
+fn status_forgets_the_last_error_once_a_drain_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    let wrong = format!("{}/v1", server.url());
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&wrong));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out).1);
+    assert!(status_json(&db)["stats"]["last_error"].is_string());
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&server.url()));
+    assert!(out.status.success(), "{}", text(&out).1);
+    let status = status_json(&db);
+    assert_eq!(status["buffered_events"], 0);
+    assert!(
+        status["stats"]["last_error"].is_null(),
+        "a fixed endpoint no longer shows as paused: {status}"
+    );
+}
+
+#[test]
+fn enqueue_warns_about_readings_stamped_in_the_future() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let mut input = readings(2);
+    input.push_str("{\"name\":\"reading\",\"timestamp\":\"2099-01-01T00:00:00Z\"}\n");
+    let out = backfill(&["enqueue", "--db", db_arg], Some(&input), &[]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("1 readings are stamped in the future") && err.contains("line 3"),
+        "{err}"
+    );
+    assert_eq!(status_json(&db)["buffered_events"], 3, "kept all the same");
+    let out = backfill(&["enqueue", "--db", db_arg], Some(&readings(2)), &[]);
+    assert!(!text(&out).1.contains("future"), "{}", text(&out).1);
+}
+
+#[test]
+fn a_buffer_missing_a_table_is_refused_with_74_not_called_a_bug() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.execute_batch("DROP TABLE counters"))
+        .expect("damage the buffer");
+    for args in [
+        vec!["status", "--db", db_arg],
+        vec!["enqueue", "--db", db_arg, "-"],
+        vec!["drain", "--db", db_arg],
+    ] {
+        let out = backfill(&args, Some(&readings(1)), &creds("http://127.0.0.1:9"));
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(74), "{args:?}: {err}");
+        assert!(err.contains("move it aside"), "{args:?}: {err}");
+    }
+    let events: i64 = rusqlite::Connection::open(&db)
+        .and_then(|c| c.query_row("SELECT count(*) FROM events", [], |r| r.get(0)))
+        .expect("count");
+    assert_eq!(events, 3, "nothing lost");
+}
+
+#[test]
+fn a_directory_as_the_buffer_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db_arg = dir.path().to_str().expect("path");
+    for args in [
+        vec!["status", "--db", db_arg],
+        vec!["inspect", "--db", db_arg],
+        vec!["enqueue", "--db", db_arg, "-"],
+        vec!["drain", "--db", db_arg],
+        vec!["dead-letters", "export", "--db", db_arg],
+        vec!["dead-letters", "requeue", "--db", db_arg],
+    ] {
+        let out = backfill(&args, Some(&readings(1)), &creds("http://127.0.0.1:9"));
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(66), "{args:?}: {err}");
+        assert!(
+            err.contains("is a directory") && err.contains("gw.db"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        listing(dir.path()),
+        Vec::<String>::new(),
+        "nothing created in it"
+    );
+}
+
+#[test]
+fn an_integer_too_long_to_keep_exactly_is_refused_not_rounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let input = "{\"name\":\"sim\",\"properties\":{\"note\":\"89014103211118510720\",\"n\":-12}}\n\
+                 {\"name\":\"sim\",\"properties\":{\"iccid\":89014103211118510720}}\n";
+    let out = backfill(&["enqueue", "--db", db_arg], Some(input), &[]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("\"89014103211118510720\""),
+        "{err}"
+    );
+    assert!(!db.exists());
+    let exact = "{\"name\":\"sim\",\"properties\":{\"iccid\":\"89014103211118510720\",\
+                 \"max\":18446744073709551615,\"min\":-9223372036854775808,\"f\":1.5e300}}\n";
+    let out = backfill(&["enqueue", "--db", db_arg], Some(exact), &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = backfill(&["inspect", "--db", db_arg, "--json"], None, &[]);
+    let reading: Value = serde_json::from_slice(&out.stdout).expect("inspect --json");
+    assert_eq!(reading["properties"]["iccid"], "89014103211118510720");
+    assert_eq!(reading["properties"]["max"], u64::MAX);
+    assert_eq!(reading["properties"]["min"], i64::MIN);
+}
+
+#[test]
+fn drain_watch_follows_a_buffer_replaced_under_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
+    let db = dir.path().join("gw.db");
+    enqueue(&db, &readings(1));
+    let mut watcher = spawn_watch(&db, &server.url());
+    let drained = |n| {
+        wait_until(std::time::Duration::from_secs(60), || {
+            server.count(PROJECT, SECRET, "reading") == n
+        })
+    };
+    assert!(drained(1), "the first reading is drained");
+    // An operator starts afresh: the old buffer is moved away, a new one begins.
+    std::fs::rename(&db, dir.path().join("old.db")).expect("move the buffer aside");
+    enqueue(&db, &readings(2));
+    let seen = drained(3);
+    watcher.kill().expect("kill");
+    watcher.wait().expect("reaped");
+    assert!(seen, "the new buffer's readings are drained");
+    assert_eq!(status_json(&db)["buffered_events"], 0);
+}
+
+#[test]
+fn enqueue_from_a_terminal_says_it_waits_for_readings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    // `script` (util-linux) gives the command a terminal; Ctrl-D (EOT) ends its input.
+    let mut child = Command::new("script")
+        .args(["-qefc"])
+        .arg(format!(
+            "{} enqueue --db {}",
+            env!("CARGO_BIN_EXE_backfill"),
+            db.display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"{\"name\":\"typed\"}\n\x04")
+        .expect("type");
+    let out = child.wait_with_output().expect("wait");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("Ctrl-D"), "{said}");
+    assert_eq!(status_json(&db)["buffered_events"], 1);
+}
+
+#[test]
+fn a_proxy_refusing_gzip_is_named_with_the_way_around_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    let (proxy, _) = stub(
+        "HTTP/1.1 415 Unsupported Media Type\r\ncontent-type: text/html\r\ncontent-length: 6\r\nconnection: close\r\n\r\n<html>"
+            .to_owned(),
+    );
+    let out = backfill(&["drain", "--db", db_arg], None, &creds(&proxy));
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("--no-gzip"), "{err}");
+    assert_eq!(status_json(&db)["buffered_events"], 3);
+}
+
+#[test]
+fn csv_with_crlf_and_quoted_line_breaks_names_the_right_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    for (csv, line) in [
+        (
+            "name,note,timestamp\r\na,\"x\r\ny\",\r\nb,z,notatime\r\n",
+            "line 4:",
+        ),
+        (
+            "\u{feff}name,note\r\n\r\na,\"x\r\ny\"\r\nb,z,1\r\n",
+            "line 5:",
+        ),
+    ] {
+        let out = backfill(&["enqueue", "--db", db_arg], Some(csv), &[]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(65), "{csv:?}: {err}");
+        assert!(err.contains(line), "{csv:?}: {err}");
+        assert!(!err.contains("(line:"), "one line number only: {err}");
+    }
+}
+
+#[test]
+fn a_property_backfill_sets_itself_is_refused_not_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    for (input, says) in [
+        (
+            "{\"name\":\"a\"}\n{\"name\":\"a\",\"properties\":{\"__insertId\":\"x-1\"}}\n",
+            "line 2",
+        ),
+        ("name,__timestamp\na,2026-01-01T00:00:00Z\n", "line 1"),
+    ] {
+        let out = backfill(&["enqueue", "--db", db_arg], Some(input), &[]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(65), "{input:?}: {err}");
+        assert!(
+            err.contains(says) && err.contains("field"),
+            "{input:?}: {err}"
+        );
+    }
+    assert!(!db.exists());
+}
+
+#[test]
+fn a_closed_stderr_ends_with_the_exit_code_not_a_panic() {
+    use std::os::fd::OwnedFd;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(2));
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        // A stderr whose reader has already gone: every write fails with EPIPE.
+        let (stderr, reader) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        drop(reader);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(OwnedFd::from(stderr)));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.status().expect("run backfill").code()
+    };
+    assert_eq!(
+        run(&["enqueue", "--db", db_arg, "/nonexistent.ndjson"], &[]),
+        Some(66)
+    );
+    assert_eq!(
+        run(&["drain", "--db", db_arg], &creds("http://127.0.0.1:9")),
+        Some(69)
+    );
+    assert_eq!(status_json(&db)["buffered_events"], 2);
+}
+
+#[test]
+fn buffer_bounds_too_small_for_the_input_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--max-rows", "0"],
+        Some(&readings(1)),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(64), "a wrong flag is a usage error");
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--max-rows", "2"],
+        Some(&readings(3)),
+        &[],
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("3 events at once") && err.contains("--max-rows"),
+        "{err}"
+    );
 }

@@ -94,6 +94,24 @@ impl Shared {
         }
     }
 
+    /// A drain emptied the buffer: whatever stopped uploads before is over, so `backfill
+    /// status` no longer says uploads are paused.
+    fn clear_error(&self) {
+        let had = self
+            .last_error
+            .lock()
+            .map(|mut last| last.take().is_some())
+            .unwrap_or(false);
+        // The one kept in the buffer may come from another process, or an earlier run.
+        let kept = || matches!(self.buffer.state(LAST_ERROR_KEY), Ok(Some(_)));
+        if (had || kept())
+            && !self.buffer.is_read_only()
+            && let Err(e) = self.buffer.remove_state(LAST_ERROR_KEY)
+        {
+            tracing::debug!(error = %e, "cannot clear the last error");
+        }
+    }
+
     /// Runs one drain; one at a time.
     pub(crate) fn drain(&self) -> Result<DrainReport, Error> {
         let mut failures = self
@@ -143,7 +161,10 @@ impl Shared {
                 let misconfigured = matches!(r.end, DrainEnd::Misconfigured(_));
                 self.misconfigured.store(misconfigured, Ordering::Relaxed);
                 match &r.end {
-                    DrainEnd::Empty => self.retry_at_ms.store(0, Ordering::Relaxed),
+                    DrainEnd::Empty => {
+                        self.retry_at_ms.store(0, Ordering::Relaxed);
+                        self.clear_error();
+                    }
                     DrainEnd::RetryIn(wait) => {
                         let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
                         self.retry_at_ms
@@ -152,7 +173,10 @@ impl Shared {
                         self.note_error(format!("upload deferred for {wait} ms: {cause}"));
                     }
                     DrainEnd::Unauthorized(code) => self.note_error(format!(
-                        "the server refused the credentials (HTTP {code}); uploads paused"
+                        "the server refused the credentials ({}); uploads paused",
+                        r.last_error
+                            .clone()
+                            .unwrap_or_else(|| format!("HTTP {code}"))
                     )),
                     DrainEnd::Misconfigured(why) => {
                         self.note_error(format!("{why}; uploads paused, nothing was deleted"))

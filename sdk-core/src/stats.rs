@@ -43,6 +43,7 @@ pub struct Stats {
     /// is kept and `last_error` says what the server answered.
     pub misconfigured: bool,
     /// The last error, if any (uploads or storage): this SDK's own, else the last one any SDK
-    /// kept in this buffer, prefixed with its time.
+    /// kept in this buffer, prefixed with its time. `None` again once a drain empties the
+    /// buffer.
     pub last_error: Option<String>,
 }

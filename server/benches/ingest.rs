@@ -7,6 +7,16 @@
 //! `synchronous=FULL`, one transaction per 2000 rows, no secondary index) as the ceiling.
 //! `BENCH_EVENTS` sets the number of events per run (default 200,000), `BENCH_ROUNDS` the number
 //! of rounds (default 3; the summary gives medians).
+//!
+//! `BENCH_STORE=postgres` measures the PostgreSQL store instead, on a throw-away cluster (see
+//! `tests/cluster`): plain batches from 6 connections to 1 node, then spread over 3 nodes sharing
+//! one database, each on a fresh database; and, in the same round, the ceiling: the same rows
+//! inserted by a plain `INSERT ... SELECT FROM unnest(...)` into a table without indexes, 2000
+//! rows per statement, from as many connections. It prints events/s, p50/p99, and the CPU the
+//! server processes and PostgreSQL spent per event.
+
+#[path = "../tests/cluster/mod.rs"]
+mod cluster;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -127,12 +137,23 @@ struct Run {
 }
 
 async fn post_all(url: &str, bodies: Vec<Vec<u8>>, gzip: bool, events: usize) -> Run {
+    post_spread(&[url.to_owned()], CONNECTIONS, bodies, gzip, events).await
+}
+
+/// Posts `bodies` from `connections` concurrent clients, client `i` to `urls[i % len]`.
+async fn post_spread(
+    urls: &[String],
+    connections: usize,
+    bodies: Vec<Vec<u8>>,
+    gzip: bool,
+    events: usize,
+) -> Run {
     let wire_bytes = bodies.iter().map(Vec::len).sum();
     let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let (queue, url) = (queue.clone(), url.to_owned());
+    for i in 0..connections {
+        let (queue, url) = (queue.clone(), urls[i % urls.len()].clone());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut latencies = Vec::new();
@@ -230,34 +251,14 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
+    if std::env::var("BENCH_STORE").is_ok_and(|s| s == "postgres") {
+        return postgres::run(total).await;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--max-event-age-days",
-            "8",
-            "--project",
-        ])
-        .arg(format!("{PROJECT}:{SECRET}"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the server");
-    let mut first = String::new();
-    let stdout = child.stdout.take().expect("stdout");
-    BufReader::new(stdout)
-        .read_line(&mut first)
-        .expect("first line");
-    let url = first.trim().trim_start_matches("listening on ").to_owned();
+    let data_dir = dir.path().display().to_string();
+    let (mut child, url) = start_server(&["--data-dir", &data_dir]);
 
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds = rounds();
     println!(
         "backfill-server ingest benchmark: {total} events per run, batches of {BATCH}, {CONNECTIONS} connections, {rounds} rounds"
     );
@@ -320,6 +321,239 @@ async fn main() {
             rates.last().copied().unwrap_or(0.0),
             rate / ceiling
         );
+    }
+}
+
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+/// Starts a release server with `args`, returns it and its URL.
+fn start_server(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--max-event-age-days",
+            "8",
+            "--project",
+        ])
+        .arg(format!("{PROJECT}:{SECRET}"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut first = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("first line");
+    let url = first.trim().trim_start_matches("listening on ").to_owned();
+    (child, url)
+}
+
+mod postgres {
+    use super::*;
+
+    /// Client connections in every PostgreSQL run and in its ceiling.
+    const PG_CONNECTIONS: usize = 6;
+
+    /// CPU seconds of the cluster: the postmaster with its exited children, and its live ones.
+    fn cluster_cpu(cluster: &cluster::Cluster) -> f64 {
+        let pid: u32 = std::fs::read_to_string(cluster.path().join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+            .unwrap_or(0);
+        let stat = |pid: &str| -> Vec<String> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        let ticks = |fields: &[String], at: &[usize]| -> u64 {
+            at.iter()
+                .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
+                .sum()
+        };
+        let mut total = ticks(&stat(&pid.to_string()), &[11, 12, 13, 14]);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let fields = stat(&name);
+            if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+                total += ticks(&fields, &[11, 12]);
+            }
+        }
+        total as f64 / 100.0
+    }
+
+    struct Measured {
+        rate: f64,
+        line: String,
+    }
+
+    async fn run_nodes(
+        cluster: &cluster::Cluster,
+        nodes: usize,
+        total: usize,
+        round: usize,
+    ) -> Measured {
+        let database = cluster.create_database();
+        let servers: Vec<_> = (0..nodes)
+            .map(|_| start_server(&["--database-url", &database]))
+            .collect();
+        let urls: Vec<String> = servers.iter().map(|(_, url)| url.clone()).collect();
+        let events = readings(total, &format!("pg{nodes}-{round}"));
+        let bodies = bodies(&events, false);
+        let server_cpu = |servers: &[(std::process::Child, String)]| -> f64 {
+            servers.iter().map(|(c, _)| cpu_seconds(c.id())).sum()
+        };
+        let (cpu_before, pg_before) = (server_cpu(&servers), cluster_cpu(cluster));
+        let run = post_spread(&urls, PG_CONNECTIONS, bodies, false, total).await;
+        let (cpu, pg) = (
+            server_cpu(&servers) - cpu_before,
+            cluster_cpu(cluster) - pg_before,
+        );
+        for (mut child, _) in servers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Measured {
+            rate: run.events_per_sec,
+            line: format!(
+                "{nodes} node(s): {:>8.0} events/s  p50 {:>6.1} ms  p99 {:>6.1} ms  CPU/event: servers {:.1} µs, PostgreSQL {:.1} µs",
+                run.events_per_sec,
+                run.p50.as_secs_f64() * 1e3,
+                run.p99.as_secs_f64() * 1e3,
+                cpu * 1e6 / total as f64,
+                pg * 1e6 / total as f64,
+            ),
+        }
+    }
+
+    /// The ceiling: the same rows, as the server would store them, inserted by a plain
+    /// `unnest` insert into an index-free table, 2000 rows a statement (each its own durable
+    /// transaction), from [`PG_CONNECTIONS`] connections.
+    async fn ceiling(cluster: &cluster::Cluster, total: usize, round: usize) -> (f64, f64) {
+        let url = cluster.create_database();
+        let setup = connect(&url).await;
+        setup
+            .batch_execute(
+                "CREATE TABLE events (project BIGINT NOT NULL, created_at BIGINT NOT NULL,
+                    id UUID NOT NULL, type TEXT NOT NULL, name TEXT NOT NULL,
+                    device_id TEXT NOT NULL, session_id TEXT NOT NULL, profile_id TEXT,
+                    properties TEXT NOT NULL, groups TEXT, sdk_name TEXT, sdk_version TEXT,
+                    synced_at BIGINT NOT NULL, insert_id TEXT)",
+            )
+            .await
+            .expect("table");
+        type Row = (i64, uuid::Uuid, String, String, String);
+        let rows: Vec<Row> = readings(total, &format!("raw-{round}"))
+            .iter()
+            .map(|e| {
+                let mut props = e["payload"]["properties"].clone();
+                let t = props["__timestamp"].as_i64().unwrap_or(0);
+                if let Some(m) = props.as_object_mut() {
+                    m.remove("__timestamp");
+                }
+                let device = props["__deviceId"].as_str().unwrap_or("").to_owned();
+                let key = props["__insertId"].as_str().unwrap_or("").to_owned();
+                (t, uuid::Uuid::now_v7(), device, props.to_string(), key)
+            })
+            .collect();
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(
+            rows.chunks(BATCH).map(<[Row]>::to_vec).collect::<Vec<_>>(),
+        ));
+        let pg_before = cluster_cpu(cluster);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..PG_CONNECTIONS {
+            let (queue, url) = (queue.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = connect(&url).await;
+                let insert = client
+                    .prepare(
+                        "INSERT INTO events (project, created_at, id, type, name, device_id,
+                            session_id, properties, insert_id, synced_at)
+                         SELECT 1, u.t, u.id, 'track', 'reading', u.device, 'sess', u.props,
+                            u.key, u.t
+                         FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[])
+                            AS u (t, id, device, props, key)",
+                    )
+                    .await
+                    .expect("prepare");
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.pop());
+                    let Some(chunk) = next else { break };
+                    let t: Vec<i64> = chunk.iter().map(|r| r.0).collect();
+                    let id: Vec<uuid::Uuid> = chunk.iter().map(|r| r.1).collect();
+                    let device: Vec<&str> = chunk.iter().map(|r| r.2.as_str()).collect();
+                    let props: Vec<&str> = chunk.iter().map(|r| r.3.as_str()).collect();
+                    let key: Vec<&str> = chunk.iter().map(|r| r.4.as_str()).collect();
+                    client
+                        .execute(&insert, &[&t, &id, &device, &props, &key])
+                        .await
+                        .expect("insert");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+        let pg = cluster_cpu(cluster) - pg_before;
+        (rate, pg * 1e6 / rows.len() as f64)
+    }
+
+    async fn connect(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    pub async fn run(total: usize) {
+        assert!(cluster::available(), "PostgreSQL is not installed");
+        let cluster = cluster::Cluster::start();
+        let rounds = rounds();
+        println!(
+            "backfill-server ingest benchmark, PostgreSQL store: {total} events per run, batches of {BATCH}, {PG_CONNECTIONS} connections, {rounds} rounds"
+        );
+        let (mut one, mut three, mut ceilings) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            for (nodes, rates) in [(1, &mut one), (3, &mut three)] {
+                let m = run_nodes(&cluster, nodes, total, round).await;
+                println!("{}", m.line);
+                rates.push(m.rate);
+            }
+            let (c, pg) = ceiling(&cluster, total, round).await;
+            println!(
+                "ceiling (plain unnest insert, same rows, no index, durable): {c:.0} rows/s  CPU/row: PostgreSQL {pg:.1} µs"
+            );
+            ceilings.push(c);
+        }
+        let ceiling = median(&mut ceilings);
+        println!("median of {rounds} rounds: ceiling {ceiling:.0} rows/s");
+        for (label, rates) in [("1 node ", &mut one), ("3 nodes", &mut three)] {
+            let rate = median(rates);
+            println!(
+                "median {label}: {rate:>9.0} events/s (runs {:.0} to {:.0}), ratio to the ceiling {:.2}",
+                rates.first().copied().unwrap_or(0.0),
+                rates.last().copied().unwrap_or(0.0),
+                rate / ceiling
+            );
+        }
     }
 }
 

@@ -22,6 +22,46 @@ pub struct Config {
     pub max_event_age_days: u32,
     /// Projects to accept; when empty, the store's projects (one is created on first start).
     pub projects: Vec<ProjectCredential>,
+    /// A PostgreSQL database shared by every node, instead of the embedded store in
+    /// `data_dir`.
+    pub database_url: Option<DatabaseUrl>,
+    /// Most connections to the PostgreSQL database this node opens.
+    pub database_pool_size: usize,
+}
+
+/// The default of [`Config::database_pool_size`]: enough for the requests a node writes at once
+/// on a few cores, well under PostgreSQL's default `max_connections` (100) for three nodes.
+pub const DEFAULT_DATABASE_POOL_SIZE: usize = 16;
+
+/// A PostgreSQL connection string (`postgres://user:password@host:port/db`); its `Debug` shows
+/// no password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(pub String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = match self.0.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://<credentials>@{host}"),
+                None => self.0.clone(),
+            },
+            None => "<connection string>".to_owned(),
+        };
+        f.write_str(&shown)
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") || s.contains('=') {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("the database URL must start with postgres:// (or be a key=value connection string)".to_owned())
+        }
+    }
 }
 
 impl Default for Config {
@@ -31,6 +71,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./backfill-data"),
             max_event_age_days: DEFAULT_MAX_EVENT_AGE_DAYS,
             projects: Vec::new(),
+            database_url: None,
+            database_pool_size: DEFAULT_DATABASE_POOL_SIZE,
         }
     }
 }
@@ -145,6 +187,19 @@ mod tests {
                 .parse::<ProjectCredential>()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn database_urls_are_postgres_and_keep_their_password_out_of_logs() {
+        let url: DatabaseUrl = "postgres://backfill:pa55@db.internal:5432/backfill"
+            .parse()
+            .expect("valid");
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("pa55"), "{shown}");
+        assert!(shown.contains("db.internal:5432/backfill"), "{shown}");
+        assert!("mysql://x@y/z".parse::<DatabaseUrl>().is_err());
+        assert!("host=/tmp dbname=backfill".parse::<DatabaseUrl>().is_ok());
+        assert!(!format!("{:?}", DatabaseUrl("host=/tmp password=pa55".into())).contains("pa55"));
     }
 
     #[test]

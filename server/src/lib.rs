@@ -8,7 +8,8 @@
 //! - [`auth`]: client credentials, modes, and the registry that checks them.
 //! - [`admin`]: creating, listing, rotating and revoking clients (`backfill-server project`).
 //! - [`openapi`]: the OpenAPI document of every route, served at `/openapi.json`.
-//! - [`store`]: the [`store::Store`] trait and its embedded SQLite implementation.
+//! - [`store`]: the [`store::Store`] trait, the ingest rules every store applies, the embedded
+//!   SQLite store and the PostgreSQL store for several nodes.
 //! - [`state`], [`metrics`], [`clock`], [`error`]: what the handlers share.
 //! - [`read_client`]: a client of the read API, for tools and tests.
 //!
@@ -46,6 +47,7 @@ pub use crate::config::Config;
 pub use crate::connections::Timeouts;
 use crate::metrics::Metrics;
 pub use crate::state::AppState;
+use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Store, StoreError};
 
@@ -94,6 +96,29 @@ pub fn open_embedded(
     )?))
 }
 
+/// Longest wait for a PostgreSQL connection before a request is answered `503`.
+pub const DATABASE_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens the store `config` names: the PostgreSQL database of `config.database_url`, else the
+/// embedded store in `config.data_dir`.
+pub async fn open_store(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let Some(url) = &config.database_url else {
+        return open_embedded(config, clock, metrics);
+    };
+    let options = PostgresOptions {
+        url: url.0.clone(),
+        pool_size: config.database_pool_size,
+        acquire_timeout: DATABASE_ACQUIRE_TIMEOUT,
+        clock,
+        commit_latency: Some(Arc::clone(&metrics.commit_latency)),
+    };
+    Ok(Arc::new(PostgresStore::connect(options).await?))
+}
+
 /// A server running in the background.
 pub struct RunningServer {
     /// The address it listens on.
@@ -103,6 +128,7 @@ pub struct RunningServer {
     pub created_project: Option<NewProject>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    store: Arc<dyn Store>,
 }
 
 impl RunningServer {
@@ -111,16 +137,18 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, finishes in-flight requests and waits for the store's writer.
+    /// Stops accepting, finishes in-flight requests, then closes the store.
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.await.map_err(std::io::Error::other)?
+        let served = self.task.await.map_err(std::io::Error::other)?;
+        self.store.close().await.map_err(std::io::Error::other)?;
+        served
     }
 }
 
-/// Starts a server for `config` with the embedded store (or `store`, when given) and `clock`.
+/// Starts a server for `config` with the store it names (or `store`, when given) and `clock`.
 ///
 /// The listener is bound first: a start that fails there (the port is taken) has touched no
 /// store, so it never leaves behind a created client whose secret was not shown.
@@ -142,12 +170,19 @@ pub async fn start(
     let metrics = Arc::new(Metrics::default());
     let store = match store {
         Some(store) => store,
-        None => open_embedded(config, Arc::clone(&clock), &metrics)?,
+        None => open_store(config, Arc::clone(&clock), &metrics).await?,
     };
     let created_project = auth::bootstrap(store.as_ref(), &config.projects, clock.now_ms()).await?;
     let only = (!config.projects.is_empty())
         .then(|| config.projects.iter().map(|p| p.client_id).collect());
-    let state = AppState::new(store, clock, metrics, config.max_event_age_days, only).await?;
+    let state = AppState::new(
+        Arc::clone(&store),
+        clock,
+        metrics,
+        config.max_event_age_days,
+        only,
+    )
+    .await?;
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(state, listener, async {
         let _ = rx.await;
@@ -157,5 +192,6 @@ pub async fn start(
         created_project,
         shutdown: Some(tx),
         task,
+        store,
     })
 }

@@ -10,7 +10,10 @@ use anyhow::Context;
 use backfill_server::admin::{self, CreateOptions};
 use backfill_server::auth::NewProject;
 use backfill_server::clock::{Clock, SystemClock};
-use backfill_server::config::{ClientMode, Config, ProjectCredential, parse_max_event_age_days};
+use backfill_server::config::{
+    ClientMode, Config, DEFAULT_DATABASE_POOL_SIZE, DatabaseUrl, ProjectCredential,
+    parse_max_event_age_days,
+};
 use backfill_server::metrics::Metrics;
 use clap::{Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
@@ -45,6 +48,20 @@ struct Args {
         hide_env_values = true
     )]
     projects: Vec<String>,
+    /// A PostgreSQL database shared by several server nodes
+    /// (`postgres://user:password@host:port/database`); without it, the embedded store in
+    /// --data-dir. The `project` commands then administer the clients stored there.
+    #[arg(
+        long,
+        env = "BACKFILL_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    database_url: Option<DatabaseUrl>,
+    /// Most connections to the PostgreSQL database this node opens.
+    #[arg(long, env = "BACKFILL_DATABASE_POOL_SIZE", default_value_t = DEFAULT_DATABASE_POOL_SIZE,
+          value_parser = parse_pool_size)]
+    database_pool_size: usize,
     /// Log format on stderr: `text` (colours only when stderr is a terminal) or `json` (one
     /// object a line). RUST_LOG sets the level (default info).
     #[arg(
@@ -114,6 +131,15 @@ enum ProjectCommand {
         /// The client id.
         client_id: Uuid,
     },
+}
+
+fn parse_pool_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "the pool size is a whole number of connections from 1 to 1000, not {s:?}"
+        )),
+    }
 }
 
 /// Resolves `host:port` (names included) to one address: the first IPv4 one it names, else the
@@ -200,12 +226,19 @@ async fn project(config: &Config, command: ProjectCommand) -> anyhow::Result<()>
     // Only `create` may start a store (to provision keys before a first start): on a mistyped
     // --data-dir, the others say so rather than show an empty, new store.
     let db = config.data_dir.join(backfill_server::DATABASE_FILE);
-    if !matches!(command, ProjectCommand::Create { .. }) && !db.exists() {
+    if config.database_url.is_none()
+        && !matches!(command, ProjectCommand::Create { .. })
+        && !db.exists()
+    {
         anyhow::bail!("no store at {}; is --data-dir right?", db.display());
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = backfill_server::open_embedded(config, Arc::clone(&clock), &Metrics::default())
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store = backfill_server::open_store(config, Arc::clone(&clock), &Metrics::default())
+        .await
+        .with_context(|| match &config.database_url {
+            Some(url) => format!("opening the database {url:?}"),
+            None => format!("opening the store in {}", config.data_dir.display()),
+        })?;
     let store = store.as_ref();
     let now = clock.now_ms();
     match command {
@@ -300,9 +333,16 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         max_event_age_days: args.max_event_age_days,
         projects,
+        database_url: args.database_url,
+        database_pool_size: args.database_pool_size,
     };
     match args.command {
         Some(Command::Project(command)) => return project(&config, command).await,
+        Some(Command::Backup { .. }) if config.database_url.is_some() => {
+            anyhow::bail!(
+                "backup copies the embedded store; back up a PostgreSQL database with pg_dump"
+            );
+        }
         Some(Command::Backup { to }) => {
             let db = config.data_dir.join(backfill_server::DATABASE_FILE);
             backfill_server::store::sqlite::backup(&db, &to)?;
@@ -327,6 +367,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     tracing::info!(
+        store = if config.database_url.is_some() { "postgresql" } else { "embedded" },
         addr = %server.addr,
         data_dir = %config.data_dir.display(),
         max_event_age_days = config.max_event_age_days,

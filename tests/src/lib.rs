@@ -62,6 +62,7 @@ impl TestServer {
                     .parse::<ProjectCredential>()
                     .expect("project"),
             ],
+            ..Default::default()
         };
         let server = runtime
             .block_on(start(&config, Arc::new(SystemClock), store))

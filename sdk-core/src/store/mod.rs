@@ -385,12 +385,19 @@ impl Buffer {
         before: impl FnOnce(&Transaction<'_>) -> Result<(), Error>,
     ) -> Result<u64, Error> {
         let add_bytes: u64 = rows.iter().map(|r| r.body.len() as u64).sum();
-        if rows.iter().any(|r| r.body.len() as u64 > bounds.max_bytes)
-            || rows.len() as u64 > bounds.max_rows
-        {
-            return Err(Error::InvalidEvent(
-                "larger than the whole buffer".to_owned(),
-            ));
+        if let Some(row) = rows.iter().find(|r| r.body.len() as u64 > bounds.max_bytes) {
+            return Err(Error::InvalidEvent(format!(
+                "an event of {} bytes is larger than the whole buffer (at most {} bytes)",
+                row.body.len(),
+                bounds.max_bytes
+            )));
+        }
+        if rows.len() as u64 > bounds.max_rows {
+            return Err(Error::InvalidEvent(format!(
+                "{} events at once are more than the whole buffer holds (at most {} events)",
+                rows.len(),
+                bounds.max_rows
+            )));
         }
         let mut inner = self.lock()?;
         inner.refresh()?;
@@ -609,6 +616,15 @@ impl Buffer {
     /// Sets a state value.
     pub fn set_state(&self, key: &str, value: &str) -> Result<(), Error> {
         self.write(|tx| set_state(tx, key, value))
+    }
+
+    /// Removes a state value (nothing happens when there is none).
+    pub fn remove_state(&self, key: &str) -> Result<(), Error> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM state WHERE key = ?1")?
+                .execute(params![key])?;
+            Ok(())
+        })
     }
 
     /// Times of the oldest and newest buffered events.

@@ -503,7 +503,16 @@ impl Drain<'_> {
                     .filter(|b| b.status == reply.status);
                 let contract_body = body.is_some();
                 let message = body.map(|b| b.message).unwrap_or_else(|| {
-                    if reply.status == 202 {
+                    if (300..400).contains(&reply.status) {
+                        "the server redirects elsewhere (redirects are not followed, so that \
+                         the client secret goes nowhere else); give the URL it redirects to, \
+                         often its https:// form"
+                            .to_owned()
+                    } else if reply.status == 415 {
+                        "the server, or a proxy in front of it, refuses compressed bodies; send \
+                         them uncompressed (compress(false); backfill drain --no-gzip)"
+                            .to_owned()
+                    } else if reply.status == 202 {
                         "an answer that is not the contract's".to_owned()
                     } else {
                         "an answer that is not the contract's JSON error body".to_owned()

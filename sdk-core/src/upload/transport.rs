@@ -223,6 +223,10 @@ mod builtin {
                 .timeout(timeout)
                 .connect_timeout(Duration::from_secs(15).min(timeout))
                 .user_agent(concat!("backfill-core/", env!("CARGO_PKG_VERSION")))
+                // A redirect is answered, not followed: following one would send the client
+                // secret to whatever host it names (a captive portal, a parked domain), and turn
+                // the POST into a GET. The drain reports it as a wrong endpoint (SPEC §9).
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| NetworkError(format!("cannot build the HTTP client: {e}")))?;
             Ok(Self { runtime, client })

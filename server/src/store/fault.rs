@@ -95,4 +95,8 @@ impl Store for FaultInjector {
         }
         self.inner.health()
     }
+
+    fn close(&self) -> StoreFuture<()> {
+        self.inner.close()
+    }
 }

@@ -1,11 +1,12 @@
 //! The storage boundary: what ingestion and the read API need from a database.
 //!
-//! [`Store`] is implemented by the embedded [`sqlite::SqliteStore`]; a networked database
-//! implements the same trait so that several stateless server nodes can share it. Every
-//! implementation must make [`Store::ingest`] atomic per row, durable before it returns, and
-//! serialise session updates so that each session gets exactly one `session_start`.
+//! [`Store`] is implemented by the embedded [`sqlite::SqliteStore`] (one server) and by
+//! [`postgres::PostgresStore`] (several stateless server nodes sharing one database). What a
+//! row changes is decided by [`rules`], which both call; each holds only its own SQL.
 
 pub mod fault;
+pub mod postgres;
+pub mod rules;
 pub mod sqlite;
 
 use std::future::Future;
@@ -27,12 +28,6 @@ pub enum StoreError {
     /// The database answered with something unexpected.
     #[error("store error: {0}")]
     Internal(String),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Internal(e.to_string())
-    }
 }
 
 /// What a client may do (SPEC §1), as upstream's client modes.
@@ -345,31 +340,51 @@ pub struct SessionQuery {
 }
 
 /// What the server needs from a database.
+///
+/// Several server nodes may share one store and call any method at the same time, for the same
+/// project, session, profile or insert id; no method may rely on a lock or cache inside one
+/// process. Each method says what must be atomic. A method that fails because the database
+/// cannot be reached returns [`StoreError::Unavailable`] within a bounded time (the server
+/// answers `503` with `Retry-After`), and the store recovers by itself when it is back.
 pub trait Store: Send + Sync + 'static {
-    /// Writes the rows of one request and returns one outcome per row, in order. Returns only
-    /// after every `Stored` row is durably committed. An `Err` means nothing was written.
+    /// Writes the rows of one request by the rules of [`rules`] and returns one outcome per row,
+    /// in order. Returns only after every `Stored` row is durably committed. An `Err` means
+    /// nothing was written.
+    ///
+    /// Atomic: a row's claim of its insert id, its own change, and its part in its session's
+    /// counts and `session_start` are committed together or not at all. Concurrent requests on
+    /// any number of nodes, overlapping in insert ids and sessions, store each insert id once
+    /// and give each session exactly one `session_start`, 100 ms before its earliest stored
+    /// event (SPEC §5, §6); `identify` and `increment` on one profile never lose an update.
     fn ingest(&self, job: IngestJob) -> StoreFuture<Vec<RowOutcome>>;
 
-    /// The device-id salt of a UTC day (`YYYY-MM-DD`), created on first use; every node sharing
-    /// the store gets the same salt for the same day.
+    /// The device-id salt of a UTC day (`YYYY-MM-DD`), created on first use. Atomic: nodes
+    /// asking for a new day at the same time all get the one salt that was stored first.
     fn daily_salt(&self, day: String) -> StoreFuture<String>;
 
-    /// Every client, revoked ones included, by key.
+    /// Every client, revoked ones included, by key. May run concurrently with
+    /// [`Store::save_project`] on another node; it then sees each client either before or after
+    /// the save, never half of it.
     fn projects(&self) -> StoreFuture<Vec<ProjectRecord>>;
 
     /// Creates the client `record.client_id` or replaces everything stored of it but its key
     /// and creation time (`record.key` and `record.created_at` are ignored); returns its key.
+    /// Atomic per client: nodes saving one client id at the same time end with one client.
     fn save_project(&self, record: ProjectRecord) -> StoreFuture<i64>;
 
-    /// A page of events.
+    /// A page of events; sees only committed rows.
     fn events(&self, query: EventQuery) -> StoreFuture<Vec<StoredEvent>>;
 
-    /// A page of sessions.
+    /// A page of sessions; sees only committed rows.
     fn sessions(&self, query: SessionQuery) -> StoreFuture<Vec<StoredSession>>;
 
-    /// One profile, if it exists.
+    /// One profile, if it exists; sees only committed rows.
     fn profile(&self, project: i64, profile_id: String) -> StoreFuture<Option<StoredProfile>>;
 
     /// Succeeds when the store answers.
     fn health(&self) -> StoreFuture<()>;
+
+    /// Finishes the writes already handed to the store, then releases its connections and
+    /// threads. Calls made afterwards fail with [`StoreError::Unavailable`].
+    fn close(&self) -> StoreFuture<()>;
 }

@@ -19,9 +19,8 @@ async fn post_with(
     (status, body)
 }
 
-#[tokio::test]
-async fn bad_credentials_are_401_before_the_body_is_read() {
-    let h = Harness::new().await;
+async fn bad_credentials_are_401_before_the_body_is_read(store: StoreKind) {
+    let h = Harness::new(store).await;
     // The body is not JSON: a 401 (not a 400) shows it was never read.
     let not_json = "{{{";
     let cases: Vec<Vec<(&str, &str)>> = vec![
@@ -75,18 +74,16 @@ async fn bad_credentials_are_401_before_the_body_is_read() {
     );
 }
 
-#[tokio::test]
-async fn read_api_requires_credentials() {
-    let h = Harness::new().await;
+async fn read_api_requires_credentials(store: StoreKind) {
+    let h = Harness::new(store).await;
     for path in ["/api/events", "/api/sessions", "/api/profiles/u1"] {
         let (status, _) = h.get_as(path, PROJECT, "wrong").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
     }
 }
 
-#[tokio::test]
-async fn a_project_sees_only_its_own_data() {
-    let h = Harness::new().await;
+async fn a_project_sees_only_its_own_data(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![reading("dev-1", NOW - MINUTE, "k1")]).await;
     h.accept(vec![
         json!({"type": "identify", "payload": {"profileId": "u1", "firstName": "Ada"}}),
@@ -119,3 +116,9 @@ async fn a_project_sees_only_its_own_data() {
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(body["duplicates"], json!(0));
 }
+
+store_tests!(
+    bad_credentials_are_401_before_the_body_is_read,
+    read_api_requires_credentials,
+    a_project_sees_only_its_own_data,
+);

@@ -3,9 +3,8 @@ use serde_json::json;
 
 use crate::common::*;
 
-#[tokio::test]
-async fn the_same_insert_id_twice_in_one_batch_is_stored_once() {
-    let h = Harness::new().await;
+async fn the_same_insert_id_twice_in_one_batch_is_stored_once(store: StoreKind) {
+    let h = Harness::new(store).await;
     let (status, body) = h
         .batch(vec![
             reading("d", NOW - MINUTE, "dup"),
@@ -20,9 +19,8 @@ async fn the_same_insert_id_twice_in_one_batch_is_stored_once() {
     assert_eq!(h.all_events("name=reading").await.len(), 1);
 }
 
-#[tokio::test]
-async fn a_resent_batch_is_all_duplicates_and_changes_nothing() {
-    let h = Harness::new().await;
+async fn a_resent_batch_is_all_duplicates_and_changes_nothing(store: StoreKind) {
+    let h = Harness::new(store).await;
     let batch: Vec<_> = (0..50)
         .map(|i| reading("d", NOW - HOUR + i * MINUTE, &format!("k{i}")))
         .collect();
@@ -38,9 +36,8 @@ async fn a_resent_batch_is_all_duplicates_and_changes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn events_without_insert_id_are_never_deduplicated() {
-    let h = Harness::new().await;
+async fn events_without_insert_id_are_never_deduplicated(store: StoreKind) {
+    let h = Harness::new(store).await;
     let e = track(
         "reading",
         json!({"__deviceId": "d", "__timestamp": NOW - MINUTE}),
@@ -49,9 +46,8 @@ async fn events_without_insert_id_are_never_deduplicated() {
     assert_eq!(h.all_events("name=reading").await.len(), 2);
 }
 
-#[tokio::test]
-async fn keys_survive_a_restart() {
-    let h = Harness::new().await;
+async fn keys_survive_a_restart(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![reading("d", NOW - MINUTE, "persisted")])
         .await;
     let h = h.restart().await;
@@ -62,9 +58,8 @@ async fn keys_survive_a_restart() {
     assert_eq!(h.all_events("name=reading").await.len(), 1);
 }
 
-#[tokio::test]
-async fn a_rejected_row_does_not_claim_its_key() {
-    let h = Harness::new().await;
+async fn a_rejected_row_does_not_claim_its_key(store: StoreKind) {
+    let h = Harness::new(store).await;
     let (_, body) = h.batch(vec![reading("d", NOW - 6 * DAY, "late")]).await;
     assert_eq!(body["accepted"], json!(0));
     let body = h.accept(vec![reading("d", NOW - MINUTE, "late")]).await;
@@ -74,3 +69,11 @@ async fn a_rejected_row_does_not_claim_its_key() {
         "the corrected resend is stored"
     );
 }
+
+store_tests!(
+    the_same_insert_id_twice_in_one_batch_is_stored_once,
+    a_resent_batch_is_all_duplicates_and_changes_nothing,
+    events_without_insert_id_are_never_deduplicated,
+    keys_survive_a_restart,
+    a_rejected_row_does_not_claim_its_key,
+);

@@ -23,9 +23,8 @@ fn padded_batch(len: usize) -> Vec<u8> {
     body
 }
 
-#[tokio::test]
-async fn event_count_must_be_1_to_2000() {
-    let h = Harness::new().await;
+async fn event_count_must_be_1_to_2000(store: StoreKind) {
+    let h = Harness::new(store).await;
     let (status, body) = h.batch(vec![]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["status"], json!(400));
@@ -47,9 +46,8 @@ async fn event_count_must_be_1_to_2000() {
     h.accept(exactly).await;
 }
 
-#[tokio::test]
-async fn malformed_envelopes_are_400() {
-    let h = Harness::new().await;
+async fn malformed_envelopes_are_400(store: StoreKind) {
+    let h = Harness::new(store).await;
     for body in [
         &b"not json"[..],
         b"[1,2]",
@@ -73,9 +71,8 @@ async fn malformed_envelopes_are_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
-#[tokio::test]
-async fn body_limit_is_ten_mib_raw_and_decoded() {
-    let h = Harness::new().await;
+async fn body_limit_is_ten_mib_raw_and_decoded(store: StoreKind) {
+    let h = Harness::new(store).await;
     let (status, _, body) = h
         .post_raw("/track/batch", padded_batch(MAX_BODY_BYTES), &[])
         .await;
@@ -123,9 +120,8 @@ async fn body_limit_is_ten_mib_raw_and_decoded() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
-#[tokio::test]
-async fn compressed_bodies_are_decoded() {
-    let h = Harness::new().await;
+async fn compressed_bodies_are_decoded(store: StoreKind) {
+    let h = Harness::new(store).await;
     let body = json!({"events": [reading("dev-1", NOW, "gz")]})
         .to_string()
         .into_bytes();
@@ -157,9 +153,8 @@ async fn compressed_bodies_are_decoded() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
-#[tokio::test]
-async fn unknown_encoding_is_415() {
-    let h = Harness::new().await;
+async fn unknown_encoding_is_415(store: StoreKind) {
+    let h = Harness::new(store).await;
     let body = json!({"events": [reading("dev-1", NOW, "br")]})
         .to_string()
         .into_bytes();
@@ -169,3 +164,11 @@ async fn unknown_encoding_is_415() {
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(answer["status"], json!(415));
 }
+
+store_tests!(
+    event_count_must_be_1_to_2000,
+    malformed_envelopes_are_400,
+    body_limit_is_ten_mib_raw_and_decoded,
+    compressed_bodies_are_decoded,
+    unknown_encoding_is_415,
+);

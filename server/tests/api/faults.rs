@@ -6,14 +6,15 @@ use axum::http::StatusCode;
 use backfill_server::clock::ManualClock;
 use backfill_server::store::RowOutcome;
 use backfill_server::store::fault::FaultInjector;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::*;
 
-async fn faulty(down: bool) -> Harness {
+async fn faulty(kind: StoreKind, down: bool) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(NOW);
-    let inner = open_store(dir.path(), &clock);
+    let place = Place::new(kind, dir.path());
+    let inner = place.open(&clock).await;
     let store = FaultInjector::new(inner, |row| {
         row.insert_id
             .as_deref()
@@ -21,12 +22,11 @@ async fn faulty(down: bool) -> Harness {
             .map(|_| RowOutcome::Failed("injected fault".into()))
     });
     store.set_down(down);
-    Harness::over(dir, clock, Arc::new(store), 5).await
+    Harness::over(dir, place, clock, Arc::new(store), 5).await
 }
 
-#[tokio::test]
-async fn rows_the_store_fails_on_are_internal_and_the_rest_is_stored() {
-    let h = faulty(false).await;
+async fn rows_the_store_fails_on_are_internal_and_the_rest_is_stored(store: StoreKind) {
+    let h = faulty(store, false).await;
     let (status, body) = h
         .batch(vec![
             reading("d", NOW - MINUTE, "ok-1"),
@@ -58,9 +58,8 @@ async fn rows_the_store_fails_on_are_internal_and_the_rest_is_stored() {
     );
 }
 
-#[tokio::test]
-async fn a_store_that_is_down_is_503_with_retry_after() {
-    let h = faulty(true).await;
+async fn a_store_that_is_down_is_503_with_retry_after(store: StoreKind) {
+    let h = faulty(store, true).await;
     let (status, headers, body) = h
         .post_raw(
             "/track/batch",
@@ -89,4 +88,48 @@ async fn a_store_that_is_down_is_503_with_retry_after() {
         )
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+store_tests!(
+    rows_the_store_fails_on_are_internal_and_the_rest_is_stored,
+    a_store_that_is_down_is_503_with_retry_after,
+);
+
+/// PostgreSQL's text cannot hold a NUL character, which JSON allows: the request is then
+/// written row by row, and only that row fails (`internal`), leaving no trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_postgresql_refuses_fails_alone() {
+    if !crate::cluster::available() {
+        return;
+    }
+    let h = Harness::new(StoreKind::Postgres).await;
+    let (status, body) = h
+        .batch(vec![
+            reading("d", NOW - MINUTE, "ok-1"),
+            track(
+                "nul\u{0}name",
+                json!({"__deviceId": "d", "__timestamp": NOW - MINUTE, "__insertId": "nul-1"}),
+            ),
+            reading("d", NOW - MINUTE, "ok-2"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["accepted"], json!(2), "{body}");
+    assert_eq!(body["rejected"][0]["index"], json!(1), "{body}");
+    assert_eq!(body["rejected"][0]["reason"], json!("internal"), "{body}");
+    let keys: Vec<Value> = h
+        .all_events("")
+        .await
+        .iter()
+        .map(|e| e["insert_id"].clone())
+        .collect();
+    assert!(keys.contains(&json!("ok-1")) && keys.contains(&json!("ok-2")));
+    assert!(!keys.contains(&json!("nul-1")), "{keys:?}");
+    let sessions = h.all_sessions("").await;
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(
+        sessions[0]["event_count"],
+        json!(2),
+        "the failed row counts nowhere"
+    );
 }

@@ -20,9 +20,8 @@ fn properties_texts(body: &str) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test]
-async fn numbers_keep_their_text_whichever_way_the_row_is_read() {
-    let h = Harness::new().await;
+async fn numbers_keep_their_text_whichever_way_the_row_is_read(store: StoreKind) {
+    let h = Harness::new(store).await;
     let t = NOW - HOUR;
     // The second row holds an escaped string, which the quick reader leaves to the full check.
     let body = format!(
@@ -46,9 +45,8 @@ async fn numbers_keep_their_text_whichever_way_the_row_is_read() {
     }
 }
 
-#[tokio::test]
-async fn a_single_track_keeps_number_text_too() {
-    let h = Harness::new().await;
+async fn a_single_track_keeps_number_text_too(store: StoreKind) {
+    let h = Harness::new(store).await;
     let body = r#"{"type":"track","payload":{"name":"one","profileId":89014103211118510720,"properties":{"iccid":89014103211118510720,"__deviceId":"d1"}}}"#;
     let (status, _, answer) = h.post_raw("/track", body.as_bytes().to_vec(), &[]).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -60,9 +58,8 @@ async fn a_single_track_keeps_number_text_too() {
     );
 }
 
-#[tokio::test]
-async fn profiles_keep_number_text_and_increments_are_exact_or_refused() {
-    let h = Harness::new().await;
+async fn profiles_keep_number_text_and_increments_are_exact_or_refused(store: StoreKind) {
+    let h = Harness::new(store).await;
     let t = NOW - HOUR;
     let body = format!(
         r#"{{"events":[
@@ -91,29 +88,24 @@ async fn profiles_keep_number_text_and_increments_are_exact_or_refused() {
     assert!(!text.contains("visits"), "{text}");
 }
 
-#[tokio::test]
-async fn group_properties_keep_number_text() {
-    let h = Harness::new().await;
+async fn group_properties_keep_number_text(store: StoreKind) {
+    let h = Harness::new(store).await;
     let body = r#"{"events":[{"type":"group","payload":{"id":"g1","type":"company","name":"Acme","properties":{"seats":89014103211118510720,"share":1.10,"n":1e3}}}]}"#;
     let (status, answer) = batch_text(&h, body.to_owned()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     assert_eq!(answer["accepted"], json!(1), "{answer}");
-    // Groups have no read endpoint: read the store's file as an operator would.
-    let conn = rusqlite::Connection::open(h.dir.path().join("backfill.db")).expect("open");
-    let stored: String = conn
-        .query_row("SELECT properties FROM groups WHERE id = 'g1'", [], |r| {
-            r.get(0)
-        })
-        .expect("group row");
+    // Groups have no read endpoint: read the store as an operator would.
+    let stored = h
+        .select_text("SELECT properties FROM groups WHERE id = 'g1'")
+        .await;
     assert_eq!(
         stored,
         r#"{"n":1e3,"seats":89014103211118510720,"share":1.10}"#
     );
 }
 
-#[tokio::test]
-async fn iso_8601_offsets_loggers_write_are_read_as_their_utc_time() {
-    let h = Harness::new().await;
+async fn iso_8601_offsets_loggers_write_are_read_as_their_utc_time(store: StoreKind) {
+    let h = Harness::new(store).await;
     // 2026-11-28T08:52:41.139Z, written as Java's SimpleDateFormat, Python and a log line would.
     let forms = [
         "2026-11-28T09:52:41.139+0100",
@@ -141,9 +133,8 @@ async fn iso_8601_offsets_loggers_write_are_read_as_their_utc_time() {
     }
 }
 
-#[tokio::test]
-async fn sent_at_takes_the_same_forms() {
-    let h = Harness::new().await;
+async fn sent_at_takes_the_same_forms(store: StoreKind) {
+    let h = Harness::new(store).await;
     // The device clock is two hours behind: sentAt in +0100 form, event times in epoch ms.
     let device_now = NOW - 2 * HOUR;
     let (status, answer) = h
@@ -160,3 +151,12 @@ async fn sent_at_takes_the_same_forms() {
         json!(backfill_protocol::time::format_iso_ms(NOW - 5 * MINUTE))
     );
 }
+
+store_tests!(
+    numbers_keep_their_text_whichever_way_the_row_is_read,
+    a_single_track_keeps_number_text_too,
+    profiles_keep_number_text_and_increments_are_exact_or_refused,
+    group_properties_keep_number_text,
+    iso_8601_offsets_loggers_write_are_read_as_their_utc_time,
+    sent_at_takes_the_same_forms,
+);

@@ -1,6 +1,10 @@
-//! The HTTP contract (SPEC §1–§8) through `app(state).oneshot(..)` with a manual clock.
+//! The HTTP contract (SPEC §1–§8) through `app(state).oneshot(..)` with a manual clock, on
+//! each store (`common::StoreKind`).
 
+#[macro_use]
 mod common;
+#[path = "../cluster/mod.rs"]
+mod cluster;
 
 mod auth;
 mod dedup;

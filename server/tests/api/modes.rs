@@ -14,10 +14,11 @@ use crate::common::*;
 
 /// A harness whose store also holds a `write` and a `read` key for [`PROJECT`]'s data, made
 /// before the server starts.
-async fn with_keys() -> (Harness, NewProject, NewProject) {
+async fn with_keys(kind: StoreKind) -> (Harness, NewProject, NewProject) {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(NOW);
-    let store = open_store(dir.path(), &clock);
+    let place = Place::new(kind, dir.path());
+    let store = place.open(&clock).await;
     backfill_server::auth::bootstrap(store.as_ref(), &credentials(), NOW)
         .await
         .expect("bootstrap");
@@ -32,7 +33,11 @@ async fn with_keys() -> (Harness, NewProject, NewProject) {
     let read = admin::create(store.as_ref(), key(ClientMode::Read), NOW)
         .await
         .expect("read key");
-    (Harness::over(dir, clock, store, 5).await, write, read)
+    (
+        Harness::over(dir, place, clock, store, 5).await,
+        write,
+        read,
+    )
 }
 
 async fn post_as(
@@ -66,9 +71,8 @@ fn assert_error_body(status: StatusCode, body: &Value, expected: StatusCode) {
     );
 }
 
-#[tokio::test]
-async fn a_write_key_ingests_but_cannot_read() {
-    let (h, write, read) = with_keys().await;
+async fn a_write_key_ingests_but_cannot_read(store: StoreKind) {
+    let (h, write, read) = with_keys(store).await;
     let (id, secret) = (write.client_id.to_string(), write.secret.clone());
     let (status, body) = post_as(
         &h,
@@ -124,9 +128,8 @@ async fn a_write_key_ingests_but_cannot_read() {
     );
 }
 
-#[tokio::test]
-async fn a_read_key_reads_but_cannot_ingest() {
-    let (h, _, read) = with_keys().await;
+async fn a_read_key_reads_but_cannot_ingest(store: StoreKind) {
+    let (h, _, read) = with_keys(store).await;
     let (id, secret) = (read.client_id.to_string(), read.secret.clone());
     for path in ["/track/batch", "/track"] {
         // Not JSON: a 403 (not a 400) shows the body was never read.
@@ -143,9 +146,8 @@ async fn a_read_key_reads_but_cannot_ingest() {
     assert_eq!(h.all_events("").await.len(), 0, "nothing was stored");
 }
 
-#[tokio::test]
-async fn device_and_session_ids_are_derived_from_the_project_whatever_the_key() {
-    let (h, write, _) = with_keys().await;
+async fn device_and_session_ids_are_derived_from_the_project_whatever_the_key(store: StoreKind) {
+    let (h, write, _) = with_keys(store).await;
     let event = json!({"type": "track", "payload": {"name": "tap", "properties": {"__deviceId": "d1", "__timestamp": NOW - MINUTE}}});
     let (_, by_write) = post_as(
         &h,
@@ -164,9 +166,8 @@ async fn device_and_session_ids_are_derived_from_the_project_whatever_the_key() 
     );
 }
 
-#[tokio::test]
-async fn a_rotated_secret_works_for_its_grace_period_then_is_refused() {
-    let (h, write, _) = with_keys().await;
+async fn a_rotated_secret_works_for_its_grace_period_then_is_refused(store: StoreKind) {
+    let (h, write, _) = with_keys(store).await;
     let id = write.client_id.to_string();
     let grace = admin::RotateOptions {
         grace_ms: HOUR,
@@ -207,9 +208,8 @@ async fn a_rotated_secret_works_for_its_grace_period_then_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn a_revoked_key_is_refused_and_its_project_data_stays() {
-    let (h, write, _) = with_keys().await;
+async fn a_revoked_key_is_refused_and_its_project_data_stays(store: StoreKind) {
+    let (h, write, _) = with_keys(store).await;
     let id = write.client_id.to_string();
     let (status, _) = post_as(
         &h,
@@ -249,11 +249,11 @@ async fn a_revoked_key_is_refused_and_its_project_data_stays() {
     assert!(err.to_string().contains(&unknown.to_string()), "{err}");
 }
 
-#[tokio::test]
-async fn configured_modes_apply() {
+async fn configured_modes_apply(store: StoreKind) {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(NOW);
-    let store = open_store(dir.path(), &clock);
+    let place = Place::new(store, dir.path());
+    let store = place.open(&clock).await;
     let write_only = "0b6d0a3e-58c4-4d0e-9a51-9e4f3c2d1b0a";
     let configured = vec![
         format!("{write_only}:gw-secret:write")
@@ -263,7 +263,7 @@ async fn configured_modes_apply() {
     backfill_server::auth::bootstrap(store.as_ref(), &configured, NOW)
         .await
         .expect("bootstrap");
-    let h = Harness::over(dir, clock, store, 5).await;
+    let h = Harness::over(dir, place, clock, store, 5).await;
     let (status, body) = post_as(
         &h,
         "/track/batch",
@@ -277,9 +277,8 @@ async fn configured_modes_apply() {
     assert_error_body(status, &body, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn the_read_api_refuses_unknown_parameters() {
-    let h = Harness::new().await;
+async fn the_read_api_refuses_unknown_parameters(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![reading("dev-1", NOW - MINUTE, "k1")]).await;
     for (path, name) in [
         ("/api/events?devce_id=dev-2", "devce_id"),
@@ -318,7 +317,8 @@ async fn a_store_written_before_modes_keeps_its_clients_working_as_root() {
     let path = dir.path().join("backfill.db");
     let clock = ManualClock::new(NOW);
     // A version-3 database with one client, as the previous release left it.
-    drop(open_store(dir.path(), &clock));
+    let place = Place::File(path.clone());
+    drop(place.open(&clock).await);
     {
         let conn = rusqlite::Connection::open(&path).expect("open");
         conn.execute_batch(PROJECTS_V3).expect("version 3");
@@ -334,7 +334,7 @@ async fn a_store_written_before_modes_keeps_its_clients_working_as_root() {
         )
         .expect("client");
     }
-    let store = open_store(dir.path(), &clock);
+    let store = place.open(&clock).await;
     backfill_server::auth::bootstrap(store.as_ref(), &[], NOW)
         .await
         .expect("bootstrap");
@@ -352,6 +352,7 @@ async fn a_store_written_before_modes_keeps_its_clients_working_as_root() {
     .expect("state");
     let h = Harness {
         dir,
+        place,
         clock,
         store,
         router: backfill_server::app(state),
@@ -359,3 +360,13 @@ async fn a_store_written_before_modes_keeps_its_clients_working_as_root() {
     h.accept(vec![reading("dev-1", NOW - MINUTE, "k1")]).await;
     assert_eq!(h.all_events("name=reading").await.len(), 1);
 }
+
+store_tests!(
+    a_write_key_ingests_but_cannot_read,
+    a_read_key_reads_but_cannot_ingest,
+    device_and_session_ids_are_derived_from_the_project_whatever_the_key,
+    a_rotated_secret_works_for_its_grace_period_then_is_refused,
+    a_revoked_key_is_refused_and_its_project_data_stays,
+    configured_modes_apply,
+    the_read_api_refuses_unknown_parameters,
+);

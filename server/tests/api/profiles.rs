@@ -13,9 +13,8 @@ fn identify(profile: &str, t: i64, fields: Value) -> Value {
     json!({"type": "identify", "payload": payload})
 }
 
-#[tokio::test]
-async fn identify_merges_fields_and_later_event_time_wins() {
-    let h = Harness::new().await;
+async fn identify_merges_fields_and_later_event_time_wins(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![identify(
         "u1",
         NOW - HOUR,
@@ -37,9 +36,8 @@ async fn identify_merges_fields_and_later_event_time_wins() {
     );
 }
 
-#[tokio::test]
-async fn increment_and_decrement_count_from_zero_and_deduplicate() {
-    let h = Harness::new().await;
+async fn increment_and_decrement_count_from_zero_and_deduplicate(store: StoreKind) {
+    let h = Harness::new(store).await;
     let inc = |v: i64, key: &str| json!({"type": "increment", "payload": {"profileId": "u2", "property": "visits", "value": v, "properties": {"__insertId": key}}});
     let dec = json!({"type": "decrement", "payload": {"profileId": "u2", "property": "visits", "properties": {"__insertId": "d1"}}});
     let body = h
@@ -54,9 +52,8 @@ async fn increment_and_decrement_count_from_zero_and_deduplicate() {
     assert_eq!(p["properties"]["visits"], json!(6));
 }
 
-#[tokio::test]
-async fn incrementing_a_non_number_rejects_the_row_and_changes_nothing() {
-    let h = Harness::new().await;
+async fn incrementing_a_non_number_rejects_the_row_and_changes_nothing(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![identify(
         "u3",
         NOW - HOUR,
@@ -79,9 +76,8 @@ async fn incrementing_a_non_number_rejects_the_row_and_changes_nothing() {
     assert_eq!(p["properties"], json!({"plan": "pro", "logins": 1}));
 }
 
-#[tokio::test]
-async fn groups_and_assignments() {
-    let h = Harness::new().await;
+async fn groups_and_assignments(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![
         json!({"type": "group", "payload": {"id": "acme", "type": "company", "name": "Acme"}}),
         json!({"type": "assign_group", "payload": {"profileId": "u4", "groupIds": ["acme", "beta"]}}),
@@ -96,9 +92,8 @@ async fn groups_and_assignments() {
     assert_eq!(body["status"], json!(404));
 }
 
-#[tokio::test]
-async fn a_session_takes_the_first_profile_id() {
-    let h = Harness::new().await;
+async fn a_session_takes_the_first_profile_id(store: StoreKind) {
+    let h = Harness::new(store).await;
     let t = NOW - 2 * HOUR - (NOW - 2 * HOUR) % (30 * MINUTE) + 60_000;
     h.accept(vec![
         track("anon", json!({"__deviceId": "p", "__timestamp": t})),
@@ -110,3 +105,11 @@ async fn a_session_takes_the_first_profile_id() {
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0]["profile_id"], json!("u5"));
 }
+
+store_tests!(
+    identify_merges_fields_and_later_event_time_wins,
+    increment_and_decrement_count_from_zero_and_deduplicate,
+    incrementing_a_non_number_rejects_the_row_and_changes_nothing,
+    groups_and_assignments,
+    a_session_takes_the_first_profile_id,
+);

@@ -4,9 +4,8 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-#[tokio::test]
-async fn events_page_in_time_order_with_a_cursor() {
-    let h = Harness::new().await;
+async fn events_page_in_time_order_with_a_cursor(store: StoreKind) {
+    let h = Harness::new(store).await;
     // Sent newest first; read back oldest first.
     let rows: Vec<Value> = (0..25)
         .rev()
@@ -40,9 +39,8 @@ async fn events_page_in_time_order_with_a_cursor() {
     assert_eq!(seen, want);
 }
 
-#[tokio::test]
-async fn events_of_one_millisecond_page_in_id_order() {
-    let h = Harness::new().await;
+async fn events_of_one_millisecond_page_in_id_order(store: StoreKind) {
+    let h = Harness::new(store).await;
     // A fleet reporting on the same minute: 23 events share one timestamp, sent in two requests.
     let rows = |range: std::ops::Range<i64>| -> Vec<Value> {
         range
@@ -74,9 +72,8 @@ async fn events_of_one_millisecond_page_in_id_order() {
     );
 }
 
-#[tokio::test]
-async fn filters_by_time_device_and_session() {
-    let h = Harness::new().await;
+async fn filters_by_time_device_and_session(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![
         reading("a", NOW - 3 * HOUR, "a1"),
         reading("a", NOW - HOUR, "a2"),
@@ -98,9 +95,8 @@ async fn filters_by_time_device_and_session() {
     assert_eq!(h.all_sessions(&format!("from={from}")).await.len(), 2);
 }
 
-#[tokio::test]
-async fn bad_query_parameters_are_400() {
-    let h = Harness::new().await;
+async fn bad_query_parameters_are_400(store: StoreKind) {
+    let h = Harness::new(store).await;
     for q in [
         "limit=0",
         "limit=1001",
@@ -117,9 +113,8 @@ async fn bad_query_parameters_are_400() {
     assert_eq!(status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn health_metrics_and_unknown_routes() {
-    let h = Harness::new().await;
+async fn health_metrics_and_unknown_routes(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.batch(vec![
         reading("d", NOW, "m1"),
         reading("d", NOW, "m1"),
@@ -168,9 +163,8 @@ async fn health_metrics_and_unknown_routes() {
     assert_eq!(body["status"], json!(405));
 }
 
-#[tokio::test]
-async fn ingestion_routes_answer_cors_preflight() {
-    let h = Harness::new().await;
+async fn ingestion_routes_answer_cors_preflight(store: StoreKind) {
+    let h = Harness::new(store).await;
     let req = Request::options("/track/batch")
         .header("origin", "https://app.example")
         .header("access-control-request-method", "POST")
@@ -188,3 +182,12 @@ async fn ingestion_routes_answer_cors_preflight() {
         "every 2xx answer, a preflight's too, carries the window"
     );
 }
+
+store_tests!(
+    events_page_in_time_order_with_a_cursor,
+    events_of_one_millisecond_page_in_id_order,
+    filters_by_time_device_and_session,
+    bad_query_parameters_are_400,
+    health_metrics_and_unknown_routes,
+    ingestion_routes_answer_cors_preflight,
+);

@@ -7,9 +7,8 @@ fn ev(kind: &str, payload: Value) -> Value {
     json!({"type": kind, "payload": payload})
 }
 
-#[tokio::test]
-async fn each_rule_rejects_only_its_row_with_its_text() {
-    let h = Harness::new().await;
+async fn each_rule_rejects_only_its_row_with_its_text(store: StoreKind) {
+    let h = Harness::new(store).await;
     let deep = (0..17).fold(json!(1), |acc, _| json!({"n": acc}));
     let rows: Vec<(Value, Option<&str>)> = vec![
         (track("ok-1", json!({"__deviceId": "d1"})), None),
@@ -190,9 +189,8 @@ async fn each_rule_rejects_only_its_row_with_its_text() {
     );
 }
 
-#[tokio::test]
-async fn an_all_rejected_batch_is_still_202() {
-    let h = Harness::new().await;
+async fn an_all_rejected_batch_is_still_202(store: StoreKind) {
+    let h = Harness::new(store).await;
     let (status, body) = h
         .batch(vec![ev("alias", json!({})), ev("nope", json!({}))])
         .await;
@@ -209,9 +207,8 @@ async fn stored_time(h: &Harness, device: &str) -> Value {
     events[0].clone()
 }
 
-#[tokio::test]
-async fn timestamps_in_every_accepted_form() {
-    let h = Harness::new().await;
+async fn timestamps_in_every_accepted_form(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![
         track(
             "reading",
@@ -247,9 +244,8 @@ async fn timestamps_in_every_accepted_form() {
     );
 }
 
-#[tokio::test]
-async fn the_age_window_rejects_older_than_five_days() {
-    let h = Harness::new().await;
+async fn the_age_window_rejects_older_than_five_days(store: StoreKind) {
+    let h = Harness::new(store).await;
     let (status, body) = h
         .batch(vec![
             reading("d", NOW - 5 * DAY - 1000, "too-old"),
@@ -265,9 +261,8 @@ async fn the_age_window_rejects_older_than_five_days() {
     );
 }
 
-#[tokio::test]
-async fn a_configured_window_is_named_and_advertised() {
-    let h = Harness::with_window(8).await;
+async fn a_configured_window_is_named_and_advertised(store: StoreKind) {
+    let h = Harness::with_window(store, 8).await;
     let (status, headers, body) = h
         .post_raw(
             "/track/batch",
@@ -286,9 +281,8 @@ async fn a_configured_window_is_named_and_advertised() {
     );
 }
 
-#[tokio::test]
-async fn future_times_are_clamped_to_the_receive_time() {
-    let h = Harness::new().await;
+async fn future_times_are_clamped_to_the_receive_time(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![
         reading("future", NOW + 2 * MINUTE, "f"),
         reading("near", NOW + 30_000, "n"),
@@ -309,9 +303,8 @@ async fn future_times_are_clamped_to_the_receive_time() {
     assert!(near["properties"].get("__clientTimestamp").is_none());
 }
 
-#[tokio::test]
-async fn skew_is_corrected_from_sent_at() {
-    let h = Harness::new().await;
+async fn skew_is_corrected_from_sent_at(store: StoreKind) {
+    let h = Harness::new(store).await;
     // The device clock is two hours behind: it recorded 10 minutes ago at its 07:50.
     let device_now = NOW - 2 * HOUR;
     let (status, body) = h
@@ -348,3 +341,13 @@ async fn skew_is_corrected_from_sent_at() {
     assert_eq!(e["created_at"], json!("2026-11-28T09:59:20.000Z"));
     assert!(e["properties"].get("__clientTimestamp").is_none());
 }
+
+store_tests!(
+    each_rule_rejects_only_its_row_with_its_text,
+    an_all_rejected_batch_is_still_202,
+    timestamps_in_every_accepted_form,
+    the_age_window_rejects_older_than_five_days,
+    a_configured_window_is_named_and_advertised,
+    future_times_are_clamped_to_the_receive_time,
+    skew_is_corrected_from_sent_at,
+);

@@ -15,9 +15,8 @@ fn session_of(events: &[Value], name: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn deterministic_session_ids_match_the_spec_vectors() {
-    let h = Harness::new().await;
+async fn deterministic_session_ids_match_the_spec_vectors(store: StoreKind) {
+    let h = Harness::new(store).await;
     // The vectors lie a year before NOW: move the clock next to them.
     h.clock.set(1_764_289_805_000 + HOUR);
     let device = "gw-0001-sensor-07";
@@ -56,9 +55,8 @@ async fn deterministic_session_ids_match_the_spec_vectors() {
     assert_eq!(starts, 3, "one session_start per session");
 }
 
-#[tokio::test]
-async fn client_sessions_are_honoured() {
-    let h = Harness::new().await;
+async fn client_sessions_are_honoured(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![
         track("a", json!({"__deviceId": "phone", "__sessionId": "app-session-1", "__timestamp": NOW - 3 * HOUR})),
         track("b", json!({"__deviceId": "phone", "__sessionId": "app-session-1", "__timestamp": NOW - MINUTE})),
@@ -71,9 +69,8 @@ async fn client_sessions_are_honoured() {
     assert_eq!(sessions[0]["event_count"], json!(2));
 }
 
-#[tokio::test]
-async fn session_start_moves_earlier_when_earlier_events_arrive() {
-    let h = Harness::new().await;
+async fn session_start_moves_earlier_when_earlier_events_arrive(store: StoreKind) {
+    let h = Harness::new(store).await;
     let base = NOW - 2 * HOUR - 30 * MINUTE + 10_000; // inside one 30-minute bucket
     h.accept(vec![reading("d", base + 20 * MINUTE, "late")])
         .await;
@@ -106,9 +103,8 @@ async fn session_start_moves_earlier_when_earlier_events_arrive() {
     assert_eq!(s["device_id"], json!("d"));
 }
 
-#[tokio::test]
-async fn sixteen_concurrent_batches_of_one_session_make_one_session_start() {
-    let h = Harness::new().await;
+async fn sixteen_concurrent_batches_of_one_session_make_one_session_start(store: StoreKind) {
+    let h = Harness::new(store).await;
     let start = NOW - 4 * HOUR - (NOW - 4 * HOUR) % (30 * MINUTE) + 10_000;
     let mut times: Vec<i64> = (0..16 * 20).map(|i| start + i * 5_000).collect();
     // Scramble the order deterministically so each batch holds a spread of times.
@@ -155,9 +151,8 @@ async fn sixteen_concurrent_batches_of_one_session_make_one_session_start() {
     );
 }
 
-#[tokio::test]
-async fn a_backfill_never_touches_the_live_session() {
-    let h = Harness::new().await;
+async fn a_backfill_never_touches_the_live_session(store: StoreKind) {
+    let h = Harness::new(store).await;
     h.accept(vec![
         reading("phone", NOW - 2 * MINUTE, "live-1"),
         reading("phone", NOW - MINUTE, "live-2"),
@@ -191,9 +186,8 @@ async fn a_backfill_never_touches_the_live_session() {
     }
 }
 
-#[tokio::test]
-async fn fingerprint_devices_and_server_events() {
-    let h = Harness::new().await;
+async fn fingerprint_devices_and_server_events(store: StoreKind) {
+    let h = Harness::new(store).await;
     let body =
         json!({"events": [track("a", json!({})), track("b", json!({"__ip": "198.51.100.1"}))]})
             .to_string()
@@ -256,9 +250,8 @@ async fn fingerprint_devices_and_server_events() {
     assert_eq!(events[0]["device_id"], a);
 }
 
-#[tokio::test]
-async fn single_track_answers_with_its_ids() {
-    let h = Harness::new().await;
+async fn single_track_answers_with_its_ids(store: StoreKind) {
+    let h = Harness::new(store).await;
     let body = track(
         "tap",
         json!({"__deviceId": "phone-9", "__timestamp": NOW - MINUTE}),
@@ -284,3 +277,13 @@ async fn single_track_answers_with_its_ids() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(answer["message"], json!("Alias is not supported"));
 }
+
+store_tests!(
+    deterministic_session_ids_match_the_spec_vectors,
+    client_sessions_are_honoured,
+    session_start_moves_earlier_when_earlier_events_arrive,
+    sixteen_concurrent_batches_of_one_session_make_one_session_start,
+    a_backfill_never_touches_the_live_session,
+    fingerprint_devices_and_server_events,
+    single_track_answers_with_its_ids,
+);

@@ -64,9 +64,22 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The writer finishes the jobs it was given, then the checkpointer does a last pass.
+        self.stop();
+    }
+}
+
+impl Inner {
+    /// Stops taking jobs, lets the writer finish those it was given, then the checkpointer does
+    /// a last pass; returns when every thread has ended. Later calls find nothing to stop.
+    fn stop(&self) {
         if let Ok(mut writer) = self.writer.lock() {
             writer.take();
         }
@@ -537,6 +550,15 @@ impl Store for SqliteStore {
 
     fn health(&self) -> StoreFuture<()> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
+    fn close(&self) -> StoreFuture<()> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || inner.stop())
+                .await
+                .map_err(|e| StoreError::Internal(format!("closing the store failed: {e}")))
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use backfill_protocol::limits::SESSION_START_LEAD_MS;
 
-use super::write::{json_map, raw_map};
+use crate::store::rules::{json_map, raw_map};
 use crate::store::{EventQuery, SessionQuery, StoredEvent, StoredProfile, StoredSession};
 
 /// Builds `WHERE` clauses and their parameters together so they cannot drift apart.

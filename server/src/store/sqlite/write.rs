@@ -1,14 +1,12 @@
-//! Applying ingest jobs inside the writer's transaction.
+//! The embedded store's SQL for writing ingest jobs inside the writer's transaction; what
+//! each row changes is decided by [`crate::store::rules`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use backfill_protocol::limits::SESSION_START_LEAD_MS;
-use backfill_protocol::number::{Decimal, add_exact};
-use backfill_protocol::properties::RawMap;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use crate::store::rules::{Plan, Profile, SessionDelta, raw_json, session_start_time};
 use crate::store::{IngestJob, NewEvent, PreparedRow, RowAction, RowOutcome};
 
 /// Applies one job inside the open transaction, with no savepoint of its own: if it fails, the
@@ -60,30 +58,94 @@ pub(super) fn apply_job_apart(
     }
 }
 
-/// Running totals of one session's new events within a job.
-struct SessionDelta<'a> {
-    device_id: &'a str,
-    profile_id: Option<&'a str>,
-    first: i64,
-    last: i64,
-    count: i64,
-}
-
 fn apply_rows(
     conn: &Connection,
     job: &IngestJob,
     rows: &[&PreparedRow],
     synced_at: i64,
 ) -> rusqlite::Result<Vec<RowOutcome>> {
-    let mut outcomes = Vec::with_capacity(rows.len());
-    let mut sessions: HashMap<&str, SessionDelta<'_>> = HashMap::new();
-    // What is the same for every row of the job is bound once; SQLite keeps a statement's
-    // bindings until they are replaced.
+    let mut plan = Plan::new(rows.to_vec());
+    claim(conn, job.project, &mut plan, synced_at)?;
+    insert_events(conn, job, &plan, synced_at)?;
+    let ids = plan.profile_ids();
+    if !ids.is_empty() {
+        let mut stored = HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(profile) = load_profile(conn, job.project, id)? {
+                stored.insert(id.to_owned(), profile);
+            }
+        }
+        for (id, profile) in plan.apply_profiles(stored, synced_at) {
+            save_profile(conn, job.project, id, &profile, synced_at)?;
+        }
+    }
+    for group in plan.groups() {
+        conn.prepare_cached(
+            "INSERT INTO groups (project, id, type, name, properties, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (project, id) DO UPDATE SET type = excluded.type,
+                name = excluded.name, properties = excluded.properties,
+                updated_at = excluded.updated_at",
+        )?
+        .execute(params![
+            job.project,
+            group.id,
+            group.group_type,
+            group.name,
+            group.properties,
+            synced_at
+        ])?;
+    }
+    for (profile_id, group_id) in plan.assignments() {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO profile_groups (project, profile_id, group_id) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![job.project, profile_id, group_id])?;
+    }
+    for key in plan.refused_keys() {
+        conn.prepare_cached("DELETE FROM insert_ids WHERE project = ?1 AND insert_id = ?2")?
+            .execute(params![job.project, key])?;
+    }
+    for delta in plan.sessions() {
+        upsert_session(conn, job, &delta, synced_at)?;
+    }
+    Ok(plan.outcomes())
+}
+
+/// Claims the plan's keys; a key already stored is left as it is.
+fn claim(
+    conn: &Connection,
+    project: i64,
+    plan: &mut Plan<'_>,
+    synced_at: i64,
+) -> rusqlite::Result<()> {
+    if plan.keys().is_empty() {
+        return Ok(());
+    }
+    // What is the same for every key is bound once; SQLite keeps a statement's bindings until
+    // they are replaced.
     let mut claim = conn.prepare_cached(
         "INSERT OR IGNORE INTO insert_ids (project, insert_id, seen_at) VALUES (?1, ?2, ?3)",
     )?;
-    claim.raw_bind_parameter(1, job.project)?;
+    claim.raw_bind_parameter(1, project)?;
     claim.raw_bind_parameter(3, synced_at)?;
+    let mut taken = HashSet::new();
+    for key in plan.keys() {
+        claim.raw_bind_parameter(2, *key)?;
+        if claim.raw_execute()? == 0 {
+            taken.insert(*key);
+        }
+    }
+    plan.claimed(|key| !taken.contains(key));
+    Ok(())
+}
+
+fn insert_events(
+    conn: &Connection,
+    job: &IngestJob,
+    plan: &Plan<'_>,
+    synced_at: i64,
+) -> rusqlite::Result<()> {
     // The idempotency key stays in `properties` (`__insertId`), where reads find it.
     let mut insert = conn.prepare_cached(
         "INSERT INTO events (id, project, type, name, device_id, session_id, profile_id,
@@ -97,125 +159,34 @@ fn apply_rows(
     // Consecutive events often share a name, a device and a session: a value already bound
     // stays bound (each bind copies its text).
     let mut bound: Option<&NewEvent> = None;
-    for (i, row) in rows.iter().enumerate() {
-        if let Some(ahead) = rows.get(i + WARM_AHEAD) {
-            warm(ahead);
+    let events = plan.events();
+    let mut ahead = plan.events().skip(WARM_AHEAD);
+    for (row, event) in events {
+        if let Some((next, _)) = ahead.next() {
+            warm(next);
         }
-        if let Some(key) = &row.insert_id {
-            claim.raw_bind_parameter(2, key)?;
-            if claim.raw_execute()? == 0 {
-                outcomes.push(RowOutcome::Duplicate);
-                continue;
-            }
+        let last = bound.replace(event);
+        insert.raw_bind_parameter(1, &event.id.as_bytes()[..])?;
+        if last.is_none_or(|l| l.name != event.name) {
+            insert.raw_bind_parameter(3, &event.name)?;
         }
-        let outcome = match &row.action {
-            RowAction::Event(event) => {
-                let last = bound.replace(event);
-                insert.raw_bind_parameter(1, &event.id.as_bytes()[..])?;
-                if last.is_none_or(|l| l.name != event.name) {
-                    insert.raw_bind_parameter(3, &event.name)?;
-                }
-                if last.is_none_or(|l| l.device_id != event.device_id) {
-                    insert.raw_bind_parameter(4, &event.device_id)?;
-                }
-                if last.is_none_or(|l| l.session_id != event.session_id) {
-                    insert.raw_bind_parameter(5, &event.session_id)?;
-                }
-                if last.is_none_or(|l| l.profile_id != event.profile_id) {
-                    insert.raw_bind_parameter(6, &event.profile_id)?;
-                }
-                insert.raw_bind_parameter(7, row.time_ms)?;
-                insert.raw_bind_parameter(8, &event.properties)?;
-                if last.is_none_or(|l| l.groups != event.groups) {
-                    insert.raw_bind_parameter(9, &event.groups)?;
-                }
-                insert.raw_execute()?;
-                if !event.session_id.is_empty() {
-                    let delta = sessions.entry(&event.session_id).or_insert(SessionDelta {
-                        device_id: &event.device_id,
-                        profile_id: None,
-                        first: row.time_ms,
-                        last: row.time_ms,
-                        count: 0,
-                    });
-                    delta.first = delta.first.min(row.time_ms);
-                    delta.last = delta.last.max(row.time_ms);
-                    delta.count += 1;
-                    if delta.profile_id.is_none() {
-                        delta.profile_id = event.profile_id.as_deref();
-                    }
-                }
-                RowOutcome::Stored
-            }
-            RowAction::Identify {
-                profile_id,
-                fields,
-                properties,
-            } => {
-                identify(
-                    conn,
-                    job.project,
-                    profile_id,
-                    fields,
-                    properties,
-                    row.time_ms,
-                    synced_at,
-                )?;
-                RowOutcome::Stored
-            }
-            RowAction::Increment {
-                profile_id,
-                property,
-                delta,
-            } => increment(conn, job.project, profile_id, property, *delta, synced_at)?,
-            RowAction::Group {
-                id,
-                group_type,
-                name,
-                properties,
-            } => {
-                conn.prepare_cached(
-                    "INSERT INTO groups (project, id, type, name, properties, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (project, id) DO UPDATE SET type = excluded.type,
-                        name = excluded.name, properties = excluded.properties,
-                        updated_at = excluded.updated_at",
-                )?
-                .execute(params![
-                    job.project,
-                    id,
-                    group_type,
-                    name,
-                    raw_json(properties),
-                    synced_at
-                ])?;
-                RowOutcome::Stored
-            }
-            RowAction::AssignGroup {
-                profile_id,
-                group_ids,
-            } => {
-                ensure_profile(conn, job.project, profile_id, synced_at)?;
-                let mut assign = conn.prepare_cached(
-                    "INSERT OR IGNORE INTO profile_groups (project, profile_id, group_id) VALUES (?1, ?2, ?3)",
-                )?;
-                for group in group_ids {
-                    assign.execute(params![job.project, profile_id, group])?;
-                }
-                RowOutcome::Stored
-            }
-        };
-        if let (RowOutcome::Invalid(_), Some(key)) = (&outcome, &row.insert_id) {
-            // A refused row leaves no trace, not even its key: a corrected resend must be stored.
-            conn.prepare_cached("DELETE FROM insert_ids WHERE project = ?1 AND insert_id = ?2")?
-                .execute(params![job.project, key])?;
+        if last.is_none_or(|l| l.device_id != event.device_id) {
+            insert.raw_bind_parameter(4, &event.device_id)?;
         }
-        outcomes.push(outcome);
+        if last.is_none_or(|l| l.session_id != event.session_id) {
+            insert.raw_bind_parameter(5, &event.session_id)?;
+        }
+        if last.is_none_or(|l| l.profile_id != event.profile_id) {
+            insert.raw_bind_parameter(6, &event.profile_id)?;
+        }
+        insert.raw_bind_parameter(7, row.time_ms)?;
+        insert.raw_bind_parameter(8, &event.properties)?;
+        if last.is_none_or(|l| l.groups != event.groups) {
+            insert.raw_bind_parameter(9, &event.groups)?;
+        }
+        insert.raw_execute()?;
     }
-    for (session_id, delta) in sessions {
-        upsert_session(conn, job, session_id, &delta, synced_at)?;
-    }
-    Ok(outcomes)
+    Ok(())
 }
 
 /// How far ahead of the row being written [`warm`] reads.
@@ -246,10 +217,10 @@ fn warm(row: &PreparedRow) {
 fn upsert_session(
     conn: &Connection,
     job: &IngestJob,
-    session_id: &str,
     delta: &SessionDelta<'_>,
     synced_at: i64,
 ) -> rusqlite::Result<()> {
+    let session_id = delta.session_id;
     let existing: Option<(i64, i64)> = conn
         .prepare_cached(
             "SELECT started_at, start_event FROM sessions WHERE project = ?1 AND id = ?2",
@@ -271,7 +242,7 @@ fn upsert_session(
                 delta.device_id,
                 session_id,
                 delta.profile_id,
-                delta.first - SESSION_START_LEAD_MS,
+                session_start_time(delta.first),
                 job.sdk_name,
                 job.sdk_version,
                 synced_at,
@@ -306,7 +277,7 @@ fn upsert_session(
                 )?
                 .execute(params![
                     start_event,
-                    delta.first - SESSION_START_LEAD_MS,
+                    session_start_time(delta.first),
                     synced_at
                 ])?;
             }
@@ -315,24 +286,17 @@ fn upsert_session(
     Ok(())
 }
 
-struct Profile {
-    fields: Map<String, Value>,
-    properties: RawMap,
-    field_times: Map<String, Value>,
-    created_at: i64,
-}
-
 fn load_profile(conn: &Connection, project: i64, id: &str) -> rusqlite::Result<Option<Profile>> {
     conn.prepare_cached(
         "SELECT fields, properties, field_times, created_at FROM profiles WHERE project = ?1 AND id = ?2",
     )?
     .query_row(params![project, id], |r| {
-        Ok(Profile {
-            fields: json_map(&r.get::<_, String>(0)?),
-            properties: raw_map(&r.get::<_, String>(1)?),
-            field_times: json_map(&r.get::<_, String>(2)?),
-            created_at: r.get(3)?,
-        })
+        Ok(Profile::from_columns(
+            &r.get::<_, String>(0)?,
+            &r.get::<_, String>(1)?,
+            &r.get::<_, String>(2)?,
+            r.get(3)?,
+        ))
     })
     .optional()
 }
@@ -361,97 +325,4 @@ fn save_profile(
         now,
     ])?;
     Ok(())
-}
-
-fn empty_profile(now: i64) -> Profile {
-    Profile {
-        fields: Map::new(),
-        properties: RawMap::new(),
-        field_times: Map::new(),
-        created_at: now,
-    }
-}
-
-fn ensure_profile(conn: &Connection, project: i64, id: &str, now: i64) -> rusqlite::Result<()> {
-    if load_profile(conn, project, id)?.is_none() {
-        save_profile(conn, project, id, &empty_profile(now), now)?;
-    }
-    Ok(())
-}
-
-/// Merges fields and properties; for each one the value with the later event time wins, so
-/// backfilled history never overwrites what the user set since.
-fn identify(
-    conn: &Connection,
-    project: i64,
-    id: &str,
-    fields: &[(&'static str, String)],
-    properties: &RawMap,
-    time_ms: i64,
-    now: i64,
-) -> rusqlite::Result<()> {
-    let mut profile = load_profile(conn, project, id)?.unwrap_or_else(|| empty_profile(now));
-    let newer = |key: String, times: &mut Map<String, Value>| -> bool {
-        let wins = times
-            .get(&key)
-            .and_then(Value::as_i64)
-            .is_none_or(|t| time_ms >= t);
-        if wins {
-            times.insert(key, Value::from(time_ms));
-        }
-        wins
-    };
-    for (name, value) in fields {
-        if newer((*name).to_owned(), &mut profile.field_times) {
-            profile
-                .fields
-                .insert((*name).to_owned(), Value::String(value.clone()));
-        }
-    }
-    for (key, value) in properties {
-        if newer(format!("properties.{key}"), &mut profile.field_times) {
-            profile.properties.insert(key.clone(), value.clone());
-        }
-    }
-    save_profile(conn, project, id, &profile, now)
-}
-
-/// Adds `delta` exactly; a sum that cannot be exact, or a property that is not a number,
-/// refuses the row (SPEC §6b) and changes nothing.
-fn increment(
-    conn: &Connection,
-    project: i64,
-    id: &str,
-    property: &str,
-    delta: Decimal,
-    now: i64,
-) -> rusqlite::Result<RowOutcome> {
-    let mut profile = load_profile(conn, project, id)?.unwrap_or_else(|| empty_profile(now));
-    let current = profile.properties.get(property).map(|v| v.get());
-    let sum = match add_exact(property, current, delta).map(RawValue::from_string) {
-        Ok(Ok(sum)) => sum,
-        Ok(Err(e)) => return Ok(RowOutcome::Invalid(e.to_string())),
-        Err(e) => return Ok(RowOutcome::Invalid(e)),
-    };
-    profile.properties.insert(property.to_owned(), sum);
-    save_profile(conn, project, id, &profile, now)?;
-    Ok(RowOutcome::Stored)
-}
-
-/// Reads a properties column, keeping each value's JSON text; anything else reads as empty.
-pub(super) fn raw_map(text: &str) -> RawMap {
-    serde_json::from_str(text).unwrap_or_default()
-}
-
-/// Writes properties kept as JSON text.
-fn raw_json(properties: &RawMap) -> String {
-    serde_json::to_string(properties).unwrap_or_else(|_| "{}".to_owned())
-}
-
-/// Reads a JSON object column; anything else reads as empty.
-pub(super) fn json_map(text: &str) -> Map<String, Value> {
-    match serde_json::from_str(text) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    }
 }

@@ -1,4 +1,6 @@
-//! Shared set-up for the server's tests: a store in a temp dir, a manual clock, known projects.
+//! Shared set-up for the server's tests: a store of each [`StoreKind`], a manual clock,
+//! known projects. Each test is an `async fn(StoreKind)` listed in [`store_tests!`], which runs
+//! it once on every store.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use backfill_server::clock::{Clock, ManualClock};
 use backfill_server::config::ProjectCredential;
 use backfill_server::metrics::Metrics;
 use backfill_server::store::Store;
+use backfill_server::store::postgres::{PostgresOptions, PostgresStore};
 use backfill_server::store::sqlite::{SqliteOptions, SqliteStore};
 use backfill_server::{AppState, app};
 use http_body_util::BodyExt;
@@ -36,35 +39,101 @@ pub fn credentials() -> Vec<ProjectCredential> {
     ]
 }
 
+/// The stores every test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded SQLite file.
+    Sqlite,
+    /// A database of the test binary's PostgreSQL cluster.
+    Postgres,
+}
+
+/// Where a test's data lives, so that it can be opened again.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// A SQLite file.
+    File(std::path::PathBuf),
+    /// A PostgreSQL database.
+    Database(String),
+}
+
+impl Place {
+    /// A new, empty place of `kind`; SQLite's file goes into `dir`.
+    pub fn new(kind: StoreKind, dir: &std::path::Path) -> Place {
+        match kind {
+            StoreKind::Sqlite => Place::File(dir.join("backfill.db")),
+            StoreKind::Postgres => Place::Database(crate::cluster::shared().create_schema()),
+        }
+    }
+
+    /// Opens the store at this place.
+    pub async fn open(&self, clock: &ManualClock) -> Arc<dyn Store> {
+        match self {
+            Place::File(path) => {
+                let options = SqliteOptions {
+                    clock: Arc::new(clock.clone()),
+                    commit_latency: None,
+                };
+                Arc::new(SqliteStore::open(path, options).expect("open store"))
+            }
+            Place::Database(url) => {
+                let options = PostgresOptions {
+                    url: url.clone(),
+                    pool_size: 8,
+                    acquire_timeout: std::time::Duration::from_secs(2),
+                    clock: Arc::new(clock.clone()),
+                    commit_latency: None,
+                };
+                Arc::new(PostgresStore::connect(options).await.expect("open store"))
+            }
+        }
+    }
+}
+
+/// Runs each listed `async fn(StoreKind)` as one test per store: `name::sqlite` and
+/// `name::postgres`. The PostgreSQL run needs PostgreSQL installed (see `cluster`).
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::StoreKind::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::cluster::available() {
+                    super::$name($crate::common::StoreKind::Postgres).await;
+                }
+            }
+        }
+    )*};
+}
+
 pub struct Harness {
     pub dir: tempfile::TempDir,
+    pub place: Place,
     pub clock: ManualClock,
     pub store: Arc<dyn Store>,
     pub router: Router,
 }
 
-pub fn open_store(dir: &std::path::Path, clock: &ManualClock) -> Arc<dyn Store> {
-    let options = SqliteOptions {
-        clock: Arc::new(clock.clone()),
-        commit_latency: None,
-    };
-    Arc::new(SqliteStore::open(&dir.join("backfill.db"), options).expect("open store"))
-}
-
 impl Harness {
-    pub async fn new() -> Self {
-        Self::with_window(5).await
+    pub async fn new(kind: StoreKind) -> Self {
+        Self::with_window(kind, 5).await
     }
 
-    pub async fn with_window(days: u32) -> Self {
+    pub async fn with_window(kind: StoreKind, days: u32) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = ManualClock::new(NOW);
-        let store = open_store(dir.path(), &clock);
-        Self::over(dir, clock, store, days).await
+        let place = Place::new(kind, dir.path());
+        let store = place.open(&clock).await;
+        Self::over(dir, place, clock, store, days).await
     }
 
     pub async fn over(
         dir: tempfile::TempDir,
+        place: Place,
         clock: ManualClock,
         store: Arc<dyn Store>,
         days: u32,
@@ -83,24 +152,45 @@ impl Harness {
         .expect("state");
         Self {
             dir,
+            place,
             clock,
             store,
             router: app(state),
         }
     }
 
-    /// Reopens the same data directory, as a restarted server would.
+    /// The one text value `sql` selects, read straight from the store's database, as an
+    /// operator would.
+    pub async fn select_text(&self, sql: &str) -> String {
+        match &self.place {
+            Place::File(path) => rusqlite::Connection::open(path)
+                .expect("open")
+                .query_row(sql, [], |r| r.get(0))
+                .expect("one row"),
+            Place::Database(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+                tokio::spawn(connection);
+                client.query_one(sql, &[]).await.expect("one row").get(0)
+            }
+        }
+    }
+
+    /// Reopens the same store, as a restarted server would.
     pub async fn restart(self) -> Self {
         let Harness {
             dir,
+            place,
             clock,
             store,
             router,
         } = self;
         drop(router);
+        store.close().await.expect("close");
         drop(store);
-        let store = open_store(dir.path(), &clock);
-        Self::over(dir, clock, store, 5).await
+        let store = place.open(&clock).await;
+        Self::over(dir, place, clock, store, 5).await
     }
 
     pub async fn send(&self, request: Request<Body>) -> (StatusCode, HeaderMap, Value) {
