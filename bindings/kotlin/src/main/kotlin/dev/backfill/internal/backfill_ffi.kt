@@ -3,7 +3,7 @@
 
 @file:Suppress("NAME_SHADOWING")
 
-package dev.backfill
+package dev.backfill.internal
 
 // Common helper code.
 //
@@ -1415,7 +1415,7 @@ public interface BackfillClientInterface {
      * Stops the uploader and closes the buffer; every later call raises `Closed`. Buffered
      * events stay for the next client on the same file.
      */
-    fun `close`()
+    fun `shutdown`()
     
     /**
      * This device's id, sent with its own events.
@@ -1630,7 +1630,7 @@ open class BackfillClient: Disposable, AutoCloseable, BackfillClientInterface
     /**
      * Stops the uploader and closes the buffer; every later call raises `Closed`. Buffered
      * events stay for the next client on the same file.
-     */override fun `close`()
+     */override fun `shutdown`()
         = 
     callWithHandle {
     uniffiRustCall() { _status ->
