@@ -73,6 +73,8 @@ mod tests {
             ("http://127.0.0.1:8080/track/batch", "/track/batch"),
             ("http://127.0.0.1:8080/track/", "/track"),
             ("https://example.com/?key=1", "query"),
+            // Host names are read as ASCII; an internationalised one goes in its xn-- form.
+            ("https://bücher.example", "not a URL"),
         ] {
             let err = check(bad).expect_err(bad);
             assert!(err.contains(says), "{bad}: {err}");
