@@ -76,7 +76,7 @@ fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
         }
         let value: Value =
             serde_json::from_str(line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
-        exact_integers(line).map_err(|e| bad(n, e))?;
+        backfill_core::event::exact_integers(line).map_err(|e| bad(n, e))?;
         let Value::Object(mut obj) = value else {
             return Err(bad(n, "a reading must be a JSON object"));
         };
@@ -161,44 +161,6 @@ fn line_at(text: &str, offset: u64) -> usize {
         start += 1;
     }
     bytes[..start].iter().filter(|b| **b == b'\n').count() + 1
-}
-
-/// Refuses a JSON integer that a 64-bit integer cannot hold (a 20-digit ICCID, say): read as
-/// a floating-point number it would lose its last digits without a word. `line` is valid JSON.
-fn exact_integers(line: &str) -> Result<(), String> {
-    let bytes = line.as_bytes();
-    let mut i = 0;
-    let mut in_string = false;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if in_string {
-            match b {
-                b'\\' => i += 1,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if b == b'-' || b.is_ascii_digit() {
-            let start = i;
-            while i < bytes.len()
-                && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-            {
-                i += 1;
-            }
-            let token = &line[start..i];
-            let integer = !token.contains(['.', 'e', 'E']);
-            if integer && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
-                return Err(format!(
-                    "the number {token} has too many digits to be kept exactly; give it as a \
-                     string (\"{token}\")"
-                ));
-            }
-            continue;
-        }
-        i += 1;
-    }
-    Ok(())
 }
 
 /// CSV with a header: `name` is required, `timestamp`, `device_id` and `insert_id` are optional,

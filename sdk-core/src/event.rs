@@ -47,7 +47,11 @@ pub fn properties_from_json(text: &str) -> Result<Map<String, Value>, Error> {
     if text.trim().is_empty() {
         return Ok(Map::new());
     }
-    match serde_json::from_str::<Value>(text) {
+    let parsed = serde_json::from_str::<Value>(text);
+    if parsed.is_ok() {
+        exact_integers(text).map_err(Error::InvalidEvent)?;
+    }
+    match parsed {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(Error::InvalidEvent(format!(
             "properties must be a JSON object, not {}",
@@ -61,8 +65,49 @@ pub fn properties_from_json(text: &str) -> Result<Map<String, Value>, Error> {
 
 /// Reads one property value given as JSON text (for global properties).
 pub fn value_from_json(text: &str) -> Result<Value, Error> {
-    serde_json::from_str(text)
-        .map_err(|e| Error::InvalidEvent(format!("the value is not valid JSON: {e}")))
+    let value = serde_json::from_str(text)
+        .map_err(|e| Error::InvalidEvent(format!("the value is not valid JSON: {e}")))?;
+    exact_integers(text).map_err(Error::InvalidEvent)?;
+    Ok(value)
+}
+
+/// Refuses a JSON integer that a 64-bit integer cannot hold (a 20-digit ICCID, say): read as
+/// a floating-point number it would lose its last digits without a word, so the caller is told
+/// to send it as a string instead. `line` is valid JSON text; the error names the number.
+pub fn exact_integers(line: &str) -> Result<(), String> {
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len()
+                && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+            {
+                i += 1;
+            }
+            let token = &line[start..i];
+            let integer = !token.contains(['.', 'e', 'E']);
+            if integer && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
+                return Err(format!(
+                    "the number {token} has too many digits to be kept exactly; give it as a \
+                     string (\"{token}\")"
+                ));
+            }
+            continue;
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -139,6 +184,31 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_given_as_json_text_are_kept_or_refused_never_changed() {
+        // Doubles that the default parser reads one step off in the last bit.
+        let text = r#"{"f": 123456789.12345679, "g": 2.7715077941825975e-163, "n": -9223372036854775808, "u": 18446744073709551615}"#;
+        let map = properties_from_json(text).expect("object");
+        assert_eq!(map["f"].as_f64(), Some(123456789.12345679));
+        assert_eq!(map["g"].as_f64(), Some(2.7715077941825975e-163));
+        assert_eq!(
+            serde_json::to_string(&map["f"]).expect("f"),
+            "123456789.12345679"
+        );
+        assert_eq!(map["n"].as_i64(), Some(i64::MIN));
+        assert_eq!(map["u"].as_u64(), Some(u64::MAX));
+        // Past 64 bits an integer would become a double and lose digits: refused, named.
+        for text in [
+            r#"{"iccid": 89014103211118510720}"#,
+            r#"{"a": {"b": [18446744073709551616]}}"#,
+        ] {
+            let err = properties_from_json(text).expect_err(text).to_string();
+            assert!(err.contains("give it as a string"), "{text}: {err}");
+        }
+        assert!(value_from_json("89014103211118510720").is_err());
+        assert!(properties_from_json(r#"{"iccid": "89014103211118510720", "e": 1e30}"#).is_ok());
+    }
 
     #[test]
     fn properties_as_json_text_must_be_an_object() {
