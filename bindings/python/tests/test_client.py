@@ -163,6 +163,12 @@ def test_invalid_input_raises_invalid_argument_and_records_nothing(server, tmp_p
             lambda: client.track("ok", {"n": _nested(20)}),
             lambda: client.track("ok", device_id=""),
             lambda: client.identify("u1", {"email": "not-an-email"}),
+            # Wrong types name the argument instead of escaping as TypeError.
+            lambda: client.track(5),
+            lambda: client.track("ok", timestamp_ms=time.time() * 1000),
+            lambda: client.track("ok", device_id=7),
+            # Past 64 bits an integer would reach the server as a rounded double.
+            lambda: client.track("ok", {"iccid": 2**64 + 1}),
         ]
         for call in bad_calls:
             with pytest.raises(backfill.InvalidArgument) as raised:
@@ -223,3 +229,33 @@ def test_opt_out_persists_and_reset_keeps_the_device(server, tmp_path):
     assert not by_name["signed-out"]["profile_id"]
     assert by_name["signed-in"]["session_id"] != by_name["signed-out"]["session_id"]
     assert by_name["signed-out"]["device_id"] == device
+
+
+UNCLOSED = """
+import sys, backfill
+class Duck:  # an HTTP client by its methods alone, not a subclass
+    def __init__(self):
+        self.inner = backfill.UrllibHttpClient()
+    def post(self, url, headers, body):
+        return self.inner.post(url, headers, body)
+    def get(self, url, headers):
+        return self.inner.get(url, headers)
+client = backfill.Client(endpoint=sys.argv[2], client_id=sys.argv[3], client_secret=sys.argv[4],
+                         database_path=sys.argv[1], http_client=Duck(), flush_threshold=1)
+for i in range(20):
+    client.track("unclosed", {"i": i})
+# no close(): the interpreter exits with the uploader possibly inside Duck.post
+"""
+
+
+def test_a_script_that_never_closes_its_client_exits_cleanly(server, tmp_path):
+    db = tmp_path / "sdk.db"
+    for _ in range(3):
+        child = subprocess.run([sys.executable, "-c", UNCLOSED, str(db), server.url,
+                                server.project, server.secret], capture_output=True, text=True,
+                               timeout=120)
+        assert child.returncode == 0, child.stderr
+    with open_client(server, db, background_upload=False) as client:
+        assert client.flush().end.is_empty()
+    stored = [e["properties"]["i"] for e in server.events(name="unclosed")]
+    assert sorted(stored) == sorted(list(range(20)) * 3), "every event once, none lost"

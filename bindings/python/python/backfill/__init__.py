@@ -18,8 +18,10 @@ retries) is the Rust core's.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import weakref
 from typing import Any, Mapping, Optional, Union
 
 from ._native import backfill_ffi as _ffi
@@ -113,8 +115,14 @@ class Client:
             )
         except TypeError as e:
             raise InvalidArgument(f"unknown or mistyped setting: {e}") from None
-        self._client = _ffi.BackfillClient(config, http_client)
+        if http_client is not None and not isinstance(http_client, HttpClient):
+            http_client = _DuckHttpClient(http_client)
+        try:
+            self._client = _ffi.BackfillClient(config, http_client)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise InvalidArgument(f"a setting has the wrong type or range: {e}") from None
         self._track = self._client.track
+        _open_clients.add(self)
 
     def track(
         self,
@@ -128,7 +136,14 @@ class Client:
         ``timestamp_ms`` (epoch ms); for this device, or for ``device_id`` (a gateway's
         sensor). Returns the event's insert id (empty while opted out). Raises
         ``InvalidArgument`` for an event the server would refuse."""
-        return self._track(name, _json(properties, "properties"), timestamp_ms, device_id)
+        try:
+            return self._track(name, _json(properties, "properties"), timestamp_ms, device_id)
+        except (TypeError, ValueError, OverflowError, UnicodeError) as e:
+            if isinstance(e, BackfillError):
+                raise
+            raise InvalidArgument(
+                f"track({name!r}): {e} (name and device_id are str, timestamp_ms an int of "
+                "milliseconds since the epoch)") from None
 
     def identify(self, profile_id: str, traits: Optional[Mapping[str, Any]] = None) -> str:
         """Names the user; later events carry the profile id. ``traits`` may hold
@@ -185,7 +200,10 @@ class Client:
 
     def close(self) -> None:
         """Stops the uploader and closes the buffer; later calls raise ``Closed``. Buffered
-        events stay for the next client on the same file."""
+        events stay for the next client on the same file. A client still open when the
+        interpreter exits is closed then (its uploader may call a Python ``http_client``,
+        which must not outlive the interpreter)."""
+        _open_clients.discard(self)
         self._client.close()
 
     def __enter__(self) -> "Client":
@@ -193,6 +211,31 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _DuckHttpClient(HttpClient):
+    """Any object with ``post`` and ``get`` as an ``HttpClient``."""
+
+    def __init__(self, inner: Any) -> None:
+        if not (callable(getattr(inner, "post", None)) and callable(getattr(inner, "get", None))):
+            raise InvalidArgument(
+                "http_client needs post(url, headers, body) and get(url, headers) methods")
+        self._inner = inner
+
+    def post(self, url, headers, body):  # type: ignore[no-untyped-def]
+        return self._inner.post(url, headers, body)
+
+    def get(self, url, headers):  # type: ignore[no-untyped-def]
+        return self._inner.get(url, headers)
+
+
+_open_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    for client in list(_open_clients):
+        client.close()
 
 
 class UrllibHttpClient(HttpClient):
