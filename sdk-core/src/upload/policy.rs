@@ -122,11 +122,16 @@ impl Backoff {
     }
 }
 
+/// The longest `Retry-After` honoured: a proxy or a misbehaving server answering
+/// `Retry-After: 1000000000` would otherwise park uploads for decades. A longer wait is cut to
+/// this (jitter still applies below it); the server's own answers stay far under it.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// Decides what follows `answer` (SPEC §9).
 pub fn decide(answer: &Answer, attempt: &Attempt, backoff: &Backoff, draw: f64) -> Verdict {
     let wait = |retry_after: Option<Duration>| {
         let jittered = backoff.delay(attempt.failures, draw);
-        Decision::RetryAfter(retry_after.map_or(jittered, |r| r.max(jittered)))
+        Decision::RetryAfter(retry_after.map_or(jittered, |r| r.min(MAX_RETRY_AFTER).max(jittered)))
     };
     let verdict = |decision: Decision, dead_letter_held: bool| Verdict {
         decision,
@@ -323,6 +328,19 @@ mod tests {
             0.5,
         );
         assert!(!v.dead_letter_held);
+    }
+
+    #[test]
+    fn a_retry_after_of_decades_is_cut_to_an_hour() {
+        let answer = Answer::Status {
+            code: 429,
+            retry_after: Some(Duration::from_secs(1_000_000_000)),
+            contract_body: true,
+        };
+        assert_eq!(
+            decide(&answer, &attempt(1), &B, 0.9).decision,
+            Decision::RetryAfter(MAX_RETRY_AFTER)
+        );
     }
 
     #[test]
