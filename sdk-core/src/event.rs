@@ -161,12 +161,24 @@ pub(crate) fn identify_json(
     finish("identify", payload, traits, stamp)
 }
 
+/// Event times before 10^11 ms (1973-03-03) are refused: such a `timestamp_ms` is nearly always
+/// seconds since the epoch given where milliseconds are expected, and would otherwise be
+/// buffered and later expired unsent (SPEC §9) instead of failing where the mistake is made.
+pub const EARLIEST_EVENT_MS: i64 = 100_000_000_000;
+
 fn finish(
     kind: &str,
     mut payload: Value,
     mut properties: Map<String, Value>,
     stamp: &Stamp<'_>,
 ) -> Result<String, Error> {
+    if stamp.time_ms < EARLIEST_EVENT_MS {
+        return Err(Error::InvalidEvent(format!(
+            "the event time {} is before 1973: it looks like seconds since the epoch; give \
+             milliseconds (seconds × 1000)",
+            stamp.time_ms
+        )));
+    }
     properties.insert(TIMESTAMP.to_owned(), Value::from(stamp.time_ms));
     properties.insert(INSERT_ID.to_owned(), Value::from(stamp.insert_id));
     properties.insert(DEVICE_ID.to_owned(), Value::from(stamp.device_id));
@@ -184,6 +196,25 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_time_in_seconds_is_refused_where_it_is_given() {
+        let stamp = |time_ms| Stamp {
+            time_ms,
+            insert_id: "i1",
+            device_id: "d1",
+            session_id: None,
+            profile_id: None,
+        };
+        let globals = Map::new();
+        for seconds in [1_795_946_400, 0, -5] {
+            let err = track_json("r", &globals, Map::new(), &stamp(seconds))
+                .expect_err("seconds")
+                .to_string();
+            assert!(err.contains("looks like seconds"), "{err}");
+        }
+        assert!(track_json("r", &globals, Map::new(), &stamp(1_795_946_400_000)).is_ok());
+    }
 
     #[test]
     fn numbers_given_as_json_text_are_kept_or_refused_never_changed() {
