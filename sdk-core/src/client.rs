@@ -1,4 +1,11 @@
 //! The SDK's API: [`Backfill`], shared by every thread of the app.
+//!
+//! [`Backfill::track_all`], recording a stream of events in one transaction, is in
+//! `track_all.rs`.
+
+mod track_all;
+
+pub use track_all::{Recorded, TrackAllError};
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`client`]: [`Backfill`], the API (`track`, `track_at`, `track_for_device`, `identify`,
 //!   `flush`, `set_online`, `stats`, `reset`, `opt_out`/`opt_in`, `on_background`/
-//!   `on_foreground`, `close`) and the background uploader.
+//!   `on_foreground`, `close`), `track_all` (a stream of events of any length, all or none,
+//!   in bounded memory) and the background uploader.
 //! - [`config`]: [`Config`] in plain types, and its builder.
 //! - [`event`]: building and checking wire events (properties as a map or as JSON text).
 //! - [`session`]: client sessions (30 minutes of inactivity, 24 hours at most).
@@ -39,7 +40,7 @@ pub(crate) mod store;
 pub mod upload;
 
 pub use backfill_protocol::clock::{Clock, ManualClock, SystemClock};
-pub use client::Backfill;
+pub use client::{Backfill, Recorded, TrackAllError};
 pub use config::{Config, ConfigBuilder};
 pub use error::Error;
 pub use event::Event;

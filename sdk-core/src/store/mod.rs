@@ -101,6 +101,8 @@ pub struct Buffer {
     checkpointer: Mutex<Connection>,
     /// Opened by [`Buffer::open_read_only`].
     read_only: bool,
+    /// The database file, for the snapshot a streaming append evicts from.
+    path: PathBuf,
     /// How many times eviction or expiry has removed rows since the buffer was opened; changed
     /// only under the `inner` lock, read without it so that packing never waits for a settle.
     removals: AtomicU64,
@@ -314,6 +316,7 @@ impl Buffer {
             scanner: Mutex::new(scanner),
             checkpointer: Mutex::new(checkpointer),
             read_only,
+            path: path.to_owned(),
             removals: AtomicU64::new(0),
         })
     }
@@ -444,6 +447,87 @@ impl Buffer {
             self.removals.fetch_add(1, Ordering::Release);
         }
         Ok(evicted)
+    }
+
+    /// Appends rows pulled one at a time from `rows`, all in one immediate transaction that is
+    /// committed only when `rows` ends without an error (after `before_commit`, run in the same
+    /// transaction); on the first error everything is rolled back and the error returned.
+    /// Memory is bounded by one row, whatever the number of rows.
+    ///
+    /// Bounds apply as in [`Buffer::append`]: the rows of this call are never evicted to make
+    /// room for each other, so once they alone pass a bound the call fails with
+    /// [`Error::InvalidEvent`]; the rows buffered before the call are evicted oldest first
+    /// (by event time) as room is needed, and counted.
+    pub fn append_stream<F: From<Error>>(
+        &self,
+        rows: impl Iterator<Item = Result<NewRow, F>>,
+        bounds: Bounds,
+        before_commit: impl FnOnce(&Transaction<'_>) -> Result<(), Error>,
+    ) -> Result<Appended, F> {
+        let mut inner = self.lock()?;
+        inner.refresh()?;
+        let (mut count, mut bytes) = (inner.rows, inner.bytes);
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::from)?;
+        let mut oldest = Oldest::new(&self.path);
+        let mut appended = Appended::default();
+        let mut added_bytes = 0u64;
+        for row in rows {
+            let row = row?;
+            let len = row.body.len() as u64;
+            if len > bounds.max_bytes {
+                return Err(Error::InvalidEvent(format!(
+                    "an event of {len} bytes is larger than the whole buffer (at most {} bytes)",
+                    bounds.max_bytes
+                ))
+                .into());
+            }
+            appended.rows += 1;
+            added_bytes += len;
+            if appended.rows > bounds.max_rows {
+                return Err(Error::InvalidEvent(format!(
+                    "{} events at once are more than the whole buffer holds (at most {} events)",
+                    appended.rows, bounds.max_rows
+                ))
+                .into());
+            }
+            if added_bytes > bounds.max_bytes {
+                return Err(Error::InvalidEvent(format!(
+                    "{added_bytes} bytes of events at once are more than the whole buffer holds \
+                     (at most {} bytes)",
+                    bounds.max_bytes
+                ))
+                .into());
+            }
+            while count + 1 > bounds.max_rows || bytes + len > bounds.max_bytes {
+                let Some((seq, freed)) = oldest.next()? else {
+                    break;
+                };
+                tx.prepare_cached("DELETE FROM events WHERE seq = ?1")
+                    .and_then(|mut stmt| stmt.execute(params![seq]))
+                    .map_err(Error::from)?;
+                appended.evicted += 1;
+                count = count.saturating_sub(1);
+                bytes = bytes.saturating_sub(freed);
+            }
+            schema::insert_event(&tx, row.time_ms, &row.insert_id, &row.body, len as i64)
+                .map_err(Error::from)?;
+            count += 1;
+            bytes += len;
+        }
+        if appended.evicted > 0 {
+            bump(&tx, counter::EVICTED, appended.evicted)?;
+        }
+        before_commit(&tx)?;
+        tx.commit().map_err(Error::from)?;
+        inner.rows = count;
+        inner.bytes = bytes;
+        if appended.evicted > 0 {
+            self.removals.fetch_add(1, Ordering::Release);
+        }
+        Ok(appended)
     }
 
     /// Reads rows oldest first, starting after the row `after` (a `seq`), calling `take` for
@@ -680,6 +764,67 @@ impl Buffer {
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
+    }
+}
+
+/// What [`Buffer::append_stream`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Rows appended.
+    pub rows: u64,
+    /// Rows buffered before that were evicted to make room.
+    pub evicted: u64,
+}
+
+/// The rows buffered before a streaming append, oldest first, read in small pages through a
+/// connection of its own. That connection sees only committed rows, and no other writer can
+/// commit while the append holds the write lock: it sees exactly the rows buffered before the
+/// append, never the append's own (uncommitted) rows, whatever their event times. Opened only
+/// when a row must be evicted.
+struct Oldest<'a> {
+    path: &'a Path,
+    conn: Option<Connection>,
+    page: std::collections::VecDeque<(i64, u64)>,
+    /// The last `seq` read: the rows the append deleted are still visible to this connection.
+    after: i64,
+    done: bool,
+}
+
+impl<'a> Oldest<'a> {
+    const PAGE: i64 = 256;
+
+    fn new(path: &'a Path) -> Self {
+        Self {
+            path,
+            conn: None,
+            page: std::collections::VecDeque::new(),
+            after: i64::MIN,
+            done: false,
+        }
+    }
+
+    /// The next oldest row buffered before the append (its `seq` and bytes), if any is left.
+    fn next(&mut self) -> Result<Option<(i64, u64)>, Error> {
+        if self.page.is_empty() && !self.done {
+            let conn = match &mut self.conn {
+                Some(conn) => conn,
+                None => self.conn.insert(open_connection(self.path, true)?),
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, bytes FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![self.after, Self::PAGE], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })?;
+            for row in rows {
+                self.page.push_back(row?);
+            }
+            self.done = (self.page.len() as i64) < Self::PAGE;
+            if let Some((seq, _)) = self.page.back() {
+                self.after = *seq;
+            }
+        }
+        Ok(self.page.pop_front())
     }
 }
 
@@ -940,6 +1085,71 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .expect("count");
         assert_eq!(n, 500);
+    }
+
+    #[test]
+    fn a_streaming_append_is_all_or_nothing_and_evicts_only_rows_buffered_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (buffer, _) = Buffer::open(&dir.path().join("b.db"), 0, None).expect("open");
+        let ok = |r: NewRow| Ok::<_, Error>(r);
+        buffer
+            .append(
+                &[row(5_000, 0), row(6_000, 1), row(7_000, 2)],
+                BOUNDS,
+                |_| Ok(()),
+            )
+            .expect("append");
+        let before = order(&buffer);
+        // A failure after many rows (past any chunk) leaves every row and counter as it was.
+        let failing = (0..5_000)
+            .map(|n| ok(row(1_000 + n as i64, 10 + n)))
+            .chain([Err(Error::Storage("the source failed".to_owned()))]);
+        let small = Bounds {
+            max_rows: 5_001,
+            ..BOUNDS
+        };
+        let err = buffer
+            .append_stream(failing, small, |_| Ok(()))
+            .expect_err("fails");
+        assert_eq!(err, Error::Storage("the source failed".to_owned()));
+        assert_eq!(order(&buffer), before);
+        assert_eq!(buffer.totals().expect("totals"), (3, 3 * 7));
+        assert_eq!(buffer.counter(counter::EVICTED).expect("counter"), 0);
+        // Room is made by evicting the rows buffered before, oldest first, never the call's
+        // own rows, even those older than every buffered row.
+        let bounds = Bounds {
+            max_rows: 4,
+            ..BOUNDS
+        };
+        let rows = [row(1_000, 3), row(6_500, 4), row(2_000, 5)];
+        let appended = buffer
+            .append_stream(rows.into_iter().map(ok), bounds, |_| Ok(()))
+            .expect("append");
+        assert_eq!(
+            appended,
+            Appended {
+                rows: 3,
+                evicted: 2
+            }
+        );
+        let expected: Vec<String> = [3, 5, 4, 2]
+            .iter()
+            .map(|n| format!(r#"{{"n":{n}}}"#))
+            .collect();
+        assert_eq!(order(&buffer), expected);
+        assert_eq!(buffer.totals().expect("totals"), (4, 4 * 7));
+        assert_eq!(buffer.counter(counter::EVICTED).expect("counter"), 2);
+        // More rows than the whole buffer holds: refused as a whole at the row past the bound.
+        let many = (0..5).map(|n| ok(row(9_000, 20 + n)));
+        let err = buffer
+            .append_stream(many, bounds, |_| Ok(()))
+            .expect_err("too many");
+        assert!(
+            matches!(&err, Error::InvalidEvent(m) if m.starts_with("5 events at once")),
+            "{err}"
+        );
+        assert_eq!(order(&buffer), expected);
+        assert_eq!(buffer.counter(counter::EVICTED).expect("counter"), 2);
     }
 
     #[test]
