@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backfill_core::{Backfill, Config, DrainEnd, DrainReport, Error, Event, Stats};
+use backfill_core::{Backfill, Config, DrainEnd, DrainReport, Error, Event, Stats, TrackAllError};
 use clap::Args;
 use serde_json::json;
 
 use crate::dedup::{self, DedupKey};
 use crate::exit;
-use crate::input::{read_events, to_reading};
+use crate::input::{readings as read_readings, to_reading};
 use crate::output;
 use crate::progress::Progress;
 use crate::units::{format_size, parse_size};
@@ -118,60 +118,71 @@ fn open_to_read(command: &str, db: &Path) -> Result<Backfill, u8> {
     })
 }
 
-/// Says at once when readings are already older than the age window: the next drain would drop
-/// them unsent.
-fn warn_too_old(sdk: &Backfill, events: &[(usize, Event)]) {
-    let window = sdk.max_event_age();
-    let now = backfill_protocol::clock::Clock::now_ms(&backfill_core::SystemClock);
-    let cutoff = now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-    let old: Vec<i64> = events
-        .iter()
-        .filter_map(|(_, e)| e.timestamp_ms)
-        .filter(|t| *t < cutoff)
-        .collect();
-    if let Some(oldest) = old.iter().min() {
-        eprintln!(
-            "backfill enqueue: warning: {} readings (the oldest from {}) are older than the \
-             server's {:.0}-day age window and will be dropped unsent by the next drain; to keep \
-             them, start the server with --max-event-age-days N (1 to 90)",
-            old.len(),
-            iso(Some(*oldest)),
-            window.as_secs_f64() / 86_400.0
-        );
+/// Readings read before the buffer is opened: a bad or empty input this short leaves no
+/// buffer behind, and the rest is read as it is written.
+const FIRST_CHUNK: usize = 1000;
+
+/// What the warnings after an enqueue say, tallied as the readings stream by.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Readings older than the age window, and the oldest time among them.
+    too_old: (u64, Option<i64>),
+    /// Readings stamped past the server's tolerance, and the latest (its line and time).
+    future: (u64, Option<(usize, i64)>),
+}
+
+impl Tally {
+    fn note(&mut self, line: usize, event: &Event, now: i64, cutoff: i64) {
+        use backfill_protocol::limits::FUTURE_TOLERANCE_MS;
+        let Some(t) = event.timestamp_ms else {
+            return;
+        };
+        if t < cutoff {
+            self.too_old.0 += 1;
+            self.too_old.1 = Some(self.too_old.1.map_or(t, |oldest| oldest.min(t)));
+        }
+        if t > now + FUTURE_TOLERANCE_MS {
+            self.future.0 += 1;
+            if self.future.1.is_none_or(|(_, latest)| t > latest) {
+                self.future.1 = Some((line, t));
+            }
+        }
+    }
+
+    /// Says when readings are already older than the age window (the next drain would drop
+    /// them unsent), and when readings are stamped later than now past the server's minute of
+    /// tolerance (the server stores those at the time they arrive instead, SPEC §4, keeping
+    /// the given time aside as `__clientTimestamp`).
+    fn warn(&self, window: Duration) {
+        if let (n, Some(oldest)) = self.too_old {
+            eprintln!(
+                "backfill enqueue: warning: {n} readings (the oldest from {}) are older than the \
+                 server's {:.0}-day age window and will be dropped unsent by the next drain; to \
+                 keep them, start the server with --max-event-age-days N (1 to 90)",
+                iso(Some(oldest)),
+                window.as_secs_f64() / 86_400.0
+            );
+        }
+        if let (n, Some((line, latest))) = self.future {
+            eprintln!(
+                "backfill enqueue: warning: {n} readings are stamped in the future (the latest, \
+                 line {line}, at {}); the server will store them at the time they arrive, keeping \
+                 the given time as __clientTimestamp. Is the clock of the device that stamped \
+                 them right?",
+                iso(Some(latest)),
+            );
+        }
     }
 }
 
-/// Says at once when readings are stamped later than now (past the server's minute of
-/// tolerance): the server stores those at the time they arrive instead (SPEC §4), keeping the
-/// given time aside as `__clientTimestamp`.
-fn warn_future(events: &[(usize, Event)]) {
-    use backfill_protocol::limits::FUTURE_TOLERANCE_MS;
-    let now = backfill_protocol::clock::Clock::now_ms(&backfill_core::SystemClock);
-    let ahead: Vec<(usize, i64)> = events
-        .iter()
-        .filter_map(|(line, e)| e.timestamp_ms.map(|t| (*line, t)))
-        .filter(|(_, t)| *t > now + FUTURE_TOLERANCE_MS)
-        .collect();
-    if let Some((line, latest)) = ahead.iter().max_by_key(|(_, t)| *t) {
-        eprintln!(
-            "backfill enqueue: warning: {} readings are stamped in the future (the latest, line \
-             {line}, at {}); the server will store them at the time they arrive, keeping the \
-             given time as __clientTimestamp. Is the clock of the device that stamped them right?",
-            ahead.len(),
-            iso(Some(*latest)),
-        );
-    }
-}
-
-/// `backfill enqueue`: all readings or none.
+/// `backfill enqueue`: all readings or none, read as a stream.
 pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
-    let db = &args.db.db;
-    let events = match args.file.as_deref().filter(|f| f.as_os_str() != "-") {
+    match args.file.as_deref().filter(|f| f.as_os_str() != "-") {
         Some(path) => match std::fs::File::open(path) {
-            Ok(f) => read_events(BufReader::new(f)),
+            Ok(f) => enqueue_from(args, BufReader::with_capacity(1 << 16, f)),
             Err(e) => {
                 eprintln!("backfill enqueue: cannot open {}: {e}", path.display());
-                return Ok(exit::NO_INPUT);
+                Ok(exit::NO_INPUT)
             }
         },
         None => {
@@ -181,93 +192,150 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
                 eprintln!(
                     "backfill enqueue: reading readings (NDJSON or CSV) from the terminal; end \
                      with Ctrl-D, or give a file: backfill enqueue --db {} FILE",
-                    db.display()
+                    args.db.db.display()
                 );
             }
-            read_events(std::io::stdin().lock())
+            enqueue_from(args, std::io::stdin().lock())
         }
+    }
+}
+
+/// Says that bad input stopped the command, and gives its exit code.
+fn refuse(e: impl std::fmt::Display) -> anyhow::Result<u8> {
+    eprintln!("backfill enqueue: {e}; nothing was added");
+    Ok(exit::DATA)
+}
+
+fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Result<u8> {
+    let db = &args.db.db;
+    let readings = match read_readings(input) {
+        Ok(readings) => readings,
+        Err(e) => return refuse(e),
     };
-    let mut events = match events {
-        Ok(events) => events,
-        Err(e) => {
-            eprintln!("backfill enqueue: {e}; nothing was added");
-            return Ok(exit::DATA);
+    // Each reading gets its insert id as it is read, so a missing timestamp is a bad line.
+    let mut readings = readings.map(|item| {
+        let (line, mut event) = item?;
+        if let Some(key) = &args.dedup_key
+            && event.insert_id.is_none()
+        {
+            event.insert_id = Some(
+                dedup::insert_id(&event, key)
+                    .map_err(|message| crate::input::InputError { line, message })?,
+            );
         }
-    };
-    if events.is_empty() {
+        Ok((line, event))
+    });
+    let mut first = Vec::with_capacity(FIRST_CHUNK);
+    for item in readings.by_ref().take(FIRST_CHUNK) {
+        match item {
+            Ok(reading) => first.push(reading),
+            Err(e) => return refuse(e),
+        }
+    }
+    if first.is_empty() {
         eprintln!("backfill enqueue: the input is empty (no readings); nothing was added");
         return Ok(exit::OK);
     }
-    if let Some(key) = &args.dedup_key {
-        for (line, event) in &mut events {
-            if event.insert_id.is_none() {
-                match dedup::insert_id(event, key) {
-                    Ok(id) => event.insert_id = Some(id),
-                    Err(e) => {
-                        eprintln!("backfill enqueue: line {line}: {e}; nothing was added");
-                        return Ok(exit::DATA);
-                    }
-                }
-            }
-        }
+    let all = first.into_iter().map(Ok).chain(readings);
+    if args.dry_run {
+        return dry_run(args, all);
     }
-    // A dry run checks against a scratch buffer: the real one is not even opened.
-    let scratch = tempfile::tempdir()?;
-    let target = if args.dry_run {
-        scratch.path().join("dry-run.db")
-    } else {
-        db.clone()
-    };
-    let sdk = match open_offline(&target, &args.limits) {
+    let sdk = match open_offline(db, &args.limits) {
         Ok(sdk) => sdk,
         Err(e) => {
             eprintln!("backfill enqueue: {e}");
             return Ok(storage_exit(&e));
         }
     };
-    for (line, event) in &events {
-        if let Err(e) = sdk.check(event) {
-            eprintln!("backfill enqueue: line {line}: {e}; nothing was added");
-            return Ok(exit::DATA);
+    // Reads every table: a damaged buffer is refused before any reading goes into it.
+    sdk.stats()?;
+    let window = sdk.max_event_age();
+    let now = backfill_protocol::clock::Clock::now_ms(&backfill_core::SystemClock);
+    let cutoff = now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let mut tally = Tally::default();
+    // The line of the reading being written, to name it when the SDK refuses it.
+    let mut line = 0;
+    let events = all.map(|item| {
+        let (n, event) = item?;
+        line = n;
+        tally.note(n, &event, now, cutoff);
+        Ok::<_, crate::input::InputError>(event)
+    });
+    let recorded = match sdk.track_all(events) {
+        Ok(recorded) => recorded,
+        Err(TrackAllError::Source { error, .. }) => return refuse(error),
+        Err(TrackAllError::Sdk { index, error }) => {
+            let at = match index {
+                Some(_) => format!("line {line}: "),
+                None => String::new(),
+            };
+            let hint = match &error {
+                // SQLite names a write refused by the OS (ENOSPC, EFBIG, EIO) as a disk I/O
+                // error.
+                Error::Storage(_) | Error::StorageFull(_) => {
+                    ". If the disk is full or a file-size limit (ulimit -f, systemd's \
+                     LimitFSIZE=) was reached, free space or raise the limit and enqueue the \
+                     readings again"
+                }
+                // The readings alone pass the buffer's bounds.
+                Error::InvalidEvent(why) if why.contains("the whole buffer") => {
+                    ". Raise --max-rows or --max-bytes, or enqueue fewer at once"
+                }
+                _ => "",
+            };
+            eprintln!(
+                "backfill enqueue: {at}{error}; nothing was added, the buffer is unchanged{hint}"
+            );
+            return Ok(storage_exit(&error));
         }
-    }
-    let n = events.len();
-    if args.dry_run {
-        output::line(&format!(
-            "dry run: {n} readings are valid and would be added to {}; nothing was written",
-            db.display()
-        ));
-        return Ok(exit::OK);
-    }
-    warn_too_old(&sdk, &events);
-    warn_future(&events);
-    let before = sdk.stats()?;
-    if let Err(e) = sdk.track_many(events.into_iter().map(|(_, e)| e).collect()) {
-        let hint = match e {
-            // SQLite names a write refused by the OS (ENOSPC, EFBIG, EIO) as a disk I/O error.
-            Error::Storage(_) | Error::StorageFull(_) => {
-                ". If the disk is full or a file-size limit (ulimit -f, systemd's LimitFSIZE=) \
-                 was reached, free space or raise the limit and enqueue the readings again"
-            }
-            // Past the buffer's bounds as a whole (the bounds of a single reading are checked
-            // before).
-            Error::InvalidEvent(_) => ". Raise --max-rows or --max-bytes, or enqueue fewer at once",
-            _ => "",
-        };
-        eprintln!("backfill enqueue: {e}; nothing was added, the buffer is unchanged{hint}");
-        return Ok(storage_exit(&e));
-    }
-    let after = sdk.stats()?;
-    let evicted = after.evicted - before.evicted;
-    if evicted > 0 {
+    };
+    if recorded.evicted > 0 {
         eprintln!(
-            "backfill enqueue: the buffer was full ({} events, {} at most): the {evicted} oldest \
+            "backfill enqueue: the buffer was full ({} events, {} at most): the {} oldest \
              events were evicted to make room",
             args.limits.max_rows,
-            format_size(args.limits.max_bytes)
+            format_size(args.limits.max_bytes),
+            recorded.evicted
         );
     }
-    output::line(&format!("added {n} readings to {}", db.display()));
+    tally.warn(window);
+    output::line(&format!(
+        "added {} readings to {}",
+        recorded.events,
+        db.display()
+    ));
+    Ok(exit::OK)
+}
+
+/// `enqueue --dry-run`: checks every reading as the SDK would record it, against a scratch
+/// buffer (the real one is not even opened), writing nothing.
+fn dry_run(
+    args: &EnqueueArgs,
+    readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>>,
+) -> anyhow::Result<u8> {
+    let scratch = tempfile::tempdir()?;
+    let sdk = match open_offline(&scratch.path().join("dry-run.db"), &args.limits) {
+        Ok(sdk) => sdk,
+        Err(e) => {
+            eprintln!("backfill enqueue: {e}");
+            return Ok(storage_exit(&e));
+        }
+    };
+    let mut n = 0u64;
+    for item in readings {
+        let (line, event) = match item {
+            Ok(reading) => reading,
+            Err(e) => return refuse(e),
+        };
+        if let Err(e) = sdk.check(&event) {
+            return refuse(format!("line {line}: {e}"));
+        }
+        n += 1;
+    }
+    output::line(&format!(
+        "dry run: {n} readings are valid and would be added to {}; nothing was written",
+        args.db.db.display()
+    ));
     Ok(exit::OK)
 }
 

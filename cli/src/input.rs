@@ -1,6 +1,6 @@
-//! Reading gateway readings from NDJSON or CSV, all or nothing.
+//! Reading gateway readings from NDJSON or CSV as a stream, a line (a record) at a time.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use backfill_core::Event;
 use backfill_protocol::time::parse_timestamp_str;
@@ -30,107 +30,200 @@ fn bad(line: usize, message: impl Into<String>) -> InputError {
     }
 }
 
-/// Reads every reading; the first bad one stops the read with its line number (the physical
-/// line where it starts, also in CSV whose quoted fields may span lines). NDJSON is told from
-/// CSV by the first non-blank character (`{`), after a UTF-8 byte-order mark if there is one.
-/// Empty input (or a CSV header alone) gives no readings.
-pub fn read_events(mut input: impl BufRead) -> Result<Vec<(usize, Event)>, InputError> {
-    let mut bytes = Vec::new();
-    input
-        .read_to_end(&mut bytes)
-        .map_err(|e| bad(1, format!("cannot read the input: {e}")))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        let before = &bytes[..e.valid_up_to()];
-        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-        let column = before.len()
-            - before
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map_or(0, |i| i + 1);
-        bad(
-            line,
-            format!(
-                "byte {} is not UTF-8 (is the file in another encoding, such as Latin-1 or \
-                 UTF-16? convert it, e.g. with iconv -t UTF-8)",
-                column + 1
-            ),
-        )
-    })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
+/// Reads every reading, as [`readings`] yields them, into memory: for tests.
+#[cfg(test)]
+pub fn read_events(input: impl BufRead) -> Result<Vec<(usize, Event)>, InputError> {
+    readings(input)?.collect()
+}
+
+/// The readings of `input`, NDJSON or CSV, as an iterator that reads one line (one CSV record)
+/// at a time: memory is bounded by the longest line, not by the input. Each item is a reading
+/// with the physical line where it starts (also in CSV whose quoted fields may span lines);
+/// the first bad one is an error naming its line, after which the iterator ends. NDJSON is
+/// told from CSV by the first non-blank character (`{`), after a UTF-8 byte-order mark if
+/// there is one. Empty input (or a CSV header alone) gives no readings. Fails at once when
+/// the input cannot be read or the CSV header is wrong.
+pub fn readings<R: BufRead>(mut input: R) -> Result<Readings<R>, InputError> {
+    let cannot_read = |e: std::io::Error| bad(1, format!("cannot read the input: {e}"));
+    let (prefix, first) = peek_first(&mut input).map_err(cannot_read)?;
+    let input = std::io::Cursor::new(prefix).chain(input);
+    Ok(match first {
+        None => Readings::Empty,
+        Some(b'{') => Readings::Ndjson(Ndjson {
+            input,
+            line: 0,
+            bytes: Vec::new(),
+            done: false,
+        }),
+        Some(_) => Readings::Csv(Box::new(Csv::new(input)?)),
+    })
+}
+
+/// Skips a UTF-8 byte-order mark and reads on over blanks to the first other byte, which it
+/// leaves unread. Returns the bytes read after the mark (blanks, or the start of a mark that
+/// was none), to be read again, and the first byte that is not blank (`None`: blanks only).
+fn peek_first(input: &mut impl BufRead) -> std::io::Result<(Vec<u8>, Option<u8>)> {
+    const BOM: &[u8] = b"\xef\xbb\xbf";
+    let mut read = Vec::new();
+    while read.len() < BOM.len() {
+        match input.fill_buf()?.first() {
+            Some(&b) if b == BOM[read.len()] => {
+                read.push(b);
+                input.consume(1);
+            }
+            _ => break,
+        }
     }
-    if text.trim_start().starts_with('{') {
-        read_ndjson(text)
-    } else {
-        read_csv(text)
+    if read == BOM {
+        read.clear();
+    } else if let Some(&b) = read.first() {
+        return Ok((read, Some(b)));
+    }
+    loop {
+        let Some(&b) = input.fill_buf()?.first() else {
+            return Ok((read, None));
+        };
+        if !b.is_ascii_whitespace() {
+            return Ok((read, Some(b)));
+        }
+        read.push(b);
+        input.consume(1);
     }
 }
 
-fn read_ndjson(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
-    let mut events = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
+/// The readings of an input: see [`readings`].
+pub enum Readings<R> {
+    /// Blanks only.
+    Empty,
+    /// One JSON object a line.
+    Ndjson(Ndjson<Chained<R>>),
+    /// A header, then one reading a record.
+    Csv(Box<Csv<Chained<R>>>),
+}
+
+/// The input with the bytes read to tell its format put back in front.
+type Chained<R> = std::io::Chain<std::io::Cursor<Vec<u8>>, R>;
+
+impl<R: BufRead> Iterator for Readings<R> {
+    type Item = Result<(usize, Event), InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Readings::Empty => None,
+            Readings::Ndjson(r) => r.next(),
+            Readings::Csv(r) => r.next(),
         }
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
-        backfill_core::event::exact_integers(line).map_err(|e| bad(n, e))?;
-        let Value::Object(mut obj) = value else {
-            return Err(bad(n, "a reading must be a JSON object"));
-        };
-        let name = match obj.remove("name") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s,
-            _ => return Err(bad(n, "\"name\" must be a non-empty string")),
-        };
-        let properties = match obj.remove("properties") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(p)) => p,
-            Some(_) => return Err(bad(n, "\"properties\" must be an object")),
-        };
-        if let Some(why) = properties.keys().find_map(|key| reserved(key)) {
-            return Err(bad(n, why));
-        }
-        let timestamp_ms = match obj.remove("timestamp") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(number)) => {
-                Some(epoch_number(&number.to_string()).map_err(|e| bad(n, e))?)
+    }
+}
+
+/// NDJSON readings, a line at a time.
+pub struct Ndjson<R> {
+    input: R,
+    /// The number of the last line read.
+    line: usize,
+    /// The last line read (reused).
+    bytes: Vec<u8>,
+    /// An error was given: nothing follows.
+    done: bool,
+}
+
+impl<R: BufRead> Iterator for Ndjson<R> {
+    type Item = Result<(usize, Event), InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            self.bytes.clear();
+            let n = self.line + 1;
+            match self.input.read_until(b'\n', &mut self.bytes) {
+                Ok(0) => return None,
+                Ok(_) => self.line = n,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(bad(n, format!("cannot read the input: {e}"))));
+                }
             }
-            Some(Value::String(text)) => Some(timestamp(&text).map_err(|e| bad(n, e))?),
-            Some(v) => return Err(bad(n, format!("\"timestamp\" {v} is not a time"))),
-        };
-        let device_id = match obj.remove("device_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(_) => return Err(bad(n, "\"device_id\" must be a string")),
-        };
-        let insert_id = match obj.remove("insert_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(_) => return Err(bad(n, "\"insert_id\" must be a string")),
-        };
-        if let Some(key) = obj.keys().next() {
-            return Err(bad(
-                n,
-                format!(
-                    "unknown field {key:?} (expected name, properties, timestamp, device_id, \
-                     insert_id)"
-                ),
-            ));
+            // As `str::lines`: a line ends at LF or CRLF.
+            let mut bytes = self.bytes.as_slice();
+            if let Some(rest) = bytes.strip_suffix(b"\n") {
+                bytes = rest.strip_suffix(b"\r").unwrap_or(rest);
+            }
+            let item = match std::str::from_utf8(bytes) {
+                Err(e) => Err(not_utf8(n, e.valid_up_to())),
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => ndjson_reading(n, line).map(|event| (n, event)),
+            };
+            self.done = item.is_err();
+            return Some(item);
         }
-        events.push((
+        None
+    }
+}
+
+/// Says that the byte at `column` (0-based) of line `line` is not UTF-8.
+fn not_utf8(line: usize, column: usize) -> InputError {
+    bad(
+        line,
+        format!(
+            "byte {} is not UTF-8 (is the file in another encoding, such as Latin-1 or UTF-16? \
+             convert it, e.g. with iconv -t UTF-8)",
+            column + 1
+        ),
+    )
+}
+
+/// One NDJSON line (not blank) as a reading.
+fn ndjson_reading(n: usize, line: &str) -> Result<Event, InputError> {
+    let value: Value = serde_json::from_str(line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
+    backfill_core::event::exact_integers(line).map_err(|e| bad(n, e))?;
+    let Value::Object(mut obj) = value else {
+        return Err(bad(n, "a reading must be a JSON object"));
+    };
+    let name = match obj.remove("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s,
+        _ => return Err(bad(n, "\"name\" must be a non-empty string")),
+    };
+    let properties = match obj.remove("properties") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(p)) => p,
+        Some(_) => return Err(bad(n, "\"properties\" must be an object")),
+    };
+    if let Some(why) = properties.keys().find_map(|key| reserved(key)) {
+        return Err(bad(n, why));
+    }
+    let timestamp_ms = match obj.remove("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(number)) => {
+            Some(epoch_number(&number.to_string()).map_err(|e| bad(n, e))?)
+        }
+        Some(Value::String(text)) => Some(timestamp(&text).map_err(|e| bad(n, e))?),
+        Some(v) => return Err(bad(n, format!("\"timestamp\" {v} is not a time"))),
+    };
+    let device_id = match obj.remove("device_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(bad(n, "\"device_id\" must be a string")),
+    };
+    let insert_id = match obj.remove("insert_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(bad(n, "\"insert_id\" must be a string")),
+    };
+    if let Some(key) = obj.keys().next() {
+        return Err(bad(
             n,
-            Event {
-                name,
-                properties,
-                timestamp_ms,
-                device_id,
-                insert_id,
-            },
+            format!(
+                "unknown field {key:?} (expected name, properties, timestamp, device_id, \
+                 insert_id)"
+            ),
         ));
     }
-    Ok(events)
+    Ok(Event {
+        name,
+        properties,
+        timestamp_ms,
+        device_id,
+        insert_id,
+    })
 }
 
 /// Why a property may not have this name, if it may not: the SDK sets these itself from the
@@ -149,53 +242,220 @@ fn reserved(key: &str) -> Option<String> {
     ))
 }
 
-/// The physical line (1-based) where the CSV record at byte `offset` of `text` starts. The
-/// reader ends a CRLF record at its CR, so its own positions can point at the LF before the
-/// record's first cell (and its line count then misses a line): line ends are skipped first.
-fn line_at(text: &str, offset: u64) -> usize {
-    let bytes = text.as_bytes();
-    let mut start = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(bytes.len());
-    while start < bytes.len() && matches!(bytes[start], b'\r' | b'\n') {
-        start += 1;
-    }
-    bytes[..start].iter().filter(|b| **b == b'\n').count() + 1
+/// The input of the CSV reader: passes the bytes through, checking that they are UTF-8 and
+/// keeping the places of the line breaks not yet looked up, so that a record's byte offset
+/// (what the CSV reader knows) can be told as the physical line where it starts.
+struct Tracked<R> {
+    inner: R,
+    /// Bytes passed through.
+    offset: u64,
+    /// Offset of the first byte of the line being passed.
+    line_start: u64,
+    /// Line breaks passed through.
+    newlines: usize,
+    /// Offsets of the CR and LF bytes after the last record looked up (true for LF).
+    breaks: std::collections::VecDeque<(u64, bool)>,
+    /// LFs before `breaks`.
+    newlines_before: usize,
+    /// The start of a UTF-8 sequence cut by the end of the last read (at most 3 bytes).
+    cut: Vec<u8>,
+    /// The first byte that is not UTF-8, as an error to give; nothing is read past it.
+    not_utf8: Option<InputError>,
 }
 
-/// CSV with a header: `name` is required, `timestamp`, `device_id` and `insert_id` are optional,
-/// every other column is a property (numbers and booleans are read as such).
-fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let headers = reader
-        .headers()
-        .map_err(|e| bad(1, format!("bad CSV header: {e}")))?
-        .clone();
-    // A column without a name, or two of one name, would lose values silently.
-    for (c, header) in headers.iter().enumerate() {
-        if header.is_empty() {
-            return Err(bad(
-                1,
-                format!("column {} of the CSV header has no name", c + 1),
-            ));
-        }
-        if let Some(why) = reserved(header) {
-            return Err(bad(1, why));
-        }
-        if headers.iter().take(c).any(|h| h == header) {
-            return Err(bad(1, format!("the CSV header names {header:?} twice")));
+impl<R> Tracked<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            offset: 0,
+            line_start: 0,
+            newlines: 0,
+            breaks: std::collections::VecDeque::new(),
+            newlines_before: 0,
+            cut: Vec::new(),
+            not_utf8: None,
         }
     }
-    let column = |name: &str| headers.iter().position(|h| h == name);
-    let name_col = column("name").ok_or_else(|| bad(1, "the CSV header has no \"name\" column"))?;
-    let (time_col, device_col) = (column("timestamp"), column("device_id"));
-    let insert_col = column("insert_id");
-    let mut events = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(i + 2, |p| line_at(text, p.byte()));
+
+    /// The physical line (1-based) where the CSV record at byte `offset` starts. The reader
+    /// ends a CRLF record at its CR, so its own positions can point at the LF before the
+    /// record's first cell (and its line count then misses a line): line ends are skipped
+    /// first. Offsets must not go back.
+    fn line_at(&mut self, offset: u64) -> usize {
+        while let Some(&(at, lf)) = self.breaks.front() {
+            if at >= offset {
+                break;
+            }
+            self.newlines_before += usize::from(lf);
+            self.breaks.pop_front();
+        }
+        let mut next = offset;
+        let mut skipped = 0;
+        for &(at, lf) in &self.breaks {
+            if at != next {
+                break;
+            }
+            skipped += usize::from(lf);
+            next += 1;
+        }
+        self.newlines_before + skipped + 1
+    }
+
+    /// How many bytes at the start of `bytes` (which follow `self.cut`) are UTF-8, leaving the
+    /// start of a sequence cut at the end in `self.cut`; `None` when all are, `Some(i)` when
+    /// the byte at `i` is not (or at 0 for a bad sequence begun in `self.cut`).
+    fn check_utf8(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut from = 0;
+        if !self.cut.is_empty() {
+            // Complete the cut sequence with the first bytes of this read.
+            let width = match self.cut[0] {
+                0xc0..=0xdf => 2,
+                0xe0..=0xef => 3,
+                _ => 4,
+            };
+            from = (width - self.cut.len()).min(bytes.len());
+            self.cut.extend_from_slice(&bytes[..from]);
+            if self.cut.len() == width {
+                if std::str::from_utf8(&self.cut).is_err() {
+                    return Some(0);
+                }
+                self.cut.clear();
+            } else if bytes.is_empty() {
+                // The input ends inside the sequence.
+                return Some(0);
+            }
+        }
+        match std::str::from_utf8(&bytes[from..]) {
+            Ok(_) => None,
+            Err(e) if e.error_len().is_none() => {
+                self.cut.extend_from_slice(&bytes[from + e.valid_up_to()..]);
+                None
+            }
+            Err(e) => Some(from + e.valid_up_to()),
+        }
+    }
+
+    /// Counts the line breaks of bytes passed through.
+    fn pass(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().enumerate() {
+            if matches!(b, b'\r' | b'\n') {
+                let at = self.offset + i as u64;
+                self.breaks.push_back((at, *b == b'\n'));
+                if *b == b'\n' {
+                    self.newlines += 1;
+                    self.line_start = at + 1;
+                }
+            }
+        }
+        self.offset += bytes.len() as u64;
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let refuse = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8");
+        if self.not_utf8.is_some() {
+            return Err(refuse());
+        }
+        let n = self.inner.read(buf)?;
+        let carried = self.cut.len() as u64;
+        let bad_at = self.check_utf8(&buf[..n]);
+        let good = bad_at.unwrap_or(n);
+        self.pass(&buf[..good]);
+        if let Some(i) = bad_at {
+            // A bad sequence begun in the last read starts before this one.
+            let at = if i == 0 {
+                self.offset.saturating_sub(carried)
+            } else {
+                self.offset
+            };
+            let column = at.saturating_sub(self.line_start) as usize;
+            self.not_utf8 = Some(not_utf8(self.newlines + 1, column));
+            if good == 0 {
+                return Err(refuse());
+            }
+        }
+        Ok(good)
+    }
+}
+
+/// CSV readings, a record at a time, with a header: `name` is required, `timestamp`,
+/// `device_id` and `insert_id` are optional, every other column is a property (numbers and
+/// booleans are read as such).
+pub struct Csv<R> {
+    reader: csv::Reader<Tracked<R>>,
+    headers: csv::StringRecord,
+    name_col: usize,
+    time_col: Option<usize>,
+    device_col: Option<usize>,
+    insert_col: Option<usize>,
+    /// The last record read (reused).
+    record: csv::StringRecord,
+    /// Records read, the header included.
+    records: usize,
+    /// An error was given: nothing follows.
+    done: bool,
+}
+
+impl<R: std::io::Read> Csv<R> {
+    /// Reads and checks the header.
+    fn new(input: R) -> Result<Self, InputError> {
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(Tracked::new(input));
+        let headers = match reader.headers() {
+            Ok(headers) => headers.clone(),
+            Err(e) => {
+                return Err(reader
+                    .get_mut()
+                    .not_utf8
+                    .take()
+                    .unwrap_or_else(|| bad(1, format!("bad CSV header: {e}"))));
+            }
+        };
+        // A column without a name, or two of one name, would lose values silently.
+        for (c, header) in headers.iter().enumerate() {
+            if header.is_empty() {
+                return Err(bad(
+                    1,
+                    format!("column {} of the CSV header has no name", c + 1),
+                ));
+            }
+            if let Some(why) = reserved(header) {
+                return Err(bad(1, why));
+            }
+            if headers.iter().take(c).any(|h| h == header) {
+                return Err(bad(1, format!("the CSV header names {header:?} twice")));
+            }
+        }
+        let column = |name: &str| headers.iter().position(|h| h == name);
+        let name_col =
+            column("name").ok_or_else(|| bad(1, "the CSV header has no \"name\" column"))?;
+        Ok(Self {
+            time_col: column("timestamp"),
+            device_col: column("device_id"),
+            insert_col: column("insert_id"),
+            name_col,
+            headers,
+            reader,
+            record: csv::StringRecord::new(),
+            records: 1,
+            done: false,
+        })
+    }
+
+    /// The next record as a reading, with its line.
+    fn read(&mut self) -> Result<Option<(usize, Event)>, InputError> {
+        let next = self.reader.read_record(&mut self.record);
+        self.records += 1;
+        let more = next.map_err(|e| {
+            if let Some(not_utf8) = self.reader.get_mut().not_utf8.take() {
+                return not_utf8;
+            }
+            let line = match e.position() {
+                Some(p) => self.reader.get_mut().line_at(p.byte()),
+                None => self.records,
+            };
             // The reader's own text names its own line count; this one is exact.
             let message = match e.kind() {
                 csv::ErrorKind::UnequalLengths {
@@ -208,40 +468,47 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
             };
             bad(line, message)
         })?;
-        let n = record.position().map_or(i + 2, |p| line_at(text, p.byte()));
+        if !more {
+            return Ok(None);
+        }
+        let record = &self.record;
+        let n = match record.position() {
+            Some(p) => self.reader.get_mut().line_at(p.byte()),
+            None => self.records,
+        };
         let name = record
-            .get(name_col)
+            .get(self.name_col)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| bad(n, "empty name"))?
             .to_owned();
-        let timestamp_ms = match time_col
+        let timestamp_ms = match self
+            .time_col
             .and_then(|c| record.get(c))
             .filter(|s| !s.is_empty())
         {
             None => None,
             Some(t) => Some(timestamp(t).map_err(|e| bad(n, e))?),
         };
-        let device_id = device_col
-            .and_then(|c| record.get(c))
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned);
-        let insert_id = insert_col
-            .and_then(|c| record.get(c))
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned);
+        let text = |col: Option<usize>| {
+            col.and_then(|c| record.get(c))
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let device_id = text(self.device_col);
+        let insert_id = text(self.insert_col);
         let mut properties = Map::new();
-        for (c, (header, field)) in headers.iter().zip(record.iter()).enumerate() {
-            if Some(c) == Some(name_col)
-                || Some(c) == time_col
-                || Some(c) == device_col
-                || Some(c) == insert_col
+        for (c, (header, field)) in self.headers.iter().zip(record.iter()).enumerate() {
+            if c == self.name_col
+                || Some(c) == self.time_col
+                || Some(c) == self.device_col
+                || Some(c) == self.insert_col
                 || field.is_empty()
             {
                 continue;
             }
             properties.insert(header.to_owned(), cell(field));
         }
-        events.push((
+        Ok(Some((
             n,
             Event {
                 name,
@@ -250,9 +517,21 @@ fn read_csv(text: &str) -> Result<Vec<(usize, Event)>, InputError> {
                 device_id,
                 insert_id,
             },
-        ));
+        )))
     }
-    Ok(events)
+}
+
+impl<R: std::io::Read> Iterator for Csv<R> {
+    type Item = Result<(usize, Event), InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.read().transpose();
+        self.done = !matches!(item, Some(Ok(_)));
+        item
+    }
 }
 
 /// A buffered or dead-lettered event's wire JSON back in enqueue's format (`name`,

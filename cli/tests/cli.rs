@@ -1398,3 +1398,127 @@ fn buffer_bounds_too_small_for_the_input_are_named() {
         "{err}"
     );
 }
+
+/// Runs `backfill enqueue --db DB FILE` and returns its exit code, its stderr and its peak
+/// resident memory in KiB: `ru_maxrss` of the children of a process whose only child it is
+/// (Python's `resource` module: `getrusage` and `wait4` are `unsafe` in Rust, which this
+/// workspace forbids, and `/usr/bin/time` is not everywhere).
+fn enqueue_measured(db: &Path, file: &Path) -> (Option<i32>, String, i64) {
+    const PEAK: &str = "import resource, subprocess, sys\n\
+        code = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL).returncode\n\
+        print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+        sys.exit(code)\n";
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            PEAK,
+            env!("CARGO_BIN_EXE_backfill"),
+            "enqueue",
+            "--db",
+        ])
+        .arg(db)
+        .arg(file)
+        .output()
+        .expect("python3 (which CI installs) runs backfill and reports its peak memory");
+    let peak = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("ru_maxrss");
+    (out.status.code(), text(&out).1, peak)
+}
+
+/// Every buffered row as stored (order, insert id, body) and the counters.
+fn buffer_rows(db: &Path) -> (Vec<(i64, String, String)>, Vec<(String, i64)>) {
+    let conn = rusqlite::Connection::open(db).expect("open the buffer");
+    let rows = conn
+        .prepare("SELECT seq, insert_id, body FROM events ORDER BY seq")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("rows");
+    let counters = conn
+        .prepare("SELECT name, value FROM counters ORDER BY name")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("counters");
+    (rows, counters)
+}
+
+#[test]
+fn enqueue_memory_is_bounded_by_a_chunk_not_by_the_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut peaks = Vec::new();
+    for n in [50_000, 200_000] {
+        let file = dir.path().join(format!("{n}.ndjson"));
+        std::fs::write(&file, readings(n)).expect("write");
+        let db = dir.path().join(format!("{n}.db"));
+        let (code, err, peak_kib) = enqueue_measured(&db, &file);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(status_json(&db)["buffered_events"], n);
+        peaks.push(peak_kib);
+    }
+    let (small, large) = (peaks[0], peaks[1]);
+    eprintln!("peak RSS: {small} KiB for 50k readings, {large} KiB for 200k");
+    // Read whole, 4x the readings took about 4x the memory (206 MB for 200k readings);
+    // streamed, the peak hardly moves.
+    assert!(
+        large < small + small / 2,
+        "peak RSS {large} KiB for 200k readings against {small} KiB for 50k: memory grows \
+         with the input"
+    );
+}
+
+#[test]
+fn a_bad_line_or_a_storage_fault_past_the_first_chunk_leaves_the_buffer_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(10));
+    // Evictions would change the buffer too: the bound makes room for the input by
+    // evicting the 10 readings, unless the input is refused.
+    let before = buffer_rows(&db);
+    assert_eq!(before.0.len(), 10);
+    let file = dir.path().join("large.ndjson");
+    let mut input = readings(29_990);
+    input.push_str("{\"name\":\"reading\",\"timestamp\":\"yesterday\"}\n");
+    input.push_str(&readings(9));
+    std::fs::write(&file, &input).expect("write");
+    let out = backfill(
+        &["enqueue", "--db", db_arg, "--max-rows", "30000"],
+        Some(&input),
+        &[],
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("line 29991") && err.contains("nothing was added"),
+        "{err}"
+    );
+    assert_eq!(buffer_rows(&db), before, "rows and counters unchanged");
+
+    // The disk fills (here a file-size limit of 2 MiB) while 30,000 readings are written.
+    let good = dir.path().join("good.ndjson");
+    std::fs::write(&good, readings(30_000)).expect("write");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 4096 && exec \"$0\" enqueue --db \"$1\" \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_backfill"))
+        .arg(db_arg)
+        .arg(&good)
+        .output()
+        .expect("run backfill under ulimit -f");
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(
+        err.contains("nothing was added") && err.contains("ulimit -f"),
+        "{err}"
+    );
+    assert_eq!(buffer_rows(&db), before, "rows and counters unchanged");
+    // And without the limit, the same file goes in whole.
+    let (code, err, _) = enqueue_measured(&db, &good);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(status_json(&db)["buffered_events"], 30_010);
+}
