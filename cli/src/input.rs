@@ -736,6 +736,53 @@ mod tests {
         }
     }
 
+    /// The same input read whole and read a byte at a time, as a slow pipe gives it: UTF-8
+    /// sequences and CRLFs are cut between reads.
+    fn both_ways(input: &[u8]) -> [Result<Vec<(usize, Event)>, InputError>; 2] {
+        [
+            read_events(input),
+            read_events(std::io::BufReader::with_capacity(1, input)),
+        ]
+    }
+
+    #[test]
+    fn a_stream_cut_anywhere_reads_the_same() {
+        let csv = "\u{feff}name,note,temp\r\ncafé,\"温度\r\n🌡\",21.5\r\n\r\nb,x,1\r\n";
+        for read in both_ways(csv.as_bytes()) {
+            let events = read.expect("valid");
+            assert_eq!(events.len(), 2);
+            assert_eq!((events[0].0, events[1].0), (2, 5));
+            assert_eq!(events[0].1.name, "café");
+            assert_eq!(events[0].1.properties["note"], Value::from("温度\r\n🌡"));
+        }
+        let ndjson = "\u{feff}\n \n{\"name\":\"é\"}\r\n\n{\"name\":\"b\",\"timestamp\":\"soon\"}\n";
+        for read in both_ways(ndjson.as_bytes()) {
+            assert_eq!(read.expect_err("bad").line, 5);
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_named_by_line_and_byte_however_they_are_read() {
+        for (input, line, byte) in [
+            (&b"name,note\nr,ok\nr,caf\xe9\n"[..], 3, 6),
+            (b"name,note\nr,\"a\nb\xe2\x82\"\n", 3, 2),
+            (b"name\nr\xc3", 2, 2),
+            (b"{\"name\":\"a\"}\n{\"name\":\"caf\xe9\"}\n", 2, 13),
+            // The byte-order mark is no byte of the line.
+            (b"\xef\xbb\xbf\xff", 1, 1),
+        ] {
+            for read in both_ways(input) {
+                let err = read.expect_err("not UTF-8");
+                assert_eq!(err.line, line, "{input:?}: {err}");
+                assert!(
+                    err.message
+                        .starts_with(&format!("byte {byte} is not UTF-8")),
+                    "{input:?}: {err}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn reads_csv_with_typed_cells() {
         let text = "name,timestamp,device_id,temp,ok,label\nreading,1795773600000,s1,21.5,true,hall\nreading,,s2,7,,\n";

@@ -4,7 +4,7 @@
 //! - `main.rs`: the command line and exit codes.
 //! - [`demo`]: `backfill demo`, the whole promise in one command.
 //! - [`gateway`]: `enqueue`, `drain`, `status`, `inspect` and `dead-letters` for gateways.
-//! - [`input`]: NDJSON and CSV readings.
+//! - [`input`]: NDJSON and CSV readings, read as a stream.
 //! - [`dedup`]: content-derived insert ids for `enqueue --dedup-key`.
 //! - [`progress`]: the drain's progress display.
 //! - [`output`]: stdout that respects `-q` and ends quietly on a closed pipe.
@@ -103,7 +103,9 @@ struct Cli {
 enum Command {
     /// Start a server, record a week of offline gateway readings, drain them, show what arrived.
     Demo(demo::DemoArgs),
-    /// Add readings (NDJSON or CSV with a header) from FILE or standard input to the buffer.
+    /// Add readings (NDJSON or CSV with a header) from FILE or standard input to the buffer,
+    /// all or none: read as a stream in one transaction, so that a bad reading (named by its
+    /// line) or a full disk adds nothing and leaves the buffer as it was.
     Enqueue(gateway::EnqueueArgs),
     /// Send the buffered readings to the server.
     Drain(gateway::DrainArgs),
