@@ -289,15 +289,12 @@ impl<R> Tracked<R> {
             self.newlines_before += usize::from(lf);
             self.breaks.pop_front();
         }
-        let mut next = offset;
-        let mut skipped = 0;
-        for &(at, lf) in &self.breaks {
-            if at != next {
-                break;
-            }
-            skipped += usize::from(lf);
-            next += 1;
-        }
+        // The line ends right at `offset`: consecutive offsets from it.
+        let skipped = (offset..)
+            .zip(&self.breaks)
+            .take_while(|(next, (at, _))| at == next)
+            .filter(|(_, (_, lf))| *lf)
+            .count();
         self.newlines_before + skipped + 1
     }
 

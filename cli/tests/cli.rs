@@ -1427,8 +1427,11 @@ fn enqueue_measured(db: &Path, file: &Path) -> (Option<i32>, String, i64) {
     (out.status.code(), text(&out).1, peak)
 }
 
-/// Every buffered row as stored (order, insert id, body) and the counters.
-fn buffer_rows(db: &Path) -> (Vec<(i64, String, String)>, Vec<(String, i64)>) {
+/// A buffered row as stored: its place in the drain order, its insert id and its body.
+type Row = (i64, String, String);
+
+/// Every buffered row as stored, and the counters.
+fn buffer_rows(db: &Path) -> (Vec<Row>, Vec<(String, i64)>) {
     let conn = rusqlite::Connection::open(db).expect("open the buffer");
     let rows = conn
         .prepare("SELECT seq, insert_id, body FROM events ORDER BY seq")
