@@ -372,6 +372,27 @@ mod tests {
     }
 
     #[test]
+    fn other_connections_see_none_of_the_stream_until_it_is_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sdk = open(dir.path(), 1_000_000);
+        sdk.track_all((0..2).map(|n| Ok::<_, String>(reading(n, Some("s1")))))
+            .expect("recorded");
+        // What another process (`backfill status`, a drain packing) sees while the stream is
+        // half written: the two events from before, none of the new ones.
+        let watcher = Backfill::open_read_only(dir.path().join("b.db")).expect("read-only");
+        let mut seen_midway = None;
+        let source = (0..5_000).map(|n| {
+            if n == 4_000 {
+                seen_midway = Some(watcher.stats().expect("stats").buffered_events);
+            }
+            Ok::<_, String>(reading(n, Some("s2")))
+        });
+        sdk.track_all(source).expect("recorded");
+        assert_eq!(seen_midway, Some(2));
+        assert_eq!(watcher.stats().expect("stats").buffered_events, 5_002);
+    }
+
+    #[test]
     fn opted_out_reads_nothing_and_records_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sdk = open(dir.path(), 1_000_000);
