@@ -4,7 +4,7 @@
 //! - `main.rs`: the command line and exit codes.
 //! - [`demo`]: `backfill demo`, the whole promise in one command.
 //! - [`gateway`]: `enqueue`, `drain`, `status`, `inspect` and `dead-letters` for gateways.
-//! - [`input`]: NDJSON and CSV readings, read as a stream.
+//! - [`input`]: NDJSON and CSV (`input/csv.rs`) readings, read as a stream.
 //! - [`dedup`]: content-derived insert ids for `enqueue --dedup-key`.
 //! - [`progress`]: the drain's progress display.
 //! - [`output`]: stdout that respects `-q` and ends quietly on a closed pipe.
