@@ -103,9 +103,11 @@ struct Cli {
 enum Command {
     /// Start a server, record a week of offline gateway readings, drain them, show what arrived.
     Demo(demo::DemoArgs),
-    /// Add readings (NDJSON or CSV with a header) from FILE or standard input to the buffer,
-    /// all or none: read as a stream in one transaction, so that a bad reading (named by its
-    /// line) or a full disk adds nothing and leaves the buffer as it was.
+    /// Add readings (NDJSON or CSV with a header) from FILE or standard input to the buffer.
+    ///
+    /// All or none: the readings are read as a stream, in memory that does not grow with the
+    /// input, and written in one transaction, so that a bad reading (named by its line) or a
+    /// full disk adds nothing and leaves the buffer as it was.
     Enqueue(gateway::EnqueueArgs),
     /// Send the buffered readings to the server.
     Drain(gateway::DrainArgs),
