@@ -264,6 +264,19 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
     let recorded = match sdk.track_all(events) {
         Ok(recorded) => recorded,
         Err(TrackAllError::Source { error, .. }) => return refuse(error),
+        // SQLite's words for SQLITE_BUSY: another process held the buffer's write lock past
+        // the busy timeout (5 s), as an enqueue does while it reads a large log.
+        Err(TrackAllError::Sdk {
+            error: Error::Storage(why),
+            ..
+        }) if why.contains("database is locked") => {
+            eprintln!(
+                "backfill enqueue: the buffer is busy: another process is writing to it (an \
+                 enqueue holds it until it has read its whole input); nothing was added, enqueue \
+                 the readings again once it ends"
+            );
+            return Ok(exit::BUSY);
+        }
         Err(TrackAllError::Sdk { index, error }) => {
             let at = match index {
                 Some(_) => format!("line {line}: "),

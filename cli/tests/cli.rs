@@ -1523,3 +1523,28 @@ fn a_bad_line_or_a_storage_fault_past_the_first_chunk_leaves_the_buffer_as_it_wa
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(status_json(&db)["buffered_events"], 12_010);
 }
+
+#[test]
+fn an_enqueue_while_another_writes_says_the_buffer_is_busy_and_adds_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    let before = buffer_rows(&db);
+    // Another process holds the write lock, as an enqueue reading a large log does.
+    let mut writer = rusqlite::Connection::open(&db).expect("open the buffer");
+    let held = writer
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .expect("take the write lock");
+    let out = backfill(&["enqueue", "--db", db_arg], Some(&readings(2)), &[]);
+    drop(held);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("another process is writing to it") && err.contains("nothing was added"),
+        "{err}"
+    );
+    assert_eq!(buffer_rows(&db), before);
+    enqueue(&db, &readings(2));
+    assert_eq!(status_json(&db)["buffered_events"], 5);
+}
