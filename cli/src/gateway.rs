@@ -175,11 +175,19 @@ impl Tally {
     }
 }
 
-/// `backfill enqueue`: all readings or none, read as a stream.
+/// `backfill enqueue`: all readings or none, read as a stream. A file is read once, as its
+/// readings are written. Standard input or a pipe is first read to its end and checked while
+/// it is copied to a spool file, and then written from the spool: the buffer's write lock is
+/// held only while checked readings are written, never while a slow producer is still piping
+/// them in (a `drain --watch` beside it keeps settling what it sends).
 pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
     match args.file.as_deref().filter(|f| f.as_os_str() != "-") {
         Some(path) => match std::fs::File::open(path) {
-            Ok(f) => enqueue_from(args, BufReader::with_capacity(1 << 16, f)),
+            Ok(f) if args.dry_run || f.metadata().is_ok_and(|m| m.is_file()) => {
+                enqueue_from(args, BufReader::with_capacity(1 << 16, f))
+            }
+            // A named pipe or a device.
+            Ok(f) => enqueue_spooled(args, f),
             Err(e) => {
                 eprintln!("backfill enqueue: cannot open {}: {e}", path.display());
                 Ok(exit::NO_INPUT)
@@ -195,25 +203,144 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
                     args.db.db.display()
                 );
             }
-            enqueue_from(args, std::io::stdin().lock())
+            if args.dry_run {
+                enqueue_from(args, std::io::stdin().lock())
+            } else {
+                enqueue_spooled(args, std::io::stdin().lock())
+            }
         }
     }
 }
 
-/// Says that bad input stopped the command, and gives its exit code.
-fn refuse(e: impl std::fmt::Display) -> anyhow::Result<u8> {
-    eprintln!("backfill enqueue: {e}; nothing was added");
-    Ok(exit::DATA)
+/// Reads a stream to its end, checking every reading while copying it to a spool file (next
+/// to the buffer when its directory exists: a gateway's `/tmp` is often memory), then writes
+/// the readings from the spool, which is removed when the command ends.
+fn enqueue_spooled(args: &EnqueueArgs, input: impl std::io::Read) -> anyhow::Result<u8> {
+    let dir = args
+        .db
+        .db
+        .parent()
+        .filter(|d| d.is_dir())
+        .map_or_else(std::env::temp_dir, Path::to_owned);
+    let spool = match tempfile::Builder::new()
+        .prefix(".backfill-enqueue-")
+        .tempfile_in(&dir)
+    {
+        Ok(spool) => spool,
+        Err(e) => {
+            eprintln!(
+                "backfill enqueue: cannot create a spool file for the input in {}: {e}; \
+                 nothing was added",
+                dir.display()
+            );
+            return Ok(exit::IO);
+        }
+    };
+    let mut tee = Tee {
+        inner: input,
+        copy: std::io::BufWriter::new(spool.as_file()),
+        failed: None,
+    };
+    let checked = check_pass(args, BufReader::with_capacity(1 << 16, &mut tee));
+    let failed = match std::io::Write::flush(&mut tee.copy) {
+        Ok(()) => tee.failed.take(),
+        Err(e) => Some(e),
+    };
+    drop(tee);
+    if let Some(e) = failed {
+        // Said after whatever the check said of the line it stopped at.
+        eprintln!(
+            "backfill enqueue: cannot write the spool file in {} ({e}); nothing was added. If \
+             the disk is full or a file-size limit was reached, free space or raise the limit",
+            dir.display()
+        );
+        return Ok(exit::IO);
+    }
+    match checked {
+        Ok(0) => {
+            eprintln!("backfill enqueue: the input is empty (no readings); nothing was added");
+            Ok(exit::OK)
+        }
+        Ok(_) => enqueue_from(args, BufReader::with_capacity(1 << 16, spool.reopen()?)),
+        Err(code) => Ok(code),
+    }
 }
 
-fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Result<u8> {
-    let db = &args.db.db;
-    let readings = match read_readings(input) {
-        Ok(readings) => readings,
-        Err(e) => return refuse(e),
+/// A reader that writes what it reads to `copy`; a failed write ends the reading and is kept
+/// in `failed`.
+struct Tee<R, W> {
+    inner: R,
+    copy: W,
+    failed: Option<std::io::Error>,
+}
+
+impl<R: std::io::Read, W: std::io::Write> std::io::Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Err(e) = self.copy.write_all(&buf[..n]) {
+            let said = std::io::Error::new(e.kind(), format!("cannot spool it: {e}"));
+            self.failed = Some(e);
+            return Err(said);
+        }
+        Ok(n)
+    }
+}
+
+/// Reads and checks every reading of `input`, writing nothing; counts them, or says why not
+/// and gives the exit code.
+fn check_pass(args: &EnqueueArgs, input: impl std::io::BufRead) -> Result<u64, u8> {
+    let readings = read_readings(input).map_err(refused)?;
+    check_all(args, with_insert_ids(args, readings))
+}
+
+/// Checks readings as the SDK would record them, against a scratch buffer (the real one is
+/// not even opened); counts them, or says why not and gives the exit code.
+fn check_all(
+    args: &EnqueueArgs,
+    readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>>,
+) -> Result<u64, u8> {
+    let scratch = tempfile::tempdir().map_err(|e| {
+        eprintln!("backfill enqueue: cannot create a scratch directory: {e}");
+        exit::IO
+    })?;
+    let sdk = open_offline(&scratch.path().join("check.db"), &args.limits).map_err(|e| {
+        eprintln!("backfill enqueue: {e}");
+        storage_exit(&e)
+    })?;
+    let mut n = 0u64;
+    for item in readings {
+        let (line, event) = item.map_err(refused)?;
+        if let Err(e) = sdk.check(&event) {
+            return Err(refused(format!("line {line}: {e}")));
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `enqueue --dry-run`: checks every reading, writing nothing.
+fn dry_run(
+    args: &EnqueueArgs,
+    readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>>,
+) -> anyhow::Result<u8> {
+    let n = match check_all(args, readings) {
+        Ok(n) => n,
+        Err(code) => return Ok(code),
     };
-    // Each reading gets its insert id as it is read, so a missing timestamp is a bad line.
-    let mut readings = readings.map(|item| {
+    output::line(&format!(
+        "dry run: {n} readings are valid and would be added to {}; nothing was written",
+        args.db.db.display()
+    ));
+    Ok(exit::OK)
+}
+
+/// With `--dedup-key`, gives each reading without an insert id its content-derived one as it
+/// is read (so a missing timestamp is a bad line).
+fn with_insert_ids<'a>(
+    args: &'a EnqueueArgs,
+    readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>> + 'a,
+) -> impl Iterator<Item = Result<(usize, Event), crate::input::InputError>> + 'a {
+    readings.map(|item| {
         let (line, mut event) = item?;
         if let Some(key) = &args.dedup_key
             && event.insert_id.is_none()
@@ -224,7 +351,29 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
             );
         }
         Ok((line, event))
-    });
+    })
+}
+
+/// Says that bad input stopped the command, and gives its exit code.
+fn refuse(e: impl std::fmt::Display) -> anyhow::Result<u8> {
+    Ok(refused(e))
+}
+
+/// Says that bad input stopped the command; returns its exit code.
+fn refused(e: impl std::fmt::Display) -> u8 {
+    eprintln!("backfill enqueue: {e}; nothing was added");
+    exit::DATA
+}
+
+/// Reads and writes the readings of `input` in one transaction (or, with `--dry-run`, checks
+/// them).
+fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Result<u8> {
+    let db = &args.db.db;
+    let readings = match read_readings(input) {
+        Ok(readings) => readings,
+        Err(e) => return refuse(e),
+    };
+    let mut readings = with_insert_ids(args, readings);
     let mut first = Vec::with_capacity(FIRST_CHUNK);
     for item in readings.by_ref().take(FIRST_CHUNK) {
         match item {
@@ -264,16 +413,13 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
     let recorded = match sdk.track_all(events) {
         Ok(recorded) => recorded,
         Err(TrackAllError::Source { error, .. }) => return refuse(error),
-        // SQLite's words for SQLITE_BUSY: another process held the buffer's write lock past
-        // the busy timeout (5 s), as an enqueue does while it reads a large log.
         Err(TrackAllError::Sdk {
-            error: Error::Storage(why),
+            error: Error::Busy(_),
             ..
-        }) if why.contains("database is locked") => {
+        }) => {
             eprintln!(
-                "backfill enqueue: the buffer is busy: another process is writing to it (an \
-                 enqueue holds it until it has read its whole input); nothing was added, enqueue \
-                 the readings again once it ends"
+                "backfill enqueue: the buffer is busy: another process is writing to it; nothing \
+                 was added, enqueue the readings again once it ends"
             );
             return Ok(exit::BUSY);
         }
@@ -316,38 +462,6 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
         "added {} readings to {}",
         recorded.events,
         db.display()
-    ));
-    Ok(exit::OK)
-}
-
-/// `enqueue --dry-run`: checks every reading as the SDK would record it, against a scratch
-/// buffer (the real one is not even opened), writing nothing.
-fn dry_run(
-    args: &EnqueueArgs,
-    readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>>,
-) -> anyhow::Result<u8> {
-    let scratch = tempfile::tempdir()?;
-    let sdk = match open_offline(&scratch.path().join("dry-run.db"), &args.limits) {
-        Ok(sdk) => sdk,
-        Err(e) => {
-            eprintln!("backfill enqueue: {e}");
-            return Ok(storage_exit(&e));
-        }
-    };
-    let mut n = 0u64;
-    for item in readings {
-        let (line, event) = match item {
-            Ok(reading) => reading,
-            Err(e) => return refuse(e),
-        };
-        if let Err(e) = sdk.check(&event) {
-            return refuse(format!("line {line}: {e}"));
-        }
-        n += 1;
-    }
-    output::line(&format!(
-        "dry run: {n} readings are valid and would be added to {}; nothing was written",
-        args.db.db.display()
     ));
     Ok(exit::OK)
 }
@@ -536,6 +650,17 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
                         args.endpoint, after.buffered_events
                     );
                     return Ok(exit::CONFIG);
+                }
+                // Another process held the write lock past the busy timeout (a large enqueue
+                // being written): what was sent stays buffered; a watching drain goes on.
+                Err(Error::Busy(why)) if args.watch => {
+                    eprintln!(
+                        "backfill drain: {why}; {} events kept, trying again in {} s",
+                        after.buffered_events,
+                        args.interval.max(1)
+                    );
+                    std::thread::sleep(Duration::from_secs(args.interval.max(1)));
+                    continue;
                 }
                 Err(e) => {
                     eprintln!("backfill drain: {e}");

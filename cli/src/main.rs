@@ -75,7 +75,7 @@ pub mod exit {
   69   the server is unreachable or busy; the data is kept, try again later
   70   a bug in backfill
   74   the buffer cannot be used (not a buffer, damaged, disk full); nothing was changed
-  75   another drain holds the buffer, or another enqueue is writing to it; try again later
+  75   another drain holds the buffer, or another process is writing to it; try again later
   77   the server refused the credentials; the data is kept
   78   the endpoint is wrong (bad URL, or no Backfill server there); the data is kept
   130  interrupted (Ctrl-C); the summary so far is printed

@@ -1548,3 +1548,37 @@ fn an_enqueue_while_another_writes_says_the_buffer_is_busy_and_adds_nothing() {
     enqueue(&db, &readings(2));
     assert_eq!(status_json(&db)["buffered_events"], 5);
 }
+
+#[test]
+fn an_enqueue_still_reading_its_input_leaves_the_buffer_free_for_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    let mut slow = Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(["enqueue", "--db", db_arg])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut pipe = slow.stdin.take().expect("stdin");
+    // Far more than a pipe holds: once written, the slow enqueue has read most of it.
+    std::io::Write::write_all(&mut pipe, readings(5000).as_bytes()).expect("write");
+    // Its producer has not finished; another enqueue and a reader go on meanwhile.
+    let out = backfill(&["enqueue", "--db", db_arg], Some(&readings(2)), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert_eq!(status_json(&db)["buffered_events"], 5);
+    drop(pipe);
+    let out = slow.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert_eq!(status_json(&db)["buffered_events"], 5005);
+    assert_eq!(
+        listing(dir.path())
+            .iter()
+            .filter(|f| f.contains("backfill-enqueue"))
+            .count(),
+        0,
+        "the spool file is removed"
+    );
+}

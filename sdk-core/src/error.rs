@@ -25,8 +25,9 @@ pub enum Error {
     /// kept. The text says what the server answered.
     #[error("the endpoint is misconfigured: {0}")]
     Misconfigured(String),
-    /// Another drain holds the buffer (one drain per buffer, across processes); try again
-    /// once it ends.
+    /// Another drain holds the buffer (one drain per buffer, across processes), or another
+    /// process held the buffer's write lock past the busy timeout (5 s); nothing was changed:
+    /// try again once it ends.
     #[error("busy: {0}")]
     Busy(String),
     /// [`Backfill::close`](crate::Backfill::close) was called; this handle records and drains
@@ -39,6 +40,11 @@ impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DiskFull) => Error::StorageFull(e.to_string()),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                Error::Busy(format!(
+                    "another process is writing to the buffer ({e}); nothing was changed"
+                ))
+            }
             _ => Error::Storage(e.to_string()),
         }
     }

@@ -92,11 +92,12 @@ impl Backfill {
     ///
     /// Meanwhile the buffer has one writer, this call: recording calls on any thread of this
     /// process wait for it to end, and writers in other processes wait up to SQLite's busy
-    /// timeout (5 s) and then fail with [`Error::Storage`] ("database is locked"). A drain,
-    /// here or in another process, reads and sends only events committed before the call (none
-    /// of this call's until it returns `Ok`); its settle waits for the commit within that busy
-    /// timeout, else the drain ends with a storage error and the rows it sent stay buffered, to
-    /// be sent again and counted by the server as duplicates (SPEC §5).
+    /// timeout (5 s) and then fail with [`Error::Busy`]. A drain, here or in another process,
+    /// reads and sends only events committed before the call (none of this call's until it
+    /// returns `Ok`); its settle waits for the commit within that busy timeout, else the drain
+    /// ends with [`Error::Busy`] and the rows it sent stay buffered, to be sent again and
+    /// counted by the server as duplicates (SPEC §5). Give it events that are ready (checked,
+    /// from a file), not ones still arriving from a slow producer.
     ///
     /// While the user has opted out, the source is not read and `Ok` with nothing recorded is
     /// returned (the call is counted in [`Stats::opted_out_calls`](crate::Stats::opted_out_calls)).
