@@ -483,7 +483,13 @@ fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> boo
     done()
 }
 
+/// What a watcher started by [`spawn_watch`] said on stderr, for a failing test's message.
+fn watch_log(db: &Path) -> String {
+    std::fs::read_to_string(db.with_extension("watch.log")).unwrap_or_default()
+}
+
 fn spawn_watch(db: &Path, url: &str) -> std::process::Child {
+    let log = std::fs::File::create(db.with_extension("watch.log")).expect("watch log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
     cmd.args([
         "drain",
@@ -495,7 +501,7 @@ fn spawn_watch(db: &Path, url: &str) -> std::process::Child {
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    .stderr(log);
     for (k, v) in creds(url) {
         cmd.env(k, v);
     }
@@ -514,7 +520,8 @@ fn one_drain_per_buffer_and_a_killed_one_leaves_no_lock() {
         wait_until(std::time::Duration::from_secs(60), || server
             .count(PROJECT, SECRET, "reading")
             == 10),
-        "the watcher drains"
+        "the watcher drains: {}",
+        watch_log(&db)
     );
     enqueue(&db, &readings(5));
     let out = backfill(&["drain", "--db", db_arg], None, &creds(&server.url()));
@@ -553,12 +560,20 @@ fn drain_watch_sends_readings_another_process_enqueues() {
             server.count(PROJECT, SECRET, "reading") == n
         })
     };
-    assert!(drained(1), "the first reading is drained");
+    assert!(
+        drained(1),
+        "the first reading is drained: {}",
+        watch_log(&db)
+    );
     enqueue(&db, &readings(3));
     let seen = drained(4);
     watcher.kill().expect("kill");
     watcher.wait().expect("reaped");
-    assert!(seen, "readings enqueued by another process are drained");
+    assert!(
+        seen,
+        "readings enqueued by another process are drained: {}",
+        watch_log(&db)
+    );
     assert_eq!(status_json(&db)["buffered_events"], 0);
 }
 
@@ -1238,14 +1253,22 @@ fn drain_watch_follows_a_buffer_replaced_under_it() {
             server.count(PROJECT, SECRET, "reading") == n
         })
     };
-    assert!(drained(1), "the first reading is drained");
+    assert!(
+        drained(1),
+        "the first reading is drained: {}",
+        watch_log(&db)
+    );
     // An operator starts afresh: the old buffer is moved away, a new one begins.
     std::fs::rename(&db, dir.path().join("old.db")).expect("move the buffer aside");
     enqueue(&db, &readings(2));
     let seen = drained(3);
     watcher.kill().expect("kill");
     watcher.wait().expect("reaped");
-    assert!(seen, "the new buffer's readings are drained");
+    assert!(
+        seen,
+        "the new buffer's readings are drained: {}",
+        watch_log(&db)
+    );
     assert_eq!(status_json(&db)["buffered_events"], 0);
 }
 
