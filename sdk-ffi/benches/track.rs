@@ -1,7 +1,8 @@
 //! `cargo bench -p backfill-ffi --bench track [-- EVENTS]`: one thread recording events into a
 //! fresh buffer (no uploads), through the Rust API and through the FFI wrapper (properties as
-//! JSON text), with each call's latency. `bindings/python/bench.py` runs it beside the Python
-//! binding. Prints one JSON line per API.
+//! JSON text: `track`, and `track_utf8` which Python's `track` calls), with each call's
+//! latency. `bindings/python/bench.py` runs it beside the Python binding. Prints one JSON line
+//! per API.
 
 use std::time::Instant;
 
@@ -90,6 +91,14 @@ fn main() -> anyhow::Result<()> {
         }
     });
     report("rust-ffi-wrapper", micros, secs);
+
+    let (micros, secs) = timed(events, |i| {
+        let props = format!(r#"{{"temp":21.5,"i":{i}}}"#);
+        if let Err(e) = client.track_utf8(b"reading", props.as_bytes()) {
+            panic!("track_utf8: {e}");
+        }
+    });
+    report("rust-ffi-track-utf8", micros, secs);
     Ok(())
 }
 
