@@ -80,19 +80,18 @@ def _not_json(value: Any) -> Any:
 
 
 def _one_shot_encoder() -> Any:
-    """``_dumps`` for the properties of every event, without what ``JSONEncoder.encode`` does
-    per call (a fresh C encoder, a table of cycles: ``_check_keys`` bounds the depth, and a
-    cycle ends in ``RecursionError``), which is a third of the binding's own time per
-    ``track``. CPython's C encoder (``json.encoder.c_make_encoder``), else ``_dumps``."""
+    """The C encoder ``_json`` writes properties with, made once: ``JSONEncoder.encode``
+    makes one per call (with a table of cycles: ``_check_keys`` bounds the depth instead, and
+    a cycle ends in ``RecursionError``), a third of this layer's own time per ``track``.
+    CPython's ``json.encoder.c_make_encoder``; None where it is missing (``_dumps`` then)."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
-        return _dumps
-    encoder = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
-    join = "".join
-    return lambda value: join(encoder(value, 0))
+        return None
+    return make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
 
 
-_encode_properties = _one_shot_encoder()
+_c_encoder = _one_shot_encoder()
+
 
 #: Containers whose keys and items are checked before encoding (the JSON encoder writes
 #: subclasses of these as objects and arrays too).
@@ -114,7 +113,7 @@ def _json(value: Optional[Mapping[str, Any]], what: str) -> str:
         value = dict(value)
     _check_keys(value, what, "", 0)
     try:
-        return _encode_properties(value)
+        return "".join(_c_encoder(value, 0)) if _c_encoder is not None else _dumps(value)
     except (TypeError, ValueError, RecursionError) as e:
         raise InvalidArgument(_why_not_json(value, what) or f"{what} cannot be sent as JSON: {e}") from None
 
