@@ -349,7 +349,11 @@ def _interruptible(call: Any) -> Any:
         finally:
             done.set()
 
-    threading.Thread(target=run, name="backfill-flush", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="backfill-flush", daemon=True).start()
+    except RuntimeError:
+        # No new threads once the interpreter shuts down (an atexit hook that flushes).
+        return call()
     done.wait()
     ok, value = outcome[0]
     if ok:
