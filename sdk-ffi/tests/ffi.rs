@@ -146,6 +146,41 @@ fn events_upload_through_the_hosts_http_stack() {
 }
 
 #[test]
+fn track_utf8_records_what_track_records_from_borrowed_bytes() {
+    let server = TestServer::start(5, None);
+    let client = BackfillClient::new(
+        config(&server, &server.dir.path().join("sdk.db")),
+        Some(Host::new()),
+    )
+    .expect("open");
+    let id = client
+        .track_utf8("température".as_bytes(), br#"{"temp":21.5,"i":7}"#)
+        .expect("track_utf8");
+    client.track_utf8(b"tap", b"").expect("no properties");
+    for (name, props, says) in [
+        (&b"r\xff"[..], &b"{}"[..], "not UTF-8"),
+        (b"r", b"[1]", "JSON object"),
+        (b"  ", b"{}", "whitespace"),
+    ] {
+        match client.track_utf8(name, props) {
+            Err(BackfillError::InvalidArgument(m)) => assert!(m.contains(says), "{m}"),
+            other => panic!("{name:?}: {other:?}"),
+        }
+    }
+    assert_eq!(client.flush().expect("flush").sent, 2);
+    let stored = server.events("name=temp%C3%A9rature");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["insert_id"], serde_json::json!(id));
+    assert_eq!(stored[0]["properties"]["temp"], serde_json::json!(21.5));
+    assert_eq!(stored[0]["properties"]["i"], serde_json::json!(7));
+    client.close();
+    assert_eq!(
+        client.track_utf8(b"after", b"{}"),
+        Err(BackfillError::Closed)
+    );
+}
+
+#[test]
 fn a_raising_or_panicking_http_stack_is_a_network_failure_that_keeps_the_events() {
     for panics in [false, true] {
         let server = TestServer::start(5, None);

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -154,6 +156,8 @@ def test_invalid_input_raises_invalid_argument_and_records_nothing(server, tmp_p
     with open_client(server, tmp_path / "sdk.db", background_upload=False) as client:
         bad_calls = [
             lambda: client.track(""),
+            lambda: client.track(" "),
+            lambda: client.track("\t \n"),
             lambda: client.track("a\nb"),
             lambda: client.track("session_start"),
             lambda: client.track("x" * 81),
@@ -197,7 +201,9 @@ def test_use_after_close_raises(server, tmp_path):
     with open_client(server, db) as client:
         client.track("before")
     for call in [lambda: client.track("after"), client.flush, client.stats,
-                 lambda: client.identify("u1"), client.opt_out]:
+                 lambda: client.identify("u1"), client.opt_out,
+                 lambda: client.device_id, lambda: client.set_online(False),
+                 lambda: client.register("plan", "pro"), lambda: client.unregister("plan")]:
         with pytest.raises(backfill.Closed):
             call()
     client.close()  # closing twice is harmless
@@ -259,3 +265,97 @@ def test_a_script_that_never_closes_its_client_exits_cleanly(server, tmp_path):
         assert client.flush().end.is_empty()
     stored = [e["properties"]["i"] for e in server.events(name="unclosed")]
     assert sorted(stored) == sorted(list(range(20)) * 3), "every event once, none lost"
+
+
+def test_keys_that_are_not_str_are_refused_naming_them(server, tmp_path):
+    with open_client(server, tmp_path / "sdk.db", background_upload=False) as client:
+        for properties, named in [
+            ({1: "a", "1": "b"}, "1"),            # json.dumps would write both as "1"
+            ({"ok": 1, (2, 3): "t"}, "(2, 3)"),
+            ({"device": {"model": "x", 7: "y"}}, "'device'"),
+            ({"tags": [{"n": 1}, {None: 2}]}, "'tags[1]'"),
+        ]:
+            with pytest.raises(backfill.InvalidArgument) as raised:
+                client.track("keys", properties)
+            assert named in str(raised.value) and "str" in str(raised.value), str(raised.value)
+        with pytest.raises(backfill.InvalidArgument, match="'plan.tiers'"):
+            client.register("plan", {"tiers": {1: "basic"}})
+        # A value JSON cannot hold is named by its key too.
+        with pytest.raises(backfill.InvalidArgument, match=r"'reading\.at'.*datetime"):
+            import datetime
+            client.track("keys", {"reading": {"at": datetime.datetime.now()}})
+        with pytest.raises(backfill.InvalidArgument, match=r"'v\[1\]' is nan"):
+            client.track("keys", {"v": [1.0, float("nan")]})
+        assert client.stats().buffered == 0
+
+
+class StallingServer:
+    """A TCP server that reads a request and never answers it, until released (or 30 s)."""
+
+    def __init__(self, on_request=None) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.on_request = on_request
+        self.holding = threading.Event()
+        self.released = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        held = []
+        try:
+            connection, _ = self.listener.accept()
+            held.append(connection)
+            connection.recv(65536)
+            self.holding.set()
+            if self.on_request:
+                self.on_request()
+            self.released.wait(30)
+        finally:
+            self.holding.clear()
+            for c in held:
+                c.close()
+
+    def close(self) -> None:
+        self.released.set()
+        self.thread.join()
+        self.listener.close()
+
+
+def test_the_urllib_client_takes_the_clients_request_timeout(tmp_path):
+    stalling = StallingServer()
+    try:
+        with backfill.Client(endpoint=stalling.url, client_id=str(uuid.uuid4()), client_secret="s",
+                             database_path=tmp_path / "sdk.db", background_upload=False,
+                             request_timeout_ms=200, http_client=backfill.UrllibHttpClient()) as client:
+            client.track("waits")
+            report = client.flush()
+            assert isinstance(report.end, backfill.DrainEnd.RETRY_LATER), report
+            assert stalling.holding.is_set(), "the request timed out while the server held it"
+            stats = client.stats()
+            assert stats.buffered == 1
+            assert "timed out" in (stats.last_error or ""), stats.last_error
+    finally:
+        stalling.close()
+
+
+@pytest.mark.parametrize("transport", ["built-in", "urllib"])
+def test_ctrl_c_during_flush_reaches_the_caller_and_keeps_the_events(tmp_path, transport):
+    main = threading.main_thread().ident
+    stalling = StallingServer(on_request=lambda: signal.pthread_kill(main, signal.SIGINT))
+    db = tmp_path / "sdk.db"
+    project = str(uuid.uuid4())
+    http_client = backfill.UrllibHttpClient() if transport == "urllib" else None
+    client = backfill.Client(endpoint=stalling.url, client_id=project, client_secret="s",
+                             database_path=db, background_upload=False, http_client=http_client)
+    try:
+        ids = [client.track("kept", {"i": i}) for i in range(3)]
+        with pytest.raises(KeyboardInterrupt):
+            client.flush()
+        assert stalling.holding.is_set(), "Ctrl-C came through while the request was still waiting"
+    finally:
+        stalling.close()
+        client.close()  # waits for the drain, which ends once the server hangs up
+    with backfill.Client(endpoint=stalling.url, client_id=project, client_secret="s",
+                         database_path=db, background_upload=False) as again:
+        assert again.stats().buffered == len(ids), "every event is kept"

@@ -716,6 +716,16 @@ public protocol BackfillClientProtocol: AnyObject, Sendable {
     func track(name: String, propertiesJson: String, timestampMs: Int64?, deviceId: String?) throws  -> String
     
     /**
+     * Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
+     * with the name and the properties' JSON object text (empty for none) as UTF-8 bytes.
+     * The bytes are borrowed for the call instead of copied into a buffer Rust allocates for
+     * each argument, which makes this the cheap path for a binding's hot loop (Python's
+     * `track` uses it). Returns the insert id (empty while opted out). Raises
+     * `InvalidArgument` as `track` does, and for bytes that are not UTF-8.
+     */
+    func trackUtf8(name: Data, propertiesJson: Data) throws  -> String
+    
+    /**
      * Removes a property set by `register`.
      */
     func unregister(key: String) 
@@ -986,6 +996,29 @@ open func track(name: String, propertiesJson: String = "{}", timestampMs: Int64?
         FfiConverterOptionInt64.lower(timestampMs),
         FfiConverterOptionString.lower(deviceId),uniffiCallStatus
     )
+})
+}
+    
+    /**
+     * Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
+     * with the name and the properties' JSON object text (empty for none) as UTF-8 bytes.
+     * The bytes are borrowed for the call instead of copied into a buffer Rust allocates for
+     * each argument, which makes this the cheap path for a binding's hot loop (Python's
+     * `track` uses it). Returns the insert id (empty while opted out). Raises
+     * `InvalidArgument` as `track` does, and for bytes that are not UTF-8.
+     */
+open func trackUtf8(name: Data, propertiesJson: Data)throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeBackfillError_lift) {
+        uniffiCallStatus in
+        FfiConverterByRefBytes.lower(name) { nameFb in
+        FfiConverterByRefBytes.lower(propertiesJson) { propertiesJsonFb in
+    uniffi_backfill_ffi_fn_method_backfillclient_track_utf8(
+            self.uniffiCloneHandle(),
+        nameFb,
+        propertiesJsonFb,uniffiCallStatus
+    )
+        }
+        }
 })
 }
     
@@ -2564,6 +2597,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backfill_ffi_checksum_method_backfillclient_track() != 15731) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8() != 42733) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backfill_ffi_checksum_method_backfillclient_unregister() != 10875) {

@@ -732,6 +732,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_backfill_ffi_checksum_method_backfillclient_track(
     ): Int
+    external fun uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8(
+    ): Int
     external fun uniffi_backfill_ffi_checksum_method_backfillclient_unregister(
     ): Int
     external fun uniffi_backfill_ffi_checksum_method_httpclient_post(
@@ -796,6 +798,8 @@ internal object UniffiLib {
     external fun uniffi_backfill_ffi_fn_method_backfillclient_stats(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_backfill_ffi_fn_method_backfillclient_track(`ptr`: Long,`name`: RustBuffer.ByValue,`propertiesJson`: RustBuffer.ByValue,`timestampMs`: RustBuffer.ByValue,`deviceId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_backfill_ffi_fn_method_backfillclient_track_utf8(`ptr`: Long,`name`: ForeignBytes.ByValue,`propertiesJson`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_backfill_ffi_fn_method_backfillclient_unregister(`ptr`: Long,`key`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
@@ -1497,6 +1501,16 @@ public interface BackfillClientInterface {
     fun `track`(`name`: kotlin.String, `propertiesJson`: kotlin.String = "{}", `timestampMs`: kotlin.Long? = null, `deviceId`: kotlin.String? = null): kotlin.String
     
     /**
+     * Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
+     * with the name and the properties' JSON object text (empty for none) as UTF-8 bytes.
+     * The bytes are borrowed for the call instead of copied into a buffer Rust allocates for
+     * each argument, which makes this the cheap path for a binding's hot loop (Python's
+     * `track` uses it). Returns the insert id (empty while opted out). Raises
+     * `InvalidArgument` as `track` does, and for bytes that are not UTF-8.
+     */
+    fun `trackUtf8`(`name`: java.nio.ByteBuffer, `propertiesJson`: java.nio.ByteBuffer): kotlin.String
+    
+    /**
      * Removes a property set by `register`.
      */
     fun `unregister`(`key`: kotlin.String)
@@ -1883,6 +1897,30 @@ open class BackfillClient: Disposable, AutoCloseable, BackfillClientInterface
         FfiConverterString.lower(`propertiesJson`),
         FfiConverterOptionalLong.lower(`timestampMs`),
         FfiConverterOptionalString.lower(`deviceId`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
+     * with the name and the properties' JSON object text (empty for none) as UTF-8 bytes.
+     * The bytes are borrowed for the call instead of copied into a buffer Rust allocates for
+     * each argument, which makes this the cheap path for a binding's hot loop (Python's
+     * `track` uses it). Returns the insert id (empty while opted out). Raises
+     * `InvalidArgument` as `track` does, and for bytes that are not UTF-8.
+     */
+    @Throws(BackfillException::class)override fun `trackUtf8`(`name`: java.nio.ByteBuffer, `propertiesJson`: java.nio.ByteBuffer): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(BackfillException) { _status ->
+    UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_track_utf8(
+        it,
+        
+        FfiConverterByRefBytes.lower(`name`),
+        FfiConverterByRefBytes.lower(`propertiesJson`),_status)
 }
     }
     )
