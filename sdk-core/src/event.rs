@@ -38,6 +38,23 @@ impl Event {
             insert_id: None,
         })
     }
+
+    /// An event recorded now for this device, from UTF-8 bytes: its `name`, and its
+    /// properties as JSON object text read by [`properties_from_json`] (empty for none). What a
+    /// binding passes when it encodes the properties itself into a buffer the FFI borrows.
+    /// Bytes that are not UTF-8 are [`Error::InvalidEvent`] naming the argument.
+    pub fn from_utf8(name: &[u8], properties_json: &[u8]) -> Result<Self, Error> {
+        let text = |bytes, what| {
+            std::str::from_utf8(bytes)
+                .map_err(|e| Error::InvalidEvent(format!("the {what} is not UTF-8: {e}")))
+        };
+        Self::from_json(
+            text(name, "event name")?,
+            text(properties_json, "properties' JSON text")?,
+            None,
+            None,
+        )
+    }
 }
 
 /// Reads properties given as JSON text: a JSON object (`{}` for none). An empty or blank text

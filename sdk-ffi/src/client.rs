@@ -66,6 +66,19 @@ impl BackfillClient {
         Ok(self.inner.track_event(event)?)
     }
 
+    /// Records an event now for this device, like `track` without a time or a device id, from
+    /// UTF-8 bytes the call only borrows: the event `name`, and `properties_json` (JSON object
+    /// text; empty for none). The fast path for bindings that encode the properties themselves
+    /// (Kotlin passes direct `ByteBuffer`s, Python `bytes`, Swift `Data`): no argument is first
+    /// copied into a Rust-owned buffer, so the event is recorded in one call across the FFI.
+    /// Returns the insert id (empty while opted out). Raises `InvalidArgument` for bytes that
+    /// are not UTF-8 or an event the server would refuse (SPEC §4).
+    pub fn track_utf8(&self, name: &[u8], properties_json: &[u8]) -> Result<String> {
+        Ok(self
+            .inner
+            .track_event(Event::from_utf8(name, properties_json)?)?)
+    }
+
     /// Names the user; later events of this device carry the profile id. `traits_json` may
     /// hold `firstName`, `lastName`, `email`, `avatar` and any other properties.
     #[uniffi::method(default(traits_json = "{}"))]

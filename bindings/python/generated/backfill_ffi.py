@@ -554,6 +554,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_backfill_ffi_checksum_method_backfillclient_track() != 15731:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8() != 61320:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_backfill_ffi_checksum_method_backfillclient_unregister() != 10875:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_backfill_ffi_checksum_constructor_backfillclient_new() != 31099:
@@ -636,6 +638,9 @@ _UniffiLib.uniffi_backfill_ffi_checksum_method_backfillclient_stats.restype = ct
 _UniffiLib.uniffi_backfill_ffi_checksum_method_backfillclient_track.argtypes = (
 )
 _UniffiLib.uniffi_backfill_ffi_checksum_method_backfillclient_track.restype = ctypes.c_uint16
+_UniffiLib.uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8.argtypes = (
+)
+_UniffiLib.uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8.restype = ctypes.c_uint16
 _UniffiLib.uniffi_backfill_ffi_checksum_method_backfillclient_unregister.argtypes = (
 )
 _UniffiLib.uniffi_backfill_ffi_checksum_method_backfillclient_unregister.restype = ctypes.c_uint16
@@ -734,6 +739,13 @@ _UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_track.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_track.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_track_utf8.argtypes = (
+    ctypes.c_uint64,
+    _UniffiForeignBytes,
+    _UniffiForeignBytes,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_track_utf8.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_unregister.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1996,6 +2008,17 @@ class BackfillClientProtocol(typing.Protocol):
         `InvalidArgument` for an event the server would refuse (SPEC §4).
 """
         raise NotImplementedError
+    def track_utf8(self, name: bytes,properties_json: bytes) -> str:
+        """
+        Records an event now for this device, like `track` without a time or a device id, from
+        UTF-8 bytes the call only borrows: the event `name`, and `properties_json` (JSON object
+        text; empty for none). The fast path for bindings that encode the properties themselves
+        (Kotlin passes direct `ByteBuffer`s, Python `bytes`, Swift `Data`): no argument is first
+        copied into a Rust-owned buffer, so the event is recorded in one call across the FFI.
+        Returns the insert id (empty while opted out). Raises `InvalidArgument` for bytes that
+        are not UTF-8 or an event the server would refuse (SPEC §4).
+"""
+        raise NotImplementedError
     def unregister(self, key: str) -> None:
         """
         Removes a property set by `register`.
@@ -2322,6 +2345,33 @@ class BackfillClient(BackfillClientProtocol):
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
             _UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_track,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def track_utf8(self, name: bytes,properties_json: bytes) -> str:
+        """
+        Records an event now for this device, like `track` without a time or a device id, from
+        UTF-8 bytes the call only borrows: the event `name`, and `properties_json` (JSON object
+        text; empty for none). The fast path for bindings that encode the properties themselves
+        (Kotlin passes direct `ByteBuffer`s, Python `bytes`, Swift `Data`): no argument is first
+        copied into a Rust-owned buffer, so the event is recorded in one call across the FFI.
+        Returns the insert id (empty while opted out). Raises `InvalidArgument` for bytes that
+        are not UTF-8 or an event the server would refuse (SPEC §4).
+"""
+        
+        _UniffiFfiConverterByRefBytes.check_lower(name)
+
+        _UniffiFfiConverterByRefBytes.check_lower(properties_json)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterByRefBytes.lower(name),
+            _UniffiFfiConverterByRefBytes.lower(properties_json),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterString.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeBackfillError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_track_utf8,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)

@@ -716,6 +716,17 @@ public protocol BackfillClientProtocol: AnyObject, Sendable {
     func track(name: String, propertiesJson: String, timestampMs: Int64?, deviceId: String?) throws  -> String
     
     /**
+     * Records an event now for this device, like `track` without a time or a device id, from
+     * UTF-8 bytes the call only borrows: the event `name`, and `properties_json` (JSON object
+     * text; empty for none). The fast path for bindings that encode the properties themselves
+     * (Kotlin passes direct `ByteBuffer`s, Python `bytes`, Swift `Data`): no argument is first
+     * copied into a Rust-owned buffer, so the event is recorded in one call across the FFI.
+     * Returns the insert id (empty while opted out). Raises `InvalidArgument` for bytes that
+     * are not UTF-8 or an event the server would refuse (SPEC §4).
+     */
+    func trackUtf8(name: Data, propertiesJson: Data) throws  -> String
+    
+    /**
      * Removes a property set by `register`.
      */
     func unregister(key: String) 
@@ -986,6 +997,30 @@ open func track(name: String, propertiesJson: String = "{}", timestampMs: Int64?
         FfiConverterOptionInt64.lower(timestampMs),
         FfiConverterOptionString.lower(deviceId),uniffiCallStatus
     )
+})
+}
+    
+    /**
+     * Records an event now for this device, like `track` without a time or a device id, from
+     * UTF-8 bytes the call only borrows: the event `name`, and `properties_json` (JSON object
+     * text; empty for none). The fast path for bindings that encode the properties themselves
+     * (Kotlin passes direct `ByteBuffer`s, Python `bytes`, Swift `Data`): no argument is first
+     * copied into a Rust-owned buffer, so the event is recorded in one call across the FFI.
+     * Returns the insert id (empty while opted out). Raises `InvalidArgument` for bytes that
+     * are not UTF-8 or an event the server would refuse (SPEC §4).
+     */
+open func trackUtf8(name: Data, propertiesJson: Data)throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeBackfillError_lift) {
+        uniffiCallStatus in
+        FfiConverterByRefBytes.lower(name) { nameFb in
+        FfiConverterByRefBytes.lower(propertiesJson) { propertiesJsonFb in
+    uniffi_backfill_ffi_fn_method_backfillclient_track_utf8(
+            self.uniffiCloneHandle(),
+        nameFb,
+        propertiesJsonFb,uniffiCallStatus
+    )
+        }
+        }
 })
 }
     
@@ -2564,6 +2599,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backfill_ffi_checksum_method_backfillclient_track() != 15731) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8() != 61320) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backfill_ffi_checksum_method_backfillclient_unregister() != 10875) {

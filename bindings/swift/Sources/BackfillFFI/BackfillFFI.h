@@ -357,6 +357,11 @@ RustBuffer uniffi_backfill_ffi_fn_method_backfillclient_stats(uint64_t ptr, Rust
 RustBuffer uniffi_backfill_ffi_fn_method_backfillclient_track(uint64_t ptr, RustBuffer name, RustBuffer properties_json, RustBuffer timestamp_ms, RustBuffer device_id, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_FN_METHOD_BACKFILLCLIENT_TRACK_UTF8
+#define UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_FN_METHOD_BACKFILLCLIENT_TRACK_UTF8
+RustBuffer uniffi_backfill_ffi_fn_method_backfillclient_track_utf8(uint64_t ptr, ForeignBytes name, ForeignBytes properties_json, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_FN_METHOD_BACKFILLCLIENT_UNREGISTER
 #define UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_FN_METHOD_BACKFILLCLIENT_UNREGISTER
 void uniffi_backfill_ffi_fn_method_backfillclient_unregister(uint64_t ptr, RustBuffer key, RustCallStatus *_Nonnull out_status
@@ -734,6 +739,12 @@ uint16_t uniffi_backfill_ffi_checksum_method_backfillclient_stats(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_CHECKSUM_METHOD_BACKFILLCLIENT_TRACK
 #define UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_CHECKSUM_METHOD_BACKFILLCLIENT_TRACK
 uint16_t uniffi_backfill_ffi_checksum_method_backfillclient_track(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_CHECKSUM_METHOD_BACKFILLCLIENT_TRACK_UTF8
+#define UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_CHECKSUM_METHOD_BACKFILLCLIENT_TRACK_UTF8
+uint16_t uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8(void
     
 );
 #endif

@@ -732,6 +732,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_backfill_ffi_checksum_method_backfillclient_track(
     ): Int
+    external fun uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8(
+    ): Int
     external fun uniffi_backfill_ffi_checksum_method_backfillclient_unregister(
     ): Int
     external fun uniffi_backfill_ffi_checksum_method_httpclient_post(
@@ -796,6 +798,8 @@ internal object UniffiLib {
     external fun uniffi_backfill_ffi_fn_method_backfillclient_stats(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_backfill_ffi_fn_method_backfillclient_track(`ptr`: Long,`name`: RustBuffer.ByValue,`propertiesJson`: RustBuffer.ByValue,`timestampMs`: RustBuffer.ByValue,`deviceId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_backfill_ffi_fn_method_backfillclient_track_utf8(`ptr`: Long,`name`: ForeignBytes.ByValue,`propertiesJson`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_backfill_ffi_fn_method_backfillclient_unregister(`ptr`: Long,`key`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
@@ -1497,6 +1501,17 @@ public interface BackfillClientInterface {
     fun `track`(`name`: kotlin.String, `propertiesJson`: kotlin.String = "{}", `timestampMs`: kotlin.Long? = null, `deviceId`: kotlin.String? = null): kotlin.String
     
     /**
+     * Records an event now for this device, like `track` without a time or a device id, from
+     * UTF-8 bytes the call only borrows: the event `name`, and `properties_json` (JSON object
+     * text; empty for none). The fast path for bindings that encode the properties themselves
+     * (Kotlin passes direct `ByteBuffer`s, Python `bytes`, Swift `Data`): no argument is first
+     * copied into a Rust-owned buffer, so the event is recorded in one call across the FFI.
+     * Returns the insert id (empty while opted out). Raises `InvalidArgument` for bytes that
+     * are not UTF-8 or an event the server would refuse (SPEC §4).
+     */
+    fun `trackUtf8`(`name`: java.nio.ByteBuffer, `propertiesJson`: java.nio.ByteBuffer): kotlin.String
+    
+    /**
      * Removes a property set by `register`.
      */
     fun `unregister`(`key`: kotlin.String)
@@ -1883,6 +1898,31 @@ open class BackfillClient: Disposable, AutoCloseable, BackfillClientInterface
         FfiConverterString.lower(`propertiesJson`),
         FfiConverterOptionalLong.lower(`timestampMs`),
         FfiConverterOptionalString.lower(`deviceId`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Records an event now for this device, like `track` without a time or a device id, from
+     * UTF-8 bytes the call only borrows: the event `name`, and `properties_json` (JSON object
+     * text; empty for none). The fast path for bindings that encode the properties themselves
+     * (Kotlin passes direct `ByteBuffer`s, Python `bytes`, Swift `Data`): no argument is first
+     * copied into a Rust-owned buffer, so the event is recorded in one call across the FFI.
+     * Returns the insert id (empty while opted out). Raises `InvalidArgument` for bytes that
+     * are not UTF-8 or an event the server would refuse (SPEC §4).
+     */
+    @Throws(BackfillException::class)override fun `trackUtf8`(`name`: java.nio.ByteBuffer, `propertiesJson`: java.nio.ByteBuffer): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(BackfillException) { _status ->
+    UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_track_utf8(
+        it,
+        
+        FfiConverterByRefBytes.lower(`name`),
+        FfiConverterByRefBytes.lower(`propertiesJson`),_status)
 }
     }
     )
