@@ -1,6 +1,7 @@
 package dev.backfill
 
 import com.sun.jna.Native
+import com.sun.jna.Pointer
 import dev.backfill.internal.BackfillClient
 import dev.backfill.internal.FfiConverterString
 import dev.backfill.internal.ForeignBytes
@@ -87,24 +88,35 @@ internal class NativeTrack(client: BackfillClient) : AutoCloseable {
  */
 private class CallBuffers {
     private val json = JsonWriter(INITIAL_PROPERTIES)
-    private var name: ByteBuffer = ByteBuffer.allocateDirect(INITIAL_NAME)
-    private var properties: ByteBuffer = ByteBuffer.allocateDirect(INITIAL_PROPERTIES)
+    private var name = DirectBuffer(INITIAL_NAME)
+    private var properties = DirectBuffer(INITIAL_PROPERTIES)
     private val status = UniffiRustCallStatus()
     private val nameBytes = ForeignBytes.ByValue()
     private val propertiesBytes = ForeignBytes.ByValue()
     private var busy = false
 
     fun track(handle: Long, name: String, properties: Map<String, Any?>): String {
-        json.reset()
-        json.writeName(name)
-        val nameUtf8 = copy(this.name).also { this.name = it.retained(INITIAL_NAME) }
-        json.reset()
-        json.writeProperties(properties)
-        val propertiesJson = copy(this.properties).also { this.properties = it.retained(INITIAL_PROPERTIES) }
-        json.shrink(RETAINED_BYTES)
-        nameBytes.borrow(nameUtf8)
-        propertiesBytes.borrow(propertiesJson)
+        // The buffers stay in fields until the call returns: the native side reads them by
+        // address, and a direct buffer no longer referenced may be freed by the GC.
+        try {
+            json.reset()
+            json.writeName(name)
+            this.name = copy(this.name)
+            json.reset()
+            json.writeProperties(properties)
+            this.properties = copy(this.properties)
+            nameBytes.borrow(this.name)
+            propertiesBytes.borrow(this.properties)
+            return record(handle)
+        } finally {
+            this.name = this.name.retained(INITIAL_NAME)
+            this.properties = this.properties.retained(INITIAL_PROPERTIES)
+            json.shrink(RETAINED_BYTES)
+        }
+    }
 
+    /** The `track_utf8` call with [nameBytes] and [propertiesBytes]: the insert id. */
+    private fun record(handle: Long): String {
         val clone = call { UniffiLib.uniffi_backfill_ffi_fn_clone_backfillclient(handle, it) }
         val insertId = call {
             UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_track_utf8(clone, nameBytes, propertiesBytes, it)
@@ -118,24 +130,24 @@ private class CallBuffers {
         }
     }
 
-    /** [json]'s text in [buffer], or in a larger direct buffer when it does not fit. */
-    private fun copy(buffer: ByteBuffer): ByteBuffer {
+    /** [json]'s text in [into], or in a larger buffer when it does not fit. */
+    private fun copy(into: DirectBuffer): DirectBuffer {
         val size = json.size
-        val target = if (buffer.capacity() >= size) buffer else ByteBuffer.allocateDirect(maxOf(size, 2 * buffer.capacity()))
-        target.clear()
-        target.put(json.bytes, 0, size)
-        target.flip()
+        val target = if (into.capacity >= size) into else DirectBuffer(maxOf(size, 2 * into.capacity))
+        target.buffer.clear()
+        target.buffer.put(json.bytes, 0, size)
+        target.size = size
         return target
     }
 
     /** This buffer if small enough to keep for the next event, else a fresh one of [initial] bytes. */
-    private fun ByteBuffer.retained(initial: Int): ByteBuffer =
-        if (capacity() <= RETAINED_BYTES) this else ByteBuffer.allocateDirect(initial)
+    private fun DirectBuffer.retained(initial: Int): DirectBuffer =
+        if (capacity <= RETAINED_BYTES) this else DirectBuffer(initial)
 
-    /** Points at [buffer]'s bytes (from its start), as the generated `FfiConverterByRefBytes` does. */
-    private fun ForeignBytes.borrow(buffer: ByteBuffer) {
-        len = buffer.remaining()
-        data = if (len == 0) null else Native.getDirectBufferPointer(buffer)
+    /** Points at [direct]'s bytes, as the generated `FfiConverterByRefBytes` does (null when empty). */
+    private fun ForeignBytes.borrow(direct: DirectBuffer) {
+        len = direct.size
+        data = if (direct.size == 0) null else direct.address
     }
 
     /** [block] with the reset call status, then the status checked as the generated code checks it. */
@@ -179,4 +191,11 @@ private class CallBuffers {
             }
         }
     }
+}
+
+/** A direct buffer, its native address (looked up once) and how many of its bytes are in use. */
+private class DirectBuffer(val capacity: Int) {
+    val buffer: ByteBuffer = ByteBuffer.allocateDirect(capacity)
+    val address: Pointer = Native.getDirectBufferPointer(buffer)
+    var size = 0
 }
