@@ -134,7 +134,8 @@ private class CallBuffers {
     private fun copy(into: DirectBuffer): DirectBuffer {
         val size = json.size
         val target = if (into.capacity >= size) into else DirectBuffer(maxOf(size, 2 * into.capacity))
-        target.buffer.clear()
+        // Through Buffer: ByteBuffer.clear() returning ByteBuffer is Java 9 (and Android 28+).
+        (target.buffer as java.nio.Buffer).clear()
         target.buffer.put(json.bytes, 0, size)
         target.size = size
         return target
@@ -174,14 +175,17 @@ private class CallBuffers {
         /** A buffer grown past this (an event near the 256 KiB limit, or over it) is not kept. */
         private const val RETAINED_BYTES = 64 * 1024
 
-        private val perThread = ThreadLocal.withInitial { CallBuffers() }
+        // Not ThreadLocal.withInitial: Android has it from API 26, the library supports 24.
+        private val perThread = object : ThreadLocal<CallBuffers>() {
+            override fun initialValue() = CallBuffers()
+        }
 
         /**
          * [block] with the calling thread's buffers, or fresh ones if the thread is already in
          * this call (a property map whose own code records an event).
          */
         inline fun <T> use(block: (CallBuffers) -> T): T {
-            val buffers = perThread.get()
+            val buffers = perThread.get()!!
             if (buffers.busy) return block(CallBuffers())
             buffers.busy = true
             try {
