@@ -38,25 +38,23 @@ impl Event {
             insert_id: None,
         })
     }
-}
 
-impl Event {
-    /// [`Event::from_json`] for now and this device, from UTF-8 bytes: what a binding passes
-    /// when its strings cross as borrowed bytes. Bytes that are not UTF-8 are
-    /// [`Error::InvalidEvent`] naming the argument.
+    /// An event recorded now for this device, from UTF-8 bytes: its `name`, and its
+    /// properties as JSON object text read by [`properties_from_json`] (empty for none). What a
+    /// binding passes when it encodes the properties itself into a buffer the FFI borrows.
+    /// Bytes that are not UTF-8 are [`Error::InvalidEvent`] naming the argument.
     pub fn from_utf8(name: &[u8], properties_json: &[u8]) -> Result<Self, Error> {
+        let text = |bytes, what| {
+            std::str::from_utf8(bytes)
+                .map_err(|e| Error::InvalidEvent(format!("the {what} is not UTF-8: {e}")))
+        };
         Self::from_json(
-            utf8(name, "the name")?,
-            utf8(properties_json, "the properties' JSON")?,
+            text(name, "event name")?,
+            text(properties_json, "properties' JSON text")?,
             None,
             None,
         )
     }
-}
-
-fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, Error> {
-    std::str::from_utf8(bytes)
-        .map_err(|e| Error::InvalidEvent(format!("{what} is not UTF-8 text: {e}")))
 }
 
 /// Reads properties given as JSON text: a JSON object (`{}` for none). An empty or blank text
@@ -248,7 +246,7 @@ mod tests {
         let err = Event::from_utf8(b"r\xff", b"{}")
             .expect_err("name")
             .to_string();
-        assert!(err.contains("the name is not UTF-8"), "{err}");
+        assert!(err.contains("event name is not UTF-8"), "{err}");
         let err = Event::from_utf8(b"r", b"{\"a\": \"\xc3\"}").expect_err("json");
         assert!(err.to_string().contains("properties' JSON"), "{err}");
     }

@@ -68,10 +68,11 @@ impl BackfillClient {
 
     /// Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
     /// with the name and the properties' JSON object text (empty for none) as UTF-8 bytes.
-    /// The bytes are borrowed for the call instead of copied into a buffer Rust allocates for
-    /// each argument, which makes this the cheap path for a binding's hot loop (Python's
-    /// `track` uses it). Returns the insert id (empty while opted out). Raises
-    /// `InvalidArgument` as `track` does, and for bytes that are not UTF-8.
+    /// The bytes are borrowed for the call (Kotlin passes direct `ByteBuffer`s, Python
+    /// `bytes`, Swift `Data`) instead of copied into a buffer Rust allocates for each argument,
+    /// which makes this the cheap path for a binding's hot loop (Python's and Kotlin's `track`
+    /// use it). Returns the insert id (empty while opted out). Raises `InvalidArgument` as
+    /// `track` does (SPEC §4), and for bytes that are not UTF-8.
     pub fn track_utf8(&self, name: &[u8], properties_json: &[u8]) -> Result<String> {
         Ok(self
             .inner

@@ -146,36 +146,54 @@ fn events_upload_through_the_hosts_http_stack() {
 }
 
 #[test]
-fn track_utf8_records_what_track_records_from_borrowed_bytes() {
+fn track_utf8_records_what_track_records_and_names_bytes_that_are_not_utf8() {
     let server = TestServer::start(5, None);
+    let host = Host::new();
     let client = BackfillClient::new(
         config(&server, &server.dir.path().join("sdk.db")),
-        Some(Host::new()),
+        Some(host),
     )
     .expect("open");
     let id = client
-        .track_utf8("température".as_bytes(), br#"{"temp":21.5,"i":7}"#)
+        .track_utf8(
+            "réading".as_bytes(),
+            r#"{"temp": 21.5, "place": "Zürich"}"#.as_bytes(),
+        )
         .expect("track_utf8");
     client.track_utf8(b"tap", b"").expect("no properties");
     for (name, props, says) in [
-        (&b"r\xff"[..], &b"{}"[..], "not UTF-8"),
+        (&b"r\xff"[..], &b"{}"[..], "event name is not UTF-8"),
+        (
+            b"r",
+            b"{\"k\": \"\xc3\"}",
+            "properties' JSON text is not UTF-8",
+        ),
         (b"r", b"[1]", "JSON object"),
+        (b"", b"{}", "name"),
         (b"  ", b"{}", "whitespace"),
     ] {
         match client.track_utf8(name, props) {
             Err(BackfillError::InvalidArgument(m)) => assert!(m.contains(says), "{m}"),
-            other => panic!("{name:?}: {other:?}"),
+            other => panic!("{name:?} {props:?}: {other:?}"),
         }
     }
-    assert_eq!(client.flush().expect("flush").sent, 2);
-    let stored = server.events("name=temp%C3%A9rature");
+    assert_eq!(client.flush().expect("flush").sent, 2, "only the valid two");
+    let stored = server.events("name=r%C3%A9ading");
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0]["insert_id"], serde_json::json!(id));
+    assert_eq!(
+        stored[0]["device_id"],
+        serde_json::json!(client.device_id())
+    );
     assert_eq!(stored[0]["properties"]["temp"], serde_json::json!(21.5));
-    assert_eq!(stored[0]["properties"]["i"], serde_json::json!(7));
+    assert_eq!(
+        stored[0]["properties"]["place"],
+        serde_json::json!("Zürich")
+    );
+    assert_eq!(server.events("name=tap").len(), 1);
     client.close();
     assert_eq!(
-        client.track_utf8(b"after", b"{}"),
+        client.track_utf8(b"late", b"{}"),
         Err(BackfillError::Closed)
     );
 }

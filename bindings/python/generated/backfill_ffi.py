@@ -554,7 +554,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_backfill_ffi_checksum_method_backfillclient_track() != 15731:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8() != 42733:
+    if lib.uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8() != 17999:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_backfill_ffi_checksum_method_backfillclient_unregister() != 10875:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -2012,10 +2012,11 @@ class BackfillClientProtocol(typing.Protocol):
         """
         Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
         with the name and the properties' JSON object text (empty for none) as UTF-8 bytes.
-        The bytes are borrowed for the call instead of copied into a buffer Rust allocates for
-        each argument, which makes this the cheap path for a binding's hot loop (Python's
-        `track` uses it). Returns the insert id (empty while opted out). Raises
-        `InvalidArgument` as `track` does, and for bytes that are not UTF-8.
+        The bytes are borrowed for the call (Kotlin passes direct `ByteBuffer`s, Python
+        `bytes`, Swift `Data`) instead of copied into a buffer Rust allocates for each argument,
+        which makes this the cheap path for a binding's hot loop (Python's and Kotlin's `track`
+        use it). Returns the insert id (empty while opted out). Raises `InvalidArgument` as
+        `track` does (SPEC §4), and for bytes that are not UTF-8.
 """
         raise NotImplementedError
     def unregister(self, key: str) -> None:
@@ -2351,10 +2352,11 @@ class BackfillClient(BackfillClientProtocol):
         """
         Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
         with the name and the properties' JSON object text (empty for none) as UTF-8 bytes.
-        The bytes are borrowed for the call instead of copied into a buffer Rust allocates for
-        each argument, which makes this the cheap path for a binding's hot loop (Python's
-        `track` uses it). Returns the insert id (empty while opted out). Raises
-        `InvalidArgument` as `track` does, and for bytes that are not UTF-8.
+        The bytes are borrowed for the call (Kotlin passes direct `ByteBuffer`s, Python
+        `bytes`, Swift `Data`) instead of copied into a buffer Rust allocates for each argument,
+        which makes this the cheap path for a binding's hot loop (Python's and Kotlin's `track`
+        use it). Returns the insert id (empty while opted out). Raises `InvalidArgument` as
+        `track` does (SPEC §4), and for bytes that are not UTF-8.
 """
         
         _UniffiFfiConverterByRefBytes.check_lower(name)

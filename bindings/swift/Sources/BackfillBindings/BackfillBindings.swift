@@ -718,10 +718,11 @@ public protocol BackfillClientProtocol: AnyObject, Sendable {
     /**
      * Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
      * with the name and the properties' JSON object text (empty for none) as UTF-8 bytes.
-     * The bytes are borrowed for the call instead of copied into a buffer Rust allocates for
-     * each argument, which makes this the cheap path for a binding's hot loop (Python's
-     * `track` uses it). Returns the insert id (empty while opted out). Raises
-     * `InvalidArgument` as `track` does, and for bytes that are not UTF-8.
+     * The bytes are borrowed for the call (Kotlin passes direct `ByteBuffer`s, Python
+     * `bytes`, Swift `Data`) instead of copied into a buffer Rust allocates for each argument,
+     * which makes this the cheap path for a binding's hot loop (Python's and Kotlin's `track`
+     * use it). Returns the insert id (empty while opted out). Raises `InvalidArgument` as
+     * `track` does (SPEC §4), and for bytes that are not UTF-8.
      */
     func trackUtf8(name: Data, propertiesJson: Data) throws  -> String
     
@@ -1002,10 +1003,11 @@ open func track(name: String, propertiesJson: String = "{}", timestampMs: Int64?
     /**
      * Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
      * with the name and the properties' JSON object text (empty for none) as UTF-8 bytes.
-     * The bytes are borrowed for the call instead of copied into a buffer Rust allocates for
-     * each argument, which makes this the cheap path for a binding's hot loop (Python's
-     * `track` uses it). Returns the insert id (empty while opted out). Raises
-     * `InvalidArgument` as `track` does, and for bytes that are not UTF-8.
+     * The bytes are borrowed for the call (Kotlin passes direct `ByteBuffer`s, Python
+     * `bytes`, Swift `Data`) instead of copied into a buffer Rust allocates for each argument,
+     * which makes this the cheap path for a binding's hot loop (Python's and Kotlin's `track`
+     * use it). Returns the insert id (empty while opted out). Raises `InvalidArgument` as
+     * `track` does (SPEC §4), and for bytes that are not UTF-8.
      */
 open func trackUtf8(name: Data, propertiesJson: Data)throws  -> String  {
     return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeBackfillError_lift) {
@@ -2599,7 +2601,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_backfill_ffi_checksum_method_backfillclient_track() != 15731) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8() != 42733) {
+    if (uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8() != 17999) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backfill_ffi_checksum_method_backfillclient_unregister() != 10875) {

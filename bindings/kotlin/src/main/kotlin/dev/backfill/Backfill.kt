@@ -41,6 +41,7 @@ class Backfill @JvmOverloads constructor(
     private val ioDispatcher: CoroutineDispatcher = Dispatchers.IO,
 ) : AutoCloseable {
     private val client: BackfillClient = call { BackfillClient(config.toFfi(), HttpClientAdapter(httpClient)) }
+    private val nativeTrack = NativeTrack(client)
 
     /** This device's id, sent as `__deviceId` with its own events. */
     val deviceId: String
@@ -55,7 +56,7 @@ class Backfill @JvmOverloads constructor(
      * without line breaks (SPEC §4).
      */
     fun track(name: String, properties: Map<String, Any?> = emptyMap()): String =
-        call { client.track(name, Properties.toJson(properties), null, null) }
+        call { nativeTrack.track(name, properties) }
 
     /**
      * Records event [name] that happened at [timestampMs] (epoch ms), e.g. a reading taken while
@@ -154,7 +155,10 @@ class Backfill @JvmOverloads constructor(
      * Buffered events stay for the next client on the same file. Every later call throws
      * [IllegalStateException]; closing twice is harmless.
      */
-    override fun close() = client.shutdown()
+    override fun close() {
+        client.shutdown()
+        nativeTrack.close()
+    }
 
     private inline fun <T> call(block: () -> T): T =
         try {

@@ -20,7 +20,9 @@ import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.async
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
+import kotlinx.serialization.json.double
 import kotlinx.serialization.json.int
+import kotlinx.serialization.json.jsonArray
 import kotlinx.serialization.json.jsonObject
 import kotlinx.serialization.json.jsonPrimitive
 import org.junit.jupiter.api.io.TempDir
@@ -108,6 +110,58 @@ class BackfillTest {
     }
 
     @Test
+    fun `threads tracking at once each send their own name and properties, large or small`() {
+        val server = TestServer().closing()
+        val backfill = Backfill(config(server).copy(backgroundUpload = false)).closing()
+        backfill.setOnline(false)
+
+        val threads = 8
+        val perThread = 100
+        // Sizes around the reused buffers' capacity (4 KiB) and past what they keep (64 KiB).
+        val sizes = intArrayOf(0, 10, 4_000, 5_000, 70_000)
+        fun properties(t: Int, i: Int): Map<String, Any?> = mapOf(
+            "thread" to t,
+            "seq" to i,
+            "text" to "t$t é 𝄞 \"$i\"\n",
+            "pad" to "x".repeat(sizes[(t + i) % sizes.size]),
+            "nested" to mapOf("values" to List(i % 4) { it * 1.5 + 0.25 }),
+        )
+        val start = CyclicBarrier(threads)
+        val failures = ConcurrentHashMap.newKeySet<Throwable>()
+        val insertIds = ConcurrentHashMap<String, Pair<Int, Int>>()
+        (0 until threads).map { t ->
+            thread(name = "tracker-$t") {
+                try {
+                    start.await()
+                    for (i in 0 until perThread) insertIds[backfill.track("reading-$t-é", properties(t, i))] = t to i
+                } catch (e: Throwable) {
+                    failures += e
+                }
+            }
+        }.forEach { it.join() }
+        assertEquals(emptySet(), failures)
+        assertEquals(threads * perThread, insertIds.size, "every track returned its own insert id")
+
+        backfill.setOnline(true)
+        assertEquals(DrainEnd.Empty, runBlocking { backfill.flush() }.end)
+        val stored = server.events().associateBy { it.getValue("insert_id").jsonPrimitive.content }
+        assertEquals(threads * perThread, stored.size)
+        for ((id, ti) in insertIds) {
+            val (t, i) = ti
+            val event = stored[id] ?: error("event $id is missing")
+            assertEquals("reading-$t-é", event.getValue("name").jsonPrimitive.content)
+            val props = event.getValue("properties").jsonObject
+            val expected = properties(t, i)
+            assertEquals(t, props.getValue("thread").jsonPrimitive.int)
+            assertEquals(i, props.getValue("seq").jsonPrimitive.int)
+            assertEquals(expected["text"], props.getValue("text").jsonPrimitive.content)
+            assertEquals(expected["pad"], props.getValue("pad").jsonPrimitive.content)
+            val values = props.getValue("nested").jsonObject.getValue("values").jsonArray.map { it.jsonPrimitive.double }
+            assertEquals(List(i % 4) { it * 1.5 + 0.25 }, values)
+        }
+    }
+
+    @Test
     fun `invalid properties and events raise IllegalArgumentException and record nothing`() {
         val backfill = Backfill(config(null).copy(backgroundUpload = false)).closing()
 
@@ -121,6 +175,8 @@ class BackfillTest {
         val name = assertFailsWith<IllegalArgumentException> { backfill.track("two\nlines") }
         assertTrue(name.message!!.contains("line"), name.message)
         assertFailsWith<IllegalArgumentException> { backfill.track("") }
+        val surrogate = assertFailsWith<IllegalArgumentException> { backfill.track("reading", mapOf("note" to "a\uD800b")) }
+        assertTrue(surrogate.message!!.contains("\"note\""), surrogate.message)
 
         assertEquals(0, backfill.stats().buffered)
     }

@@ -47,6 +47,25 @@ class PropertiesTest {
     }
 
     @Test
+    fun `text is UTF-8 and numbers keep every digit`() {
+        val json = Properties.toJson(
+            linkedMapOf("clef" to "𝄞", "min" to Long.MIN_VALUE, "neg" to -120, "zero" to 0, "max" to Long.MAX_VALUE)
+        )
+        assertEquals(""" {"clef":"𝄞","min":-9223372036854775808,"neg":-120,"zero":0,"max":9223372036854775807}""".trim(), json)
+        assertEquals("[1,\"é\"]", Properties.valueToJson(listOf(1, "é"), "k"))
+    }
+
+    @Test
+    fun `a lone surrogate or a map that contains itself names its key`() {
+        val lone = assertFailsWith<IllegalArgumentException> { Properties.toJson(mapOf("a" to listOf("ok", "\uDC00"))) }
+        assertTrue(lone.message!!.contains("\"a[1]\""), lone.message)
+        val cycle = HashMap<String, Any?>()
+        cycle["self"] = cycle
+        val deep = assertFailsWith<IllegalArgumentException> { Properties.toJson(cycle) }
+        assertTrue(deep.message!!.contains("self.self"), deep.message?.take(200))
+    }
+
+    @Test
     fun `NaN, infinity and non-string keys are refused`() {
         val nan = assertFailsWith<IllegalArgumentException> { Properties.toJson(mapOf("temp" to Double.NaN)) }
         assertTrue(nan.message!!.contains("\"temp\""), nan.message)

@@ -5,6 +5,7 @@ import dev.backfill.BackfillConfig
 import dev.backfill.HttpClient
 import java.io.File
 import java.io.IOException
+import java.lang.management.ManagementFactory
 import java.nio.file.Files
 
 /**
@@ -20,6 +21,11 @@ fun main(args: Array<String>) {
     val rust = args.getOrNull(1) ?: error("usage: TrackBench EVENTS RUST_BINARY [ROUNDS]")
     val rounds = args.getOrNull(2)?.toInt() ?: 2
     println("track on one thread, offline, $events events per round, $rounds rounds (Rust, then Kotlin)")
+    val runtime = ManagementFactory.getRuntimeMXBean()
+    println(
+        "JVM: ${runtime.vmName} ${runtime.vmVersion}, GC ${gcs().joinToString { it.name }}, " +
+            "max heap ${Runtime.getRuntime().maxMemory() shr 20} MiB, flags ${runtime.inputArguments.filter { it.startsWith("-X") }}"
+    )
     repeat(rounds) { round ->
         val dir = Files.createTempDirectory("backfill-bench").toFile()
         try {
@@ -36,10 +42,27 @@ fun main(args: Array<String>) {
     }
 }
 
-private class Figures(val events: Int, val rate: Double, val p50Us: Double, val p99Us: Double) {
+private class Figures(
+    val events: Int,
+    val rate: Double,
+    val p50Us: Double,
+    val p99Us: Double,
+    val gcCount: Long,
+    val gcMs: Long,
+    val jitMs: Long,
+) {
     override fun toString() =
-        "kotlin track: $events events, %.0f events/s, p50 %.1f us, p99 %.1f us".format(rate, p50Us, p99Us)
+        "kotlin track: $events events, %.0f events/s, p50 %.1f us, p99 %.1f us ".format(rate, p50Us, p99Us) +
+            "(while timed: $gcCount GCs, $gcMs ms; JIT compiling $jitMs ms)"
 }
+
+private fun gcs() = ManagementFactory.getGarbageCollectorMXBeans()
+
+private fun gcCount() = gcs().sumOf { it.collectionCount.coerceAtLeast(0) }
+
+private fun gcMs() = gcs().sumOf { it.collectionTime.coerceAtLeast(0) }
+
+private fun jitMs() = ManagementFactory.getCompilationMXBean()?.totalCompilationTime ?: 0
 
 private fun reading(i: Int): Map<String, Any?> = mapOf(
     "temp" to 18.0 + (i % 100) / 10.0,
@@ -59,9 +82,14 @@ private fun runKotlin(events: Int, dir: File): Figures {
     )
     Backfill(config, offline).use { backfill ->
         backfill.setOnline(false)
-        // Warm-up: the JIT compiles the encoder and the JNA call path.
-        for (i in 0 until events / 10) backfill.track("reading", reading(i))
+        // Warm-up, as the Rust side does (events / 10), and for at least 3 s: C2 compiles the
+        // encoder and the JNA call path only after tens of thousands of calls, on background
+        // threads that would otherwise take the timed run's CPU ("JIT compiling" below).
+        val warmUntil = System.nanoTime() + 3_000_000_000L
+        var i = 0
+        while (i < events / 10 || System.nanoTime() < warmUntil) backfill.track("reading", reading(i++))
         val latencies = LongArray(events)
+        val (gcCount0, gcMs0, jitMs0) = Triple(gcCount(), gcMs(), jitMs())
         val start = System.nanoTime()
         for (i in 0 until events) {
             val properties = reading(i)
@@ -72,7 +100,10 @@ private fun runKotlin(events: Int, dir: File): Figures {
         val total = System.nanoTime() - start
         latencies.sort()
         fun percentile(p: Double) = latencies[((latencies.size - 1) * p).toInt()] / 1000.0
-        return Figures(events, events * 1e9 / total, percentile(0.50), percentile(0.99))
+        return Figures(
+            events, events * 1e9 / total, percentile(0.50), percentile(0.99),
+            gcCount() - gcCount0, gcMs() - gcMs0, jitMs() - jitMs0,
+        )
     }
 }
 
