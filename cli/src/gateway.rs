@@ -509,9 +509,30 @@ fn watch_for_interrupt(interrupt: &Interrupt, sdk: Option<&Backfill>) {
     }
 }
 
-/// On Ctrl-C (SIGINT), prints what this drain did so far and ends with exit 130. Rows sent
-/// but not yet settled stay buffered and are resent by the next drain: their insert ids make
-/// the server count them as duplicates, not store them twice.
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `systemctl stop`, `docker stop` and
+/// `kill` send), and returns the exit code that says which: 130 or 143 (128 + the signal).
+async fn stop_signal() -> Option<u8> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).ok()?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted.ok().map(|()| exit::INTERRUPTED),
+            _ = term.recv() => Some(exit::TERMINATED),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .ok()
+            .map(|()| exit::INTERRUPTED)
+    }
+}
+
+/// On Ctrl-C (SIGINT) or SIGTERM, prints what this drain did so far and ends with exit 130 or
+/// 143. Rows sent but not yet settled stay buffered and are resent by the next drain: their
+/// insert ids make the server count them as duplicates, not store them twice.
 fn on_interrupt() -> Interrupt {
     let interrupt = Interrupt::default();
     let current = Arc::clone(&interrupt);
@@ -524,15 +545,20 @@ fn on_interrupt() -> Interrupt {
             else {
                 return;
             };
-            if runtime.block_on(tokio::signal::ctrl_c()).is_err() {
+            let Some(code) = runtime.block_on(stop_signal()) else {
                 return;
-            }
+            };
+            let how = if code == exit::TERMINATED {
+                "stopped (SIGTERM)"
+            } else {
+                "interrupted"
+            };
             let (now, start) = match current.lock().ok().and_then(|c| c.clone()) {
                 Some((sdk, start)) => (sdk.stats().unwrap_or_default(), start),
                 None => Default::default(),
             };
             eprintln!(
-                "\nbackfill drain: interrupted; sent {} events in {} requests, {} duplicates, {} \
+                "\nbackfill drain: {how}; sent {} events in {} requests, {} duplicates, {} \
                  dead-lettered, {} expired; {} left in the buffer for the next drain",
                 now.sent.saturating_sub(start.sent),
                 now.requests.saturating_sub(start.requests),
@@ -541,10 +567,10 @@ fn on_interrupt() -> Interrupt {
                 now.expired.saturating_sub(start.expired),
                 now.buffered_events
             );
-            std::process::exit(i32::from(exit::INTERRUPTED));
+            std::process::exit(i32::from(code));
         });
     if let Err(e) = watcher {
-        tracing::warn!(error = %e, "cannot watch for Ctrl-C");
+        tracing::warn!(error = %e, "cannot watch for Ctrl-C or SIGTERM");
     }
     interrupt
 }

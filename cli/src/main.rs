@@ -61,6 +61,8 @@ pub mod exit {
     pub const CONFIG: u8 = 78;
     /// Interrupted by Ctrl-C (128 + SIGINT); the summary so far is printed.
     pub const INTERRUPTED: u8 = 130;
+    /// Stopped by SIGTERM (128 + 15), as `systemctl stop` does; the summary so far is printed.
+    pub const TERMINATED: u8 = 143;
 
     /// The table, as `--help` and the README show it.
     pub const TABLE: &str = "Exit codes:
@@ -75,7 +77,8 @@ pub mod exit {
   75   another drain holds the buffer; try again later
   77   the server refused the credentials; the data is kept
   78   the endpoint is wrong (bad URL, or no Backfill server there); the data is kept
-  130  interrupted (Ctrl-C); the summary so far is printed";
+  130  interrupted (Ctrl-C); the summary so far is printed
+  143  stopped by SIGTERM (systemctl stop, kill); the summary so far is printed";
 }
 
 #[derive(Debug, Parser)]

@@ -825,6 +825,17 @@ fn causes_are_named_and_bad_endpoints_refused_up_front() {
 
 #[test]
 fn until_empty_names_its_wait_and_ctrl_c_prints_the_summary() {
+    stopped_by("INT", 130, "interrupted");
+}
+
+#[test]
+fn sigterm_prints_the_summary_like_ctrl_c() {
+    stopped_by("TERM", 143, "stopped (SIGTERM)");
+}
+
+/// Drains into a closed port until it waits to retry, sends `signal`, and expects `code` with
+/// the summary saying `says`.
+fn stopped_by(signal: &str, code: i32, says: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("gw.db");
     enqueue(&db, &readings(3));
@@ -850,16 +861,16 @@ fn until_empty_names_its_wait_and_ctrl_c_prints_the_summary() {
     );
     // The shell's own `kill`: no procps needed on the machine.
     let killed = Command::new("sh")
-        .args(["-c", &format!("kill -INT {}", child.id())])
+        .args(["-c", &format!("kill -{signal} {}", child.id())])
         .status()
-        .expect("kill -INT");
+        .expect("kill");
     assert!(killed.success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert_eq!(status.code(), Some(code), "{rest:?}");
     assert!(
         rest.iter()
-            .any(|l| l.contains("interrupted") && l.contains("3 left")),
+            .any(|l| l.contains(says) && l.contains("3 left")),
         "{rest:?}"
     );
 }
@@ -901,7 +912,7 @@ fn a_closed_pipe_ends_quietly_and_help_shows_the_exit_codes() {
 
     let help = backfill(&["--help"], None, &[]);
     assert!(help.status.success());
-    for code in ["65", "66", "69", "74", "75", "77", "78", "130"] {
+    for code in ["65", "66", "69", "74", "75", "77", "78", "130", "143"] {
         assert!(text(&help).0.contains(code), "--help lists {code}");
     }
     let wrong = backfill(&["drain", "--no-such-flag"], None, &[]);

@@ -286,8 +286,12 @@ pub fn timestamp(raw: Option<&str>) -> Result<Option<ClientTime<'_>>, String> {
     let Some(raw) = raw else {
         return Ok(None);
     };
-    serde_json::from_str::<Value>(raw)
-        .ok()
+    // The usual form, an integer, is read without building a JSON value.
+    let value = match raw.parse::<i64>() {
+        Ok(ms) if !raw.starts_with('+') => Some(Value::from(ms)),
+        _ => serde_json::from_str::<Value>(raw).ok(),
+    };
+    value
         .and_then(|value| parse_timestamp(&value))
         .map(|ms| Some(ClientTime { ms, raw }))
         .ok_or_else(|| "invalid __timestamp".to_owned())

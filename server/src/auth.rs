@@ -100,7 +100,9 @@ impl std::fmt::Debug for NewProject {
 
 /// Saves the configured clients (their secret and mode replace what was stored); with none
 /// configured and none stored, creates a `root` client and returns it so that its secret can be
-/// printed once.
+/// printed once. A configured client that `backfill-server project revoke` revoked stays
+/// revoked (a restart with a stale `--project` list must not bring a revoked key back): it is
+/// left as stored and named in a warning.
 pub async fn bootstrap(
     store: &dyn Store,
     configured: &[ProjectCredential],
@@ -110,6 +112,14 @@ pub async fn bootstrap(
     for p in configured {
         let client_id = p.client_id.to_string();
         let known = stored.iter().find(|r| r.client_id == client_id);
+        if known.is_some_and(|r| r.revoked_at.is_some()) {
+            tracing::warn!(
+                client = %client_id,
+                "this --project client is revoked in the store and stays revoked; remove it \
+                 from --project (BACKFILL_PROJECTS)"
+            );
+            continue;
+        }
         store
             .save_project(ProjectRecord {
                 key: 0,

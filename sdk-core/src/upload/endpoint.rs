@@ -13,7 +13,7 @@ const ROUTES: [&str; 6] = [
 ];
 
 /// Checks that `endpoint` is a server's base URL: `http` or `https`, a host, no spaces around
-/// it, no query or fragment, and a path that is not one of the contract's routes (a prefix a
+/// it, no user name or password (they would not be sent), no query or fragment, and a path that is not one of the contract's routes (a prefix a
 /// reverse proxy serves the server under is fine). The error says what to fix.
 pub fn check(endpoint: &str) -> Result<(), String> {
     if endpoint.trim() != endpoint {
@@ -26,6 +26,15 @@ pub fn check(endpoint: &str) -> Result<(), String> {
             "the endpoint {endpoint:?} is not a URL ({e}); give e.g. https://ingest.example.com"
         )
     })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // The credentials are not repeated in the message (it lands in logs).
+        return Err(format!(
+            "the endpoint \"{}://…@{}\" holds a user name or password; requests are signed \
+             with the client id and secret, not URL credentials: remove them from the URL",
+            url.scheme(),
+            url.host_str().unwrap_or_default()
+        ));
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
             "the endpoint {endpoint:?} must start with http:// or https://"
@@ -73,11 +82,20 @@ mod tests {
             ("http://127.0.0.1:8080/track/batch", "/track/batch"),
             ("http://127.0.0.1:8080/track/", "/track"),
             ("https://example.com/?key=1", "query"),
+            (
+                "https://gw:s3cret@ingest.example.com",
+                "user name or password",
+            ),
+            ("https://gw@ingest.example.com", "user name or password"),
             // Host names are read as ASCII; an internationalised one goes in its xn-- form.
             ("https://bücher.example", "not a URL"),
         ] {
             let err = check(bad).expect_err(bad);
             assert!(err.contains(says), "{bad}: {err}");
+            assert!(
+                !err.contains("s3cret"),
+                "{bad}: the password is not repeated: {err}"
+            );
         }
     }
 }

@@ -24,9 +24,23 @@ use serde_json::value::RawValue;
 struct Payload<'a> {
     name: Option<&'a str>,
     /// `Some(None)` for `"properties": null`.
-    properties: Option<Option<Vec<(&'a str, &'a str)>>>,
+    properties: Option<Option<Props<'a>>>,
     profile_id: Option<Option<&'a str>>,
     groups: Option<Option<Vec<&'a str>>>,
+}
+
+/// A properties object as read: its members with each value's text, `__timestamp` set aside,
+/// and the special ids as they were read on the way (absent, `null` or an unescaped string),
+/// so the rules need no second lookup. A repeated key keeps its last value, as in
+/// [`Properties::new`].
+#[derive(Default)]
+struct Props<'a> {
+    pairs: Vec<(&'a str, &'a str)>,
+    timestamp: Option<&'a str>,
+    device_id: Option<Option<&'a str>>,
+    session_id: Option<Option<&'a str>>,
+    insert_id: Option<Option<&'a str>>,
+    ip: Option<Option<&'a str>>,
 }
 
 /// Stores the value of a key seen for the first time; a repeated key defers to the full check.
@@ -228,18 +242,42 @@ impl<'a> Scanner<'a> {
         Some(items)
     }
 
+    /// One property: its value's text kept in `props`; a special id read as `null` or an
+    /// unescaped string on the way (anything else defers the row), `__timestamp` set aside.
+    fn property(&mut self, key: &'a str, props: &mut Props<'a>) -> Option<()> {
+        let id = match key {
+            TIMESTAMP => {
+                props.timestamp = Some(self.value()?);
+                return Some(());
+            }
+            DEVICE_ID => &mut props.device_id,
+            SESSION_ID => &mut props.session_id,
+            INSERT_ID => &mut props.insert_id,
+            IP => &mut props.ip,
+            _ => {
+                props.pairs.push((key, self.value()?));
+                return Some(());
+            }
+        };
+        self.peek()?;
+        let start = self.at;
+        *id = Some(self.nullable(Self::plain_string)?);
+        props.pairs.push((key, self.text.get(start..self.at)?));
+        Some(())
+    }
+
     fn payload(&mut self) -> Option<Payload<'a>> {
         let mut payload = Payload::default();
         self.object(|s, key| match key {
             "name" => once(&mut payload.name, s.plain_string()?),
             "properties" => {
                 let value = s.nullable(|s| {
-                    let mut pairs = Vec::with_capacity(8);
-                    s.object(|s, key| {
-                        pairs.push((key, s.value()?));
-                        Some(())
-                    })?;
-                    Some(pairs)
+                    let mut props = Props {
+                        pairs: Vec::with_capacity(8),
+                        ..Props::default()
+                    };
+                    s.object(|s, key| s.property(key, &mut props))?;
+                    Some(props)
                 })?;
                 once(&mut payload.properties, value)
             }
@@ -282,19 +320,22 @@ pub fn read(raw: &RawValue) -> Option<ValidEvent<'_>> {
         Member::Array(ids.into_iter().map(plain).collect())
     }))
     .ok()?;
-    let pairs = payload.properties.flatten().unwrap_or_default();
-    let mut properties = Properties::new(
-        pairs
+    let props = payload.properties.flatten().unwrap_or_default();
+    let timestamp = validate::timestamp(props.timestamp).ok()?;
+    let device_id =
+        validate::special_id(&nullable(props.device_id, plain), DEVICE_ID, true).ok()?;
+    let session_id =
+        validate::special_id(&nullable(props.session_id, plain), SESSION_ID, false).ok()?;
+    let insert_id =
+        validate::special_id(&nullable(props.insert_id, plain), INSERT_ID, false).ok()?;
+    let ip = validate::ip(&nullable(props.ip, plain)).ok()?;
+    let properties = Properties::new(
+        props
+            .pairs
             .into_iter()
             .map(|(k, v)| (Cow::Borrowed(k), v))
             .collect(),
     );
-    let timestamp = validate::timestamp(properties.remove(TIMESTAMP)).ok()?;
-    let special = |key: &str| special_member(properties.get(key));
-    let device_id = validate::special_id(&special(DEVICE_ID)?, DEVICE_ID, true).ok()?;
-    let session_id = validate::special_id(&special(SESSION_ID)?, SESSION_ID, false).ok()?;
-    let insert_id = validate::special_id(&special(INSERT_ID)?, INSERT_ID, false).ok()?;
-    let ip = validate::ip(&special(IP)?).ok()?;
     Some(ValidEvent {
         action: Action::Track { name, groups },
         profile_id,
@@ -318,18 +359,6 @@ fn nullable<'a, T>(member: Option<Option<T>>, read: impl FnOnce(T) -> Member<'a>
         None => Member::Absent,
         Some(None) => Member::Null,
         Some(Some(value)) => read(value),
-    }
-}
-
-/// A special property's raw value as the rules see it, or `None` (defer) when it is neither
-/// `null` nor an unescaped string.
-fn special_member(raw: Option<&str>) -> Option<Member<'_>> {
-    match raw {
-        None => Some(Member::Absent),
-        Some(raw) => Some(nullable(
-            Some(Scanner::new(raw).nullable(Scanner::plain_string)?),
-            plain,
-        )),
     }
 }
 

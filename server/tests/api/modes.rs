@@ -277,6 +277,46 @@ async fn configured_modes_apply(store: StoreKind) {
     assert_error_body(status, &body, StatusCode::FORBIDDEN);
 }
 
+async fn a_revoked_client_stays_revoked_when_still_configured(store: StoreKind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(NOW);
+    let place = Place::new(store, dir.path());
+    let store = place.open(&clock).await;
+    let gateway = "0b6d0a3e-58c4-4d0e-9a51-9e4f3c2d1b0a";
+    let configured = vec![
+        format!("{gateway}:gw-secret:write")
+            .parse()
+            .expect("credential"),
+    ];
+    backfill_server::auth::bootstrap(store.as_ref(), &configured, NOW)
+        .await
+        .expect("bootstrap");
+    let id = Uuid::parse_str(gateway).expect("uuid");
+    admin::revoke(store.as_ref(), id, NOW)
+        .await
+        .expect("revoke");
+    // A restart with the same --project list.
+    backfill_server::auth::bootstrap(store.as_ref(), &configured, NOW + 1)
+        .await
+        .expect("bootstrap again");
+    let listed = admin::list(store.as_ref()).await.expect("list");
+    let record = listed
+        .iter()
+        .find(|r| r.client_id == gateway)
+        .expect("still listed");
+    assert_eq!(record.revoked_at, Some(NOW), "the revocation is kept");
+    let h = Harness::over(dir, place, clock, store, 5).await;
+    let (status, body) = post_as(
+        &h,
+        "/track/batch",
+        gateway,
+        "gw-secret",
+        json!({"events": [reading("dev-1", NOW - MINUTE, "k1")]}),
+    )
+    .await;
+    assert_error_body(status, &body, StatusCode::UNAUTHORIZED);
+}
+
 async fn the_read_api_refuses_unknown_parameters(store: StoreKind) {
     let h = Harness::new(store).await;
     h.accept(vec![reading("dev-1", NOW - MINUTE, "k1")]).await;
@@ -368,5 +408,6 @@ store_tests!(
     a_rotated_secret_works_for_its_grace_period_then_is_refused,
     a_revoked_key_is_refused_and_its_project_data_stays,
     configured_modes_apply,
+    a_revoked_client_stays_revoked_when_still_configured,
     the_read_api_refuses_unknown_parameters,
 );
