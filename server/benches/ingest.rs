@@ -13,7 +13,8 @@
 //! one database, each on a fresh database; and, in the same round, the ceiling: the same rows
 //! inserted by a plain `INSERT ... SELECT FROM unnest(...)` into a table without indexes, 2000
 //! rows per statement, from as many connections. It prints events/s, p50/p99, and the CPU the
-//! server processes and PostgreSQL spent per event.
+//! server processes and PostgreSQL spent per event. `BENCH_WRITE_FORMS=1` adds, each round, the
+//! store's insert of events as `unnest` arrays against binary `COPY` into a staging table.
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -515,6 +516,121 @@ mod postgres {
         (rate, pg * 1e6 / rows.len() as f64)
     }
 
+    /// The two write forms of the store's insert of events, on the store's own schema (applied
+    /// by connecting a store), with the same rows sorted by insert id, 2000 to a transaction,
+    /// from [`PG_CONNECTIONS`] connections: the rows as arrays (`INSERT ... SELECT FROM
+    /// unnest(...)`, what the store does) or binary `COPY` into a temporary staging table
+    /// followed by `INSERT ... SELECT FROM` it. Both are the plain insert the store runs for a
+    /// group of new keys (its unique index on the insert id still checks each). Returns rows/s
+    /// of each.
+    async fn write_forms(cluster: &cluster::Cluster, total: usize, round: usize) -> (f64, f64) {
+        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+        use tokio_postgres::types::{ToSql, Type};
+
+        const UNNEST: &str = "
+            INSERT INTO events (project, created_at, id, type, name, device_id, session_id,
+                properties, synced_at, insert_id)
+            SELECT 1, u.t, u.id, 'track', 'reading', u.device, u.session, u.props, u.t, u.key
+            FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[])
+                AS u (t, id, device, session, props, key)";
+        const STAGE: &str = "
+            CREATE TEMP TABLE IF NOT EXISTS staged (t int8, id uuid, device text, session text,
+                props text, key text) ON COMMIT DELETE ROWS";
+        const FROM_STAGE: &str = "
+            INSERT INTO events (project, created_at, id, type, name, device_id, session_id,
+                properties, synced_at, insert_id)
+            SELECT 1, s.t, s.id, 'track', 'reading', s.device, s.session, s.props, s.t, s.key
+            FROM staged AS s";
+        type Row = (i64, uuid::Uuid, String, String, String);
+        let mut rates = [0.0; 2];
+        for (form, rate) in rates.iter_mut().enumerate() {
+            let url = cluster.create_database();
+            let options = backfill_server::store::postgres::PostgresOptions {
+                url: url.clone(),
+                pool_size: 1,
+                acquire_timeout: Duration::from_secs(10),
+                clock: std::sync::Arc::new(backfill_server::clock::SystemClock),
+                commit_latency: None,
+            };
+            let store = backfill_server::store::postgres::PostgresStore::connect(options)
+                .await
+                .expect("schema");
+            drop(store);
+            let mut rows: Vec<Row> = readings(total, &format!("form{form}-{round}"))
+                .iter()
+                .map(|e| {
+                    let mut props = e["payload"]["properties"].clone();
+                    let t = props["__timestamp"].as_i64().unwrap_or(0);
+                    if let Some(m) = props.as_object_mut() {
+                        m.remove("__timestamp");
+                    }
+                    let device = props["__deviceId"].as_str().unwrap_or("").to_owned();
+                    let key = props["__insertId"].as_str().unwrap_or("").to_owned();
+                    (t, uuid::Uuid::now_v7(), device, props.to_string(), key)
+                })
+                .collect();
+            rows.sort_by(|a, b| a.4.cmp(&b.4));
+            let queue = std::sync::Arc::new(std::sync::Mutex::new(
+                rows.chunks(BATCH).map(<[Row]>::to_vec).collect::<Vec<_>>(),
+            ));
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..PG_CONNECTIONS {
+                let (queue, url) = (queue.clone(), url.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut client = connect(&url).await;
+                    client.batch_execute(STAGE).await.expect("staging table");
+                    let unnest = client.prepare(UNNEST).await.expect("prepare");
+                    let from_stage = client.prepare(FROM_STAGE).await.expect("prepare");
+                    loop {
+                        let next = queue.lock().ok().and_then(|mut q| q.pop());
+                        let Some(chunk) = next else { break };
+                        let tx = client.transaction().await.expect("begin");
+                        let claimed = if form == 0 {
+                            let t: Vec<i64> = chunk.iter().map(|r| r.0).collect();
+                            let id: Vec<uuid::Uuid> = chunk.iter().map(|r| r.1).collect();
+                            let device: Vec<&str> = chunk.iter().map(|r| r.2.as_str()).collect();
+                            let session = vec!["sess"; chunk.len()];
+                            let props: Vec<&str> = chunk.iter().map(|r| r.3.as_str()).collect();
+                            let key: Vec<&str> = chunk.iter().map(|r| r.4.as_str()).collect();
+                            tx.execute(&unnest, &[&t, &id, &device, &session, &props, &key])
+                                .await
+                                .expect("insert")
+                        } else {
+                            let sink = tx
+                                .copy_in("COPY staged FROM STDIN (FORMAT binary)")
+                                .await
+                                .expect("copy");
+                            let types = [
+                                Type::INT8,
+                                Type::UUID,
+                                Type::TEXT,
+                                Type::TEXT,
+                                Type::TEXT,
+                                Type::TEXT,
+                            ];
+                            let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+                            for r in &chunk {
+                                let row: [&(dyn ToSql + Sync); 6] =
+                                    [&r.0, &r.1, &r.2, &"sess", &r.3, &r.4];
+                                writer.as_mut().write(&row).await.expect("row");
+                            }
+                            writer.finish().await.expect("copy done");
+                            tx.execute(&from_stage, &[]).await.expect("insert")
+                        };
+                        assert_eq!(claimed, chunk.len() as u64, "every row is stored");
+                        tx.commit().await.expect("commit");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+            *rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+        }
+        (rates[0], rates[1])
+    }
+
     async fn connect(url: &str) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
@@ -527,6 +643,7 @@ mod postgres {
         assert!(cluster::available(), "PostgreSQL is not installed");
         let cluster = cluster::Cluster::start();
         let rounds = rounds();
+        let forms = std::env::var("BENCH_WRITE_FORMS").is_ok_and(|v| v == "1");
         println!(
             "backfill-server ingest benchmark, PostgreSQL store: {total} events per run, batches of {BATCH}, {PG_CONNECTIONS} connections, {rounds} rounds"
         );
@@ -542,6 +659,12 @@ mod postgres {
                 "ceiling (plain unnest insert, same rows, no index, durable): {c:.0} rows/s  CPU/row: PostgreSQL {pg:.1} µs"
             );
             ceilings.push(c);
+            if forms {
+                let (unnest, copy) = write_forms(&cluster, total, round).await;
+                println!(
+                    "claim write forms (store schema, 2000 rows a transaction): unnest {unnest:.0} rows/s, binary COPY into a staging table {copy:.0} rows/s"
+                );
+            }
         }
         let ceiling = median(&mut ceilings);
         println!("median of {rounds} rounds: ceiling {ceiling:.0} rows/s");

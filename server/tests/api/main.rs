@@ -11,6 +11,7 @@ mod dedup;
 mod envelope;
 mod faults;
 mod fidelity;
+mod grouping;
 mod modes;
 mod profiles;
 mod read;

@@ -34,6 +34,13 @@ pub(super) fn classify(e: &tokio_postgres::Error) -> Failure {
     }
 }
 
+/// Whether `e` is a unique violation of the index named `index`.
+pub(super) fn violates(e: &tokio_postgres::Error, index: &str) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(index)
+    })
+}
+
 /// A driver error as a [`StoreError`].
 pub(super) fn from_pg(e: tokio_postgres::Error) -> StoreError {
     match classify(&e) {

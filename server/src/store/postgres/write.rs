@@ -1,6 +1,11 @@
-//! The PostgreSQL store's SQL for writing one request in one transaction: one statement per
-//! table, each taking the request's rows as arrays (`unnest`), each sorted by its conflict key.
-//! What each row changes is decided by [`crate::store::rules`].
+//! The PostgreSQL store's SQL for writing a group of requests in one transaction: one statement
+//! per table and project, each taking the rows of every request of the group as arrays
+//! (`unnest`), each sorted by its conflict key. What each row changes is decided by
+//! [`crate::store::rules`], one [`Plan`] per request, applied in the group's order.
+//!
+//! Requests of one group never share an insert id (the writer keeps a request that would for
+//! the next group), so a key's claim speaks for exactly one request, and a refused row's key
+//! is free again for a later request, as when requests are written one after the other.
 //!
 //! Insert ids are claimed by the `events` table's own unique index on (project, insert id):
 //! every row with a key, of whatever type, is a row of `events` (a profile or group change as
@@ -8,31 +13,60 @@
 //! the keys and stores the events, and one constraint keeps every key once. A separate key
 //! table would cost a second index and a second speculative insert per event.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::store::rules::{Plan, Profile, raw_json, session_start_time};
+use crate::store::rules::{GroupWrite, Plan, Profile, raw_json, session_start_time};
 use crate::store::{IngestJob, PreparedRow, RowAction, RowOutcome};
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 
-/// Stores the request's rows (events, and marker rows of the other types) and claims their
+/// Stores the group's rows (events, and marker rows of the other types) and claims their
 /// insert ids: a row whose key is stored is skipped, and a key another transaction holds is
 /// waited for, so that of two nodes writing one key at once exactly one stores it.
 const CLAIM_AND_INSERT: &str = "
 INSERT INTO events (project, created_at, id, type, name, device_id, session_id, profile_id,
     properties, groups, sdk_name, sdk_version, synced_at, insert_id)
 SELECT $1, u.created_at, u.id, u.type, u.name, u.device_id, u.session_id, u.profile_id,
-    u.properties, u.groups, $12, $13, $14, u.insert_id
+    u.properties, u.groups, u.sdk_name, u.sdk_version, $14, u.insert_id
 FROM unnest($2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-    $9::text[], $10::text[], $11::text[])
+    $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
     AS u (created_at, id, type, name, device_id, session_id, profile_id, properties, groups,
-        insert_id)
+        insert_id, sdk_name, sdk_version)
 ON CONFLICT (project, insert_id) DO NOTHING
 RETURNING insert_id";
+
+/// Stores rows whose keys are all expected to be new (see [`ClaimForm::Fresh`]), and rows
+/// that have no insert id (`session_start` events). A key that is stored already fails the
+/// statement with a unique violation of `events_by_insert_id`.
+const INSERT_EVENTS: &str = "
+INSERT INTO events (project, created_at, id, type, name, device_id, session_id, profile_id,
+    properties, groups, sdk_name, sdk_version, synced_at, insert_id)
+SELECT $1, u.created_at, u.id, u.type, u.name, u.device_id, u.session_id, u.profile_id,
+    u.properties, u.groups, u.sdk_name, u.sdk_version, $14, u.insert_id
+FROM unnest($2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+    $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
+    AS u (created_at, id, type, name, device_id, session_id, profile_id, properties, groups,
+        insert_id, sdk_name, sdk_version)";
+
+/// The unique index that keeps each insert id once per project (see `schema`).
+pub(super) const KEY_INDEX: &str = "events_by_insert_id";
+
+/// How a group claims its insert ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClaimForm {
+    /// A plain insert, which fails with a unique violation of [`KEY_INDEX`] when a key is
+    /// stored already (or by a transaction that then commits); the group is then written again
+    /// [`ClaimForm::Deduplicating`]. Most groups carry no stored key, and for them this form
+    /// spares PostgreSQL the speculative insertion of `ON CONFLICT`: an index probe before, and
+    /// a WAL record after, each row.
+    Fresh,
+    /// `ON CONFLICT DO NOTHING RETURNING`: stored keys are skipped and reported.
+    Deduplicating,
+}
 
 /// Creates or widens sessions. The row lock it takes serialises every node's changes to one
 /// session; `previous_started_at` tells a created row (NULL) from a widened one.
@@ -50,17 +84,6 @@ ON CONFLICT (project, id) DO UPDATE SET
     profile_id = coalesce(s.profile_id, excluded.profile_id),
     previous_started_at = s.started_at
 RETURNING id, start_event, started_at, previous_started_at";
-
-/// Inserts rows that have no insert id (`session_start` events).
-const INSERT_EVENTS: &str = "
-INSERT INTO events (project, created_at, id, type, name, device_id, session_id, profile_id,
-    properties, groups, sdk_name, sdk_version, synced_at, insert_id)
-SELECT $1, u.created_at, u.id, u.type, u.name, u.device_id, u.session_id, u.profile_id,
-    u.properties, u.groups, $12, $13, $14, u.insert_id
-FROM unnest($2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-    $9::text[], $10::text[], $11::text[])
-    AS u (created_at, id, type, name, device_id, session_id, profile_id, properties, groups,
-        insert_id)";
 
 /// Moves `session_start` events earlier; each is found by its old place in the primary key.
 const MOVE_STARTS: &str = "
@@ -116,6 +139,8 @@ struct EventColumns<'a> {
     properties: Vec<&'a str>,
     groups: Vec<Option<&'a str>>,
     insert_id: Vec<Option<&'a str>>,
+    sdk_name: Vec<Option<&'a str>>,
+    sdk_version: Vec<Option<&'a str>>,
 }
 
 /// The text columns of one row of `events`.
@@ -131,7 +156,14 @@ struct Fields<'a> {
 }
 
 impl<'a> EventColumns<'a> {
-    fn push(&mut self, created_at: i64, id: Uuid, kind: &'a str, f: Fields<'a>) {
+    fn push(
+        &mut self,
+        created_at: i64,
+        id: Uuid,
+        kind: &'a str,
+        job: &'a IngestJob,
+        f: Fields<'a>,
+    ) {
         self.created_at.push(created_at);
         self.id.push(id);
         self.kind.push(kind);
@@ -146,16 +178,14 @@ impl<'a> EventColumns<'a> {
         });
         self.groups.push(f.groups);
         self.insert_id.push(f.insert_id);
+        self.sdk_name.push(job.sdk_name.as_deref());
+        self.sdk_version.push(job.sdk_version.as_deref());
     }
 
     /// The parameters of [`CLAIM_AND_INSERT`] and [`INSERT_EVENTS`].
-    fn params<'p>(
-        &'p self,
-        job: &'p IngestJob,
-        synced_at: &'p i64,
-    ) -> [&'p (dyn ToSql + Sync); 14] {
+    fn params<'p>(&'p self, project: &'p i64, synced_at: &'p i64) -> [&'p (dyn ToSql + Sync); 14] {
         [
-            &job.project,
+            project,
             &self.created_at,
             &self.id,
             &self.kind,
@@ -166,8 +196,8 @@ impl<'a> EventColumns<'a> {
             &self.properties,
             &self.groups,
             &self.insert_id,
-            &job.sdk_name,
-            &job.sdk_version,
+            &self.sdk_name,
+            &self.sdk_version,
             synced_at,
         ]
     }
@@ -184,26 +214,96 @@ fn marker_type(action: &RowAction) -> &'static str {
     }
 }
 
-/// Writes `rows` of `job` inside `tx` and returns their outcomes; the caller commits.
-pub(super) async fn write_rows(
+/// Rows of one request to write as part of a group.
+pub(super) struct Part<'a> {
+    /// The request.
+    pub job: &'a IngestJob,
+    /// Its rows to write, in request order: all of them, or one when a request is written row
+    /// by row.
+    pub rows: Vec<&'a PreparedRow>,
+}
+
+/// What the group's new events change in one session of one project.
+struct SessionChange<'a> {
+    /// The first part whose events reach the session; its request writes a new
+    /// `session_start`.
+    part: usize,
+    device_id: &'a str,
+    profile_id: Option<&'a str>,
+    first: i64,
+    last: i64,
+    count: i64,
+}
+
+/// Writes `parts` inside `tx` and returns the outcomes of each part's rows; the caller commits.
+/// Every lock is taken in one order, whatever the group: insert ids, then sessions, then
+/// profiles, then groups, each by (project, id).
+pub(super) async fn write_group(
     tx: &Transaction<'_>,
-    job: &IngestJob,
-    rows: &[&PreparedRow],
+    parts: &[Part<'_>],
     synced_at: i64,
-) -> Result<Vec<RowOutcome>> {
-    let project = job.project;
-    let mut plan = Plan::new(rows.to_vec());
-    let mut stored = EventColumns::default();
-    // In key order, so that overlapping requests on several nodes claim keys in one order; the
+    form: ClaimForm,
+) -> Result<Vec<Vec<RowOutcome>>> {
+    let mut plans: Vec<Plan<'_>> = parts.iter().map(|p| Plan::new(p.rows.clone())).collect();
+    let mut projects: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (i, part) in parts.iter().enumerate() {
+        projects.entry(part.job.project).or_default().push(i);
+    }
+    for (&project, members) in &projects {
+        claim(tx, project, members, parts, &mut plans, synced_at, form).await?;
+    }
+    for (&project, members) in &projects {
+        write_sessions(tx, project, members, parts, &plans, synced_at).await?;
+    }
+    for (&project, members) in &projects {
+        write_profiles(tx, project, members, &mut plans, synced_at).await?;
+    }
+    for (&project, members) in &projects {
+        write_groups(tx, project, members, &plans, synced_at).await?;
+    }
+    for (&project, members) in &projects {
+        let refused: BTreeSet<&str> = members
+            .iter()
+            .flat_map(|&i| plans[i].refused_keys())
+            .collect();
+        if !refused.is_empty() {
+            let release = tx.prepare_cached(RELEASE_KEYS).await?;
+            let refused: Vec<&str> = refused.into_iter().collect();
+            tx.execute(&release, &[&project, &refused]).await?;
+        }
+    }
+    Ok(plans.into_iter().map(Plan::outcomes).collect())
+}
+
+/// Stores the rows of the parts of one project and records in each plan which of its insert
+/// ids were fresh.
+async fn claim<'a>(
+    tx: &Transaction<'_>,
+    project: i64,
+    members: &[usize],
+    parts: &[Part<'a>],
+    plans: &mut [Plan<'a>],
+    synced_at: i64,
+    form: ClaimForm,
+) -> Result<()> {
+    // In key order, so that overlapping groups on several nodes claim keys in one order; the
     // sort is done here, where it is cheap, and unnest hands the rows on in array order.
-    let mut claims: Vec<&PreparedRow> = plan.rows().collect();
-    claims.sort_by_key(|row| (row.insert_id.is_none(), row.insert_id.as_deref()));
-    for row in claims {
+    let mut claims: Vec<(&'a IngestJob, &'a PreparedRow)> = members
+        .iter()
+        .flat_map(|&i| plans[i].rows().map(move |row| (parts[i].job, row)))
+        .collect();
+    if claims.is_empty() {
+        return Ok(());
+    }
+    claims.sort_by_key(|(_, row)| (row.insert_id.is_none(), row.insert_id.as_deref()));
+    let mut stored = EventColumns::default();
+    for (job, row) in claims {
         match &row.action {
             RowAction::Event(event) => stored.push(
                 row.time_ms,
                 event.id,
                 "track",
+                job,
                 Fields {
                     name: &event.name,
                     device_id: &event.device_id,
@@ -221,6 +321,7 @@ pub(super) async fn write_rows(
                         row.time_ms,
                         crate::ingest::new_event_id(synced_at),
                         marker_type(other),
+                        job,
                         Fields {
                             insert_id: Some(key),
                             ..Fields::default()
@@ -230,76 +331,121 @@ pub(super) async fn write_rows(
             }
         }
     }
-    if !stored.id.is_empty() {
-        let claim = tx.prepare_cached(CLAIM_AND_INSERT).await?;
-        let mut fresh = HashSet::new();
-        for row in tx.query(&claim, &stored.params(job, &synced_at)).await? {
-            // Rows without a key come back too, with a NULL key.
-            if let Some(key) = row.try_get::<_, Option<String>>(0)? {
-                fresh.insert(key);
-            }
-        }
-        plan.claimed(|key| fresh.contains(key));
+    if stored.id.is_empty() {
+        return Ok(());
     }
+    if form == ClaimForm::Fresh {
+        let statement = tx.prepare_cached(INSERT_EVENTS).await?;
+        tx.execute(&statement, &stored.params(&project, &synced_at))
+            .await?;
+        for &i in members {
+            plans[i].claimed(|_| true);
+        }
+        return Ok(());
+    }
+    let statement = tx.prepare_cached(CLAIM_AND_INSERT).await?;
+    let mut fresh = HashSet::new();
+    for row in tx
+        .query(&statement, &stored.params(&project, &synced_at))
+        .await?
+    {
+        // Rows without a key come back too, with a NULL key.
+        if let Some(key) = row.try_get::<_, Option<String>>(0)? {
+            fresh.insert(key);
+        }
+    }
+    // The parts of a group share no key, so a fresh key is fresh for the one part that has it.
+    for &i in members {
+        plans[i].claimed(|key| fresh.contains(key));
+    }
+    Ok(())
+}
 
-    let sessions = plan.sessions();
+/// Upserts the sessions the parts' new events reach, writes the `session_start` of each
+/// session the group creates and moves the `session_start` of each session it widens earlier.
+async fn write_sessions(
+    tx: &Transaction<'_>,
+    project: i64,
+    members: &[usize],
+    parts: &[Part<'_>],
+    plans: &[Plan<'_>],
+    synced_at: i64,
+) -> Result<()> {
+    let mut changes: BTreeMap<&str, SessionChange<'_>> = BTreeMap::new();
+    for &i in members {
+        for delta in plans[i].sessions() {
+            let change = changes
+                .entry(delta.session_id)
+                .or_insert_with(|| SessionChange {
+                    part: i,
+                    device_id: delta.device_id,
+                    profile_id: None,
+                    first: delta.first,
+                    last: delta.last,
+                    count: 0,
+                });
+            change.first = change.first.min(delta.first);
+            change.last = change.last.max(delta.last);
+            change.count += delta.count;
+            change.profile_id = change.profile_id.or(delta.profile_id);
+        }
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = changes.keys().copied().collect();
+    let start_events: Vec<Uuid> = ids
+        .iter()
+        .map(|_| crate::ingest::new_event_id(synced_at))
+        .collect();
+    let upsert = tx.prepare_cached(UPSERT_SESSIONS).await?;
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &project,
+        &ids,
+        &changes.values().map(|c| c.device_id).collect::<Vec<_>>(),
+        &changes.values().map(|c| c.profile_id).collect::<Vec<_>>(),
+        &changes.values().map(|c| c.first).collect::<Vec<_>>(),
+        &changes.values().map(|c| c.last).collect::<Vec<_>>(),
+        &changes.values().map(|c| c.count).collect::<Vec<_>>(),
+        &start_events,
+    ];
     let mut starts = EventColumns::default();
     let mut moved = (Vec::new(), Vec::new(), Vec::new());
-    if !sessions.is_empty() {
-        let start_events: Vec<Uuid> = sessions
-            .iter()
-            .map(|_| crate::ingest::new_event_id(synced_at))
-            .collect();
-        let upsert = tx.prepare_cached(UPSERT_SESSIONS).await?;
-        let params: [&(dyn ToSql + Sync); 8] = [
-            &project,
-            &sessions.iter().map(|d| d.session_id).collect::<Vec<_>>(),
-            &sessions.iter().map(|d| d.device_id).collect::<Vec<_>>(),
-            &sessions.iter().map(|d| d.profile_id).collect::<Vec<_>>(),
-            &sessions.iter().map(|d| d.first).collect::<Vec<_>>(),
-            &sessions.iter().map(|d| d.last).collect::<Vec<_>>(),
-            &sessions.iter().map(|d| d.count).collect::<Vec<_>>(),
-            &start_events,
-        ];
-        let by_id: HashMap<&str, usize> = sessions
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.session_id, i))
-            .collect();
-        for row in tx.query(&upsert, &params).await? {
-            let id: &str = row.try_get(0)?;
-            let start_event: Uuid = row.try_get(1)?;
-            let started_at: i64 = row.try_get(2)?;
-            let previous: Option<i64> = row.try_get(3)?;
-            let Some(delta) = by_id.get(id).map(|&i| &sessions[i]) else {
-                continue;
-            };
-            match previous {
-                // This request created the session, and writes its session_start.
-                None => starts.push(
-                    session_start_time(started_at),
-                    start_event,
-                    "track",
-                    Fields {
-                        name: "session_start",
-                        device_id: delta.device_id,
-                        session_id: delta.session_id,
-                        profile_id: delta.profile_id,
-                        ..Fields::default()
-                    },
-                ),
-                Some(before) if started_at < before => {
-                    moved.0.push(start_event);
-                    moved.1.push(session_start_time(before));
-                    moved.2.push(session_start_time(started_at));
-                }
-                Some(_) => {}
+    for row in tx.query(&upsert, &params).await? {
+        let id: &str = row.try_get(0)?;
+        let start_event: Uuid = row.try_get(1)?;
+        let started_at: i64 = row.try_get(2)?;
+        let previous: Option<i64> = row.try_get(3)?;
+        let Some((&session_id, change)) = changes.get_key_value(id) else {
+            continue;
+        };
+        match previous {
+            // This group created the session, and writes its session_start.
+            None => starts.push(
+                session_start_time(started_at),
+                start_event,
+                "track",
+                parts[change.part].job,
+                Fields {
+                    name: "session_start",
+                    device_id: change.device_id,
+                    session_id,
+                    profile_id: change.profile_id,
+                    ..Fields::default()
+                },
+            ),
+            Some(before) if started_at < before => {
+                moved.0.push(start_event);
+                moved.1.push(session_start_time(before));
+                moved.2.push(session_start_time(started_at));
             }
+            Some(_) => {}
         }
     }
     if !starts.id.is_empty() {
         let insert = tx.prepare_cached(INSERT_EVENTS).await?;
-        tx.execute(&insert, &starts.params(job, &synced_at)).await?;
+        tx.execute(&insert, &starts.params(&project, &synced_at))
+            .await?;
     }
     if !moved.0.is_empty() {
         let update = tx.prepare_cached(MOVE_STARTS).await?;
@@ -309,47 +455,97 @@ pub(super) async fn write_rows(
         )
         .await?;
     }
+    Ok(())
+}
 
-    let ids = plan.profile_ids();
-    if !ids.is_empty() {
-        let create = tx.prepare_cached(CREATE_PROFILES).await?;
-        tx.execute(&create, &[&project, &ids, &synced_at]).await?;
-        let lock = tx.prepare_cached(LOCK_PROFILES).await?;
-        let mut stored = HashMap::with_capacity(ids.len());
-        for r in tx.query(&lock, &[&project, &ids]).await? {
-            let profile =
-                Profile::from_columns(r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?);
-            stored.insert(r.try_get::<_, String>(0)?, profile);
-        }
-        let changed = plan.apply_profiles(stored, synced_at);
-        let text = |m: &serde_json::Map<String, serde_json::Value>| {
-            serde_json::Value::Object(m.clone()).to_string()
-        };
-        let save = tx.prepare_cached(SAVE_PROFILES).await?;
-        tx.execute(
-            &save,
-            &[
-                &project,
-                &synced_at,
-                &changed.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-                &changed
-                    .iter()
-                    .map(|(_, p)| text(&p.fields))
-                    .collect::<Vec<_>>(),
-                &changed
-                    .iter()
-                    .map(|(_, p)| raw_json(&p.properties))
-                    .collect::<Vec<_>>(),
-                &changed
-                    .iter()
-                    .map(|(_, p)| text(&p.field_times))
-                    .collect::<Vec<_>>(),
-            ],
-        )
-        .await?;
+/// Locks the profiles the parts of one project change, applies each part's plan in group
+/// order (each sees the profiles as the parts before it left them) and writes them back.
+async fn write_profiles(
+    tx: &Transaction<'_>,
+    project: i64,
+    members: &[usize],
+    plans: &mut [Plan<'_>],
+    synced_at: i64,
+) -> Result<()> {
+    let ids: BTreeSet<&str> = members
+        .iter()
+        .flat_map(|&i| plans[i].profile_ids())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
     }
+    let ids: Vec<&str> = ids.into_iter().collect();
+    let create = tx.prepare_cached(CREATE_PROFILES).await?;
+    tx.execute(&create, &[&project, &ids, &synced_at]).await?;
+    let lock = tx.prepare_cached(LOCK_PROFILES).await?;
+    let mut current: HashMap<String, Profile> = HashMap::with_capacity(ids.len());
+    for r in tx.query(&lock, &[&project, &ids]).await? {
+        let profile =
+            Profile::from_columns(r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?);
+        current.insert(r.try_get::<_, String>(0)?, profile);
+    }
+    let mut changed: BTreeSet<String> = BTreeSet::new();
+    for &i in members {
+        let mine: HashMap<String, Profile> = plans[i]
+            .profile_ids()
+            .into_iter()
+            .filter_map(|id| current.remove_entry(id))
+            .collect();
+        for (id, profile) in plans[i].apply_profiles(mine, synced_at) {
+            changed.insert(id.to_owned());
+            current.insert(id.to_owned(), profile);
+        }
+    }
+    let changed: Vec<(&String, &Profile)> = changed
+        .iter()
+        .filter_map(|id| current.get(id).map(|p| (id, p)))
+        .collect();
+    let text = |m: &serde_json::Map<String, serde_json::Value>| {
+        serde_json::Value::Object(m.clone()).to_string()
+    };
+    let save = tx.prepare_cached(SAVE_PROFILES).await?;
+    tx.execute(
+        &save,
+        &[
+            &project,
+            &synced_at,
+            &changed
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>(),
+            &changed
+                .iter()
+                .map(|(_, p)| text(&p.fields))
+                .collect::<Vec<_>>(),
+            &changed
+                .iter()
+                .map(|(_, p)| raw_json(&p.properties))
+                .collect::<Vec<_>>(),
+            &changed
+                .iter()
+                .map(|(_, p)| text(&p.field_times))
+                .collect::<Vec<_>>(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
 
-    let groups = plan.groups();
+/// Upserts the groups of the parts of one project (of several rows for one group, the last in
+/// group order wins) and adds their profiles to groups.
+async fn write_groups(
+    tx: &Transaction<'_>,
+    project: i64,
+    members: &[usize],
+    plans: &[Plan<'_>],
+    synced_at: i64,
+) -> Result<()> {
+    let mut groups: BTreeMap<&str, GroupWrite<'_>> = BTreeMap::new();
+    for &i in members {
+        for group in plans[i].groups() {
+            groups.insert(group.id, group);
+        }
+    }
     if !groups.is_empty() {
         let upsert = tx.prepare_cached(UPSERT_GROUPS).await?;
         tx.execute(
@@ -357,18 +553,21 @@ pub(super) async fn write_rows(
             &[
                 &project,
                 &synced_at,
-                &groups.iter().map(|g| g.id).collect::<Vec<_>>(),
-                &groups.iter().map(|g| g.group_type).collect::<Vec<_>>(),
-                &groups.iter().map(|g| g.name).collect::<Vec<_>>(),
+                &groups.values().map(|g| g.id).collect::<Vec<_>>(),
+                &groups.values().map(|g| g.group_type).collect::<Vec<_>>(),
+                &groups.values().map(|g| g.name).collect::<Vec<_>>(),
                 &groups
-                    .iter()
+                    .values()
                     .map(|g| g.properties.as_str())
                     .collect::<Vec<_>>(),
             ],
         )
         .await?;
     }
-    let pairs = plan.assignments();
+    let pairs: BTreeSet<(&str, &str)> = members
+        .iter()
+        .flat_map(|&i| plans[i].assignments())
+        .collect();
     if !pairs.is_empty() {
         let assign = tx.prepare_cached(ASSIGN_GROUPS).await?;
         tx.execute(
@@ -381,10 +580,5 @@ pub(super) async fn write_rows(
         )
         .await?;
     }
-    let refused = plan.refused_keys();
-    if !refused.is_empty() {
-        let release = tx.prepare_cached(RELEASE_KEYS).await?;
-        tx.execute(&release, &[&project, &refused]).await?;
-    }
-    Ok(plan.outcomes())
+    Ok(())
 }
