@@ -214,7 +214,8 @@ pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
 
 /// Reads a stream to its end, checking every reading while copying it to a spool file (next
 /// to the buffer when its directory exists: a gateway's `/tmp` is often memory), then writes
-/// the readings from the spool, which is removed when the command ends.
+/// the readings from the spool. The spool has no name in the directory (the system removes it
+/// when the command ends, even when it is killed).
 fn enqueue_spooled(args: &EnqueueArgs, input: impl std::io::Read) -> anyhow::Result<u8> {
     let dir = args
         .db
@@ -222,10 +223,7 @@ fn enqueue_spooled(args: &EnqueueArgs, input: impl std::io::Read) -> anyhow::Res
         .parent()
         .filter(|d| d.is_dir())
         .map_or_else(std::env::temp_dir, Path::to_owned);
-    let spool = match tempfile::Builder::new()
-        .prefix(".backfill-enqueue-")
-        .tempfile_in(&dir)
-    {
+    let mut spool = match tempfile::tempfile_in(&dir) {
         Ok(spool) => spool,
         Err(e) => {
             eprintln!(
@@ -238,7 +236,7 @@ fn enqueue_spooled(args: &EnqueueArgs, input: impl std::io::Read) -> anyhow::Res
     };
     let mut tee = Tee {
         inner: input,
-        copy: std::io::BufWriter::new(spool.as_file()),
+        copy: std::io::BufWriter::new(&spool),
         failed: None,
     };
     let checked = check_pass(args, BufReader::with_capacity(1 << 16, &mut tee));
@@ -261,7 +259,10 @@ fn enqueue_spooled(args: &EnqueueArgs, input: impl std::io::Read) -> anyhow::Res
             eprintln!("backfill enqueue: the input is empty (no readings); nothing was added");
             Ok(exit::OK)
         }
-        Ok(_) => enqueue_from(args, BufReader::with_capacity(1 << 16, spool.reopen()?)),
+        Ok(_) => {
+            std::io::Seek::rewind(&mut spool)?;
+            enqueue_from(args, BufReader::with_capacity(1 << 16, spool))
+        }
         Err(code) => Ok(code),
     }
 }
