@@ -459,8 +459,13 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
         );
     }
     tally.warn(window);
+    let readings = if recorded.events == 1 {
+        "reading"
+    } else {
+        "readings"
+    };
     output::line(&format!(
-        "added {} readings to {}",
+        "added {} {readings} to {}",
         recorded.events,
         db.display()
     ));

@@ -2,6 +2,7 @@ package dev.backfill
 
 import dev.backfill.internal.BackfillClient
 import dev.backfill.internal.BackfillStats
+import java.util.concurrent.atomic.AtomicBoolean
 import kotlinx.coroutines.CoroutineDispatcher
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.withContext
@@ -40,6 +41,8 @@ class Backfill @JvmOverloads constructor(
     httpClient: HttpClient = UrlConnectionHttpClient(),
     private val ioDispatcher: CoroutineDispatcher = Dispatchers.IO,
 ) : AutoCloseable {
+    // Before [client]: its construction goes through [call], which reads it.
+    private val closed = AtomicBoolean(false)
     private val client: BackfillClient = call { BackfillClient(config.toFfi(), HttpClientAdapter(httpClient)) }
     private val nativeTrack = NativeTrack(client)
 
@@ -156,16 +159,20 @@ class Backfill @JvmOverloads constructor(
      * [IllegalStateException]; closing twice is harmless.
      */
     override fun close() {
+        closed.set(true)
         client.shutdown()
         nativeTrack.close()
     }
 
-    private inline fun <T> call(block: () -> T): T =
-        try {
+    /** [block], after [close] an [IllegalStateException] (every call, [deviceId] and [setOnline] included). */
+    private inline fun <T> call(block: () -> T): T {
+        check(!closed.get()) { "the Backfill client is closed" }
+        return try {
             block()
         } catch (e: FfiException) {
             throw e.toPublic()
         }
+    }
 }
 
 /** The core's error as what a Kotlin caller expects (see [Backfill]'s doc). */

@@ -199,6 +199,9 @@ class BackfillTest {
         assertFailsWith<IllegalStateException> { first.track("late") }
         assertFailsWith<IllegalStateException> { first.stats() }
         assertFailsWith<IllegalStateException> { runBlocking { first.flush() } }
+        assertFailsWith<IllegalStateException> { first.deviceId }
+        assertFailsWith<IllegalStateException> { first.setOnline(true) }
+        assertFailsWith<IllegalStateException> { first.isOnline }
 
         val second = Backfill(config(null).copy(backgroundUpload = false)).closing()
         assertEquals(1, second.stats().buffered)
