@@ -550,6 +550,17 @@ fn one_drain_per_buffer_and_a_killed_one_leaves_no_lock() {
 
 #[test]
 fn drain_watch_sends_readings_another_process_enqueues() {
+    watch_drains_after(
+        |_, db| enqueue(db, &readings(3)),
+        4,
+        "readings enqueued by another process are drained",
+    );
+}
+
+/// Starts `drain --watch` on a buffer holding one reading, waits until the server has it, runs
+/// `then` (given the test's directory and the buffer's path), and expects the server to reach
+/// `total` readings (`what` says what that shows) and the buffer to end empty.
+fn watch_drains_after(then: impl FnOnce(&Path, &Path), total: usize, what: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
     let db = dir.path().join("gw.db");
@@ -565,15 +576,11 @@ fn drain_watch_sends_readings_another_process_enqueues() {
         "the first reading is drained: {}",
         watch_log(&db)
     );
-    enqueue(&db, &readings(3));
-    let seen = drained(4);
+    then(dir.path(), &db);
+    let seen = drained(total);
     watcher.kill().expect("kill");
     watcher.wait().expect("reaped");
-    assert!(
-        seen,
-        "readings enqueued by another process are drained: {}",
-        watch_log(&db)
-    );
+    assert!(seen, "{what}: {}", watch_log(&db));
     assert_eq!(status_json(&db)["buffered_events"], 0);
 }
 
@@ -1243,33 +1250,15 @@ fn an_integer_too_long_to_keep_exactly_is_refused_not_rounded() {
 
 #[test]
 fn drain_watch_follows_a_buffer_replaced_under_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&dir.path().join("server"), PROJECT, SECRET);
-    let db = dir.path().join("gw.db");
-    enqueue(&db, &readings(1));
-    let mut watcher = spawn_watch(&db, &server.url());
-    let drained = |n| {
-        wait_until(std::time::Duration::from_secs(60), || {
-            server.count(PROJECT, SECRET, "reading") == n
-        })
-    };
-    assert!(
-        drained(1),
-        "the first reading is drained: {}",
-        watch_log(&db)
+    watch_drains_after(
+        |dir, db| {
+            // An operator starts afresh: the old buffer is moved away, a new one begins.
+            std::fs::rename(db, dir.join("old.db")).expect("move the buffer aside");
+            enqueue(db, &readings(2));
+        },
+        3,
+        "the new buffer's readings are drained",
     );
-    // An operator starts afresh: the old buffer is moved away, a new one begins.
-    std::fs::rename(&db, dir.path().join("old.db")).expect("move the buffer aside");
-    enqueue(&db, &readings(2));
-    let seen = drained(3);
-    watcher.kill().expect("kill");
-    watcher.wait().expect("reaped");
-    assert!(
-        seen,
-        "the new buffer's readings are drained: {}",
-        watch_log(&db)
-    );
-    assert_eq!(status_json(&db)["buffered_events"], 0);
 }
 
 #[test]

@@ -364,6 +364,27 @@ mod postgres {
     /// Client connections in every PostgreSQL run and in its ceiling.
     const PG_CONNECTIONS: usize = 6;
 
+    /// A reading as the raw inserts write it: event time, event id, device id, properties
+    /// without `__timestamp` (JSON text), insert id.
+    type Row = (i64, uuid::Uuid, String, String, String);
+
+    /// `total` readings of run `run` as [`Row`]s.
+    fn raw_rows(total: usize, run: &str) -> Vec<Row> {
+        readings(total, run)
+            .iter()
+            .map(|e| {
+                let mut props = e["payload"]["properties"].clone();
+                let t = props["__timestamp"].as_i64().unwrap_or(0);
+                if let Some(m) = props.as_object_mut() {
+                    m.remove("__timestamp");
+                }
+                let device = props["__deviceId"].as_str().unwrap_or("").to_owned();
+                let key = props["__insertId"].as_str().unwrap_or("").to_owned();
+                (t, uuid::Uuid::now_v7(), device, props.to_string(), key)
+            })
+            .collect()
+    }
+
     /// CPU seconds of the cluster: the postmaster with its exited children, and its live ones.
     fn cluster_cpu(cluster: &cluster::Cluster) -> f64 {
         let pid: u32 = std::fs::read_to_string(cluster.path().join("data/postmaster.pid"))
@@ -458,20 +479,7 @@ mod postgres {
             )
             .await
             .expect("table");
-        type Row = (i64, uuid::Uuid, String, String, String);
-        let rows: Vec<Row> = readings(total, &format!("raw-{round}"))
-            .iter()
-            .map(|e| {
-                let mut props = e["payload"]["properties"].clone();
-                let t = props["__timestamp"].as_i64().unwrap_or(0);
-                if let Some(m) = props.as_object_mut() {
-                    m.remove("__timestamp");
-                }
-                let device = props["__deviceId"].as_str().unwrap_or("").to_owned();
-                let key = props["__insertId"].as_str().unwrap_or("").to_owned();
-                (t, uuid::Uuid::now_v7(), device, props.to_string(), key)
-            })
-            .collect();
+        let rows = raw_rows(total, &format!("raw-{round}"));
         let queue = std::sync::Arc::new(std::sync::Mutex::new(
             rows.chunks(BATCH).map(<[Row]>::to_vec).collect::<Vec<_>>(),
         ));
@@ -541,7 +549,6 @@ mod postgres {
                 properties, synced_at, insert_id)
             SELECT 1, s.t, s.id, 'track', 'reading', s.device, s.session, s.props, s.t, s.key
             FROM staged AS s";
-        type Row = (i64, uuid::Uuid, String, String, String);
         let mut rates = [0.0; 2];
         for (form, rate) in rates.iter_mut().enumerate() {
             let url = cluster.create_database();
@@ -556,19 +563,7 @@ mod postgres {
                 .await
                 .expect("schema");
             drop(store);
-            let mut rows: Vec<Row> = readings(total, &format!("form{form}-{round}"))
-                .iter()
-                .map(|e| {
-                    let mut props = e["payload"]["properties"].clone();
-                    let t = props["__timestamp"].as_i64().unwrap_or(0);
-                    if let Some(m) = props.as_object_mut() {
-                        m.remove("__timestamp");
-                    }
-                    let device = props["__deviceId"].as_str().unwrap_or("").to_owned();
-                    let key = props["__insertId"].as_str().unwrap_or("").to_owned();
-                    (t, uuid::Uuid::now_v7(), device, props.to_string(), key)
-                })
-                .collect();
+            let mut rows = raw_rows(total, &format!("form{form}-{round}"));
             rows.sort_by(|a, b| a.4.cmp(&b.4));
             let queue = std::sync::Arc::new(std::sync::Mutex::new(
                 rows.chunks(BATCH).map(<[Row]>::to_vec).collect::<Vec<_>>(),
