@@ -569,9 +569,7 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     let interrupt = on_interrupt();
-    // A watching drain starts again on a buffer that was replaced under it (deleted and
-    // created again, or moved aside as damaged): it would watch the old file forever.
-    'buffer: loop {
+    {
         let sdk = match Backfill::open(config.clone()) {
             Ok(sdk) => sdk,
             Err(e) => {
@@ -676,21 +674,49 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
             if !args.watch {
                 return Ok(code);
             }
-            while sdk.stats()?.buffered_events == 0 {
-                std::thread::sleep(Duration::from_secs(args.interval.max(1)));
-                if file_identity(&args.db.db) != opened {
+            loop {
+                // Looked at before the buffer is read: once another file stands at the path, the
+                // old one must not be read or closed (see `start_again`).
+                let now_at_path = file_identity(&args.db.db);
+                if now_at_path.is_some() && now_at_path != opened {
                     eprintln!(
-                        "backfill drain: the buffer {} was replaced (deleted, or moved aside); \
-                     watching the one now at that path",
+                        "backfill drain: the buffer {} was replaced (moved aside, or deleted and \
+                         created again); watching the one now at that path",
                         args.db.db.display()
                     );
-                    // Its lock goes with the last handle on it.
-                    watch_for_interrupt(&interrupt, None);
-                    drop(sdk);
-                    continue 'buffer;
+                    let e = start_again();
+                    eprintln!("backfill drain: cannot start again ({e}); run it again");
+                    return Ok(exit::IO);
                 }
+                if sdk.stats()?.buffered_events > 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(args.interval.max(1)));
             }
         }
+    }
+}
+
+/// Runs this command again in this process (same arguments, environment and pid, so a service
+/// manager sees no exit), returning only on failure. A watching drain does this when its buffer
+/// was replaced: SQLite finds a database's `-wal` and `-shm` files by its path, so closing the
+/// old connection would checkpoint and delete the WAL of the new buffer at that path (losing
+/// what was written to it), and reading through it would mix the two files. The old
+/// connection's files are closed by the system instead, with nothing written.
+fn start_again() -> std::io::Error {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        match std::env::current_exe() {
+            Ok(exe) => std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .exec(),
+            Err(e) => e,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        std::io::Error::other("replacing a watched buffer is noticed only on Unix")
     }
 }
 

@@ -578,6 +578,10 @@ fn watch_drains_after(then: impl FnOnce(&Path, &Path), total: usize, what: &str)
     );
     then(dir.path(), &db);
     let seen = drained(total);
+    // The server stores before the watcher settles its buffer: it is stopped once it has.
+    wait_until(std::time::Duration::from_secs(60), || {
+        status_json(&db)["buffered_events"] == 0
+    });
     watcher.kill().expect("kill");
     watcher.wait().expect("reaped");
     assert!(seen, "{what}: {}", watch_log(&db));
@@ -1252,8 +1256,15 @@ fn an_integer_too_long_to_keep_exactly_is_refused_not_rounded() {
 fn drain_watch_follows_a_buffer_replaced_under_it() {
     watch_drains_after(
         |dir, db| {
-            // An operator starts afresh: the old buffer is moved away, a new one begins.
+            // An operator starts afresh: the old buffer is moved away with its WAL and
+            // shared-memory files, as the README says; a new one begins.
             std::fs::rename(db, dir.join("old.db")).expect("move the buffer aside");
+            for suffix in ["-wal", "-shm"] {
+                let file = format!("{}{suffix}", db.display());
+                if Path::new(&file).exists() {
+                    std::fs::rename(&file, dir.join(format!("old.db{suffix}"))).expect("move");
+                }
+            }
             enqueue(db, &readings(2));
         },
         3,
