@@ -15,6 +15,9 @@
 //! rows per statement, from as many connections. It prints events/s, p50/p99, and the CPU the
 //! server processes and PostgreSQL spent per event. `BENCH_WRITE_FORMS=1` adds, each round, the
 //! store's insert of events as `unnest` arrays against binary `COPY` into a staging table.
+//!
+//! `BENCH_SERVER=path` runs that `backfill-server` binary instead of this build's, so that two
+//! builds can be measured alternately on one machine (its speed drifts from minute to minute).
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -335,7 +338,9 @@ fn rounds() -> usize {
 
 /// Starts a release server with `args`, returns it and its URL.
 fn start_server(args: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
+    let server = std::env::var("BENCH_SERVER")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_backfill-server").to_owned());
+    let mut child = Command::new(server)
         .args([
             "--listen",
             "127.0.0.1:0",

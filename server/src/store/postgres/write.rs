@@ -12,6 +12,12 @@
 //! a marker row of its type, which the read API does not list), so one statement both claims
 //! the keys and stores the events, and one constraint keeps every key once. A separate key
 //! table would cost a second index and a second speculative insert per event.
+//!
+//! The events' arrays are unnested in the select list (`SELECT unnest($2), unnest($3), ...`),
+//! which PostgreSQL zips row by row as the insert consumes them. The `FROM unnest($2, $3, ...)`
+//! form first copies every array into a tuplestore of its own (each set-returning function in
+//! `FROM` is materialised), and spills the properties to disk past `work_mem`: measured on
+//! 100,000 events, 1.0 to 1.3 µs more PostgreSQL time per event.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -30,12 +36,9 @@ type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 const CLAIM_AND_INSERT: &str = "
 INSERT INTO events (project, created_at, id, type, name, device_id, session_id, profile_id,
     properties, groups, sdk_name, sdk_version, synced_at, insert_id)
-SELECT $1, u.created_at, u.id, u.type, u.name, u.device_id, u.session_id, u.profile_id,
-    u.properties, u.groups, u.sdk_name, u.sdk_version, $14, u.insert_id
-FROM unnest($2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-    $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
-    AS u (created_at, id, type, name, device_id, session_id, profile_id, properties, groups,
-        insert_id, sdk_name, sdk_version)
+SELECT $1, unnest($2::int8[]), unnest($3::uuid[]), unnest($4::text[]), unnest($5::text[]),
+    unnest($6::text[]), unnest($7::text[]), unnest($8::text[]), unnest($9::text[]),
+    unnest($10::text[]), unnest($12::text[]), unnest($13::text[]), $14, unnest($11::text[])
 ON CONFLICT (project, insert_id) DO NOTHING
 RETURNING insert_id";
 
@@ -45,12 +48,9 @@ RETURNING insert_id";
 const INSERT_EVENTS: &str = "
 INSERT INTO events (project, created_at, id, type, name, device_id, session_id, profile_id,
     properties, groups, sdk_name, sdk_version, synced_at, insert_id)
-SELECT $1, u.created_at, u.id, u.type, u.name, u.device_id, u.session_id, u.profile_id,
-    u.properties, u.groups, u.sdk_name, u.sdk_version, $14, u.insert_id
-FROM unnest($2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-    $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
-    AS u (created_at, id, type, name, device_id, session_id, profile_id, properties, groups,
-        insert_id, sdk_name, sdk_version)";
+SELECT $1, unnest($2::int8[]), unnest($3::uuid[]), unnest($4::text[]), unnest($5::text[]),
+    unnest($6::text[]), unnest($7::text[]), unnest($8::text[]), unnest($9::text[]),
+    unnest($10::text[]), unnest($12::text[]), unnest($13::text[]), $14, unnest($11::text[])";
 
 /// The unique index that keeps each insert id once per project (see `schema`).
 pub(super) const KEY_INDEX: &str = "events_by_insert_id";
