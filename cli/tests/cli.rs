@@ -13,7 +13,28 @@ const PROJECT: &str = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f";
 const SECRET: &str = "cli-test-secret";
 
 fn backfill(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
+    backfill_as(None, args, stdin, env)
+}
+
+/// `backfill` run as the user and group `uid` (without supplementary groups) through
+/// util-linux's `setpriv`, or as this process's user when `None`.
+fn backfill_as(
+    uid: Option<u32>,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> Output {
+    let mut cmd = match uid {
+        None => Command::new(env!("CARGO_BIN_EXE_backfill")),
+        Some(uid) => {
+            let mut cmd = Command::new("setpriv");
+            cmd.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg(env!("CARGO_BIN_EXE_backfill"));
+            cmd
+        }
+    };
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1602,4 +1623,163 @@ fn an_enqueue_still_reading_its_input_leaves_the_buffer_free_for_others() {
     let out = slow.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
     assert_eq!(status_json(&db)["buffered_events"], 5005);
+}
+
+/// Whether this test may run commands as other users: as root, with `setpriv`. Says why not
+/// when it cannot (root ignores file permissions, so the test means nothing as root without
+/// switching users, and only root may switch).
+fn can_switch_users(test: &str) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !(root && setpriv) {
+        eprintln!(
+            "{test}: SKIPPED: it runs backfill as other users, which needs root and setpriv \
+             (util-linux); root: {root}, setpriv: {setpriv}"
+        );
+    }
+    root && setpriv
+}
+
+/// Sets the permission bits of `path` (as root: whoever owns it).
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Users without a name on most systems: `nobody`, and one more.
+const OWNER: u32 = 65534;
+const OTHER: u32 = 65533;
+
+/// `status --json`, `inspect` and `dead-letters export` as `uid`: each must succeed and leave
+/// `dir` as it was; returns the buffered count `status` gave.
+fn read_as(uid: u32, db: &Path, dir: &Path) -> u64 {
+    let before = listing(dir);
+    let db_arg = db.to_str().expect("path");
+    let mut buffered = None;
+    for args in [
+        &["status", "--db", db_arg, "--json"][..],
+        &["inspect", "--db", db_arg],
+        &["dead-letters", "export", "--db", db_arg],
+    ] {
+        let out = backfill_as(Some(uid), args, None, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?} as user {uid}: {}",
+            text(&out).1
+        );
+        assert_eq!(
+            listing(dir),
+            before,
+            "{args:?} as user {uid} changed {dir:?}"
+        );
+        if args[0] == "status" {
+            let status: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            buffered = status["buffered_events"].as_u64();
+        }
+    }
+    buffered.expect("status gave a count")
+}
+
+#[test]
+fn readers_create_and_change_nothing_whoever_runs_them() {
+    if !can_switch_users("readers_create_and_change_nothing_whoever_runs_them") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    chmod(dir.path(), 0o755);
+
+    // A directory the reader cannot write, the buffer closed (no -wal, no -shm): SQLite's
+    // usual read-only open would need to create them.
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).expect("mkdir");
+    let db = locked.join("gw.db");
+    enqueue(&db, &readings(3));
+    chmod(&db, 0o644);
+    assert_eq!(listing(&locked), ["gw.db"]);
+    assert_eq!(read_as(OWNER, &db, &locked), 3);
+
+    // The same while a writer has it open, with events still in its -wal file.
+    let writer = rusqlite::Connection::open(&db).expect("open the buffer");
+    writer
+        .query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
+        .expect("read");
+    enqueue(&db, &readings(2));
+    assert_eq!(listing(&locked), ["gw.db", "gw.db-shm", "gw.db-wal"]);
+    assert!(
+        std::fs::metadata(locked.join("gw.db-wal"))
+            .expect("wal")
+            .len()
+            > 0
+    );
+    assert_eq!(
+        read_as(OWNER, &db, &locked),
+        5,
+        "the -wal file's events count"
+    );
+
+    // A -wal file without its -shm (a writer killed while closing): it cannot be read without
+    // creating a -shm file, and the reader says who can.
+    let crashed = dir.path().join("crashed");
+    std::fs::create_dir(&crashed).expect("mkdir");
+    for name in ["gw.db", "gw.db-wal"] {
+        std::fs::copy(locked.join(name), crashed.join(name)).expect("copy");
+        chmod(&crashed.join(name), 0o644);
+    }
+    drop(writer);
+    let crashed_db = crashed.join("gw.db");
+    let out = backfill_as(
+        Some(OWNER),
+        &["status", "--db", crashed_db.to_str().expect("path")],
+        None,
+        &[],
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(
+        err.contains("gw.db-shm") && err.contains("as the user that enqueues"),
+        "{err}"
+    );
+    assert_eq!(listing(&crashed), ["gw.db", "gw.db-wal"]);
+    assert_eq!(
+        status_json(&crashed_db)["buffered_events"],
+        5,
+        "its owner reads every event"
+    );
+
+    // Another user's buffer in a directory everyone may write (/tmp): a reader leaves no -wal
+    // or -shm file of its own, which would keep the owner from writing.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    chmod(&shared, 0o1777);
+    let db = shared.join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let out = backfill_as(
+        Some(OWNER),
+        &["enqueue", "--db", db_arg],
+        Some(&readings(3)),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    chmod(&db, 0o644);
+    assert_eq!(read_as(OTHER, &db, &shared), 3);
+    assert_eq!(listing(&shared), ["gw.db"]);
+    let out = backfill_as(
+        Some(OWNER),
+        &["enqueue", "--db", db_arg],
+        Some(&readings(2)),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "the owner still writes: {}",
+        text(&out).1
+    );
+    assert_eq!(read_as(OWNER, &db, &shared), 5);
 }

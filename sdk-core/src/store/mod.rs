@@ -99,8 +99,9 @@ pub struct Buffer {
     scanner: Mutex<Connection>,
     /// Copies the WAL back into the file, so that neither `track` nor a settle waits for it.
     checkpointer: Mutex<Connection>,
-    /// Opened by [`Buffer::open_read_only`].
-    read_only: bool,
+    /// How its connections open the file: [`Access::Write`] unless opened by
+    /// [`Buffer::open_read_only`].
+    access: Access,
     /// The database file, for the snapshot a streaming append evicts from.
     path: PathBuf,
     /// How many times eviction or expiry has removed rows since the buffer was opened; changed
@@ -142,23 +143,74 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
 /// WAL pages after which a commit checkpoints by itself, when no drain does it.
 const AUTO_CHECKPOINT_PAGES: u32 = 8192;
 
-fn open_connection(path: &Path, read_only: bool) -> Result<Connection, rusqlite::Error> {
-    let conn = if read_only {
-        // Opened for reading and writing, never creating, and then refused every write
-        // (`query_only`): a read-only connection to a WAL database leaves its `-wal` and `-shm`
-        // files behind, while this one, when it is the last to close, removes them as SQLite
-        // does for any connection.
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.pragma_update(None, "query_only", true)?;
-        conn
+/// How a connection opens the buffer's file (see [`Buffer::open_read_only`] for how a reader
+/// picks one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads and writes, creating the file, its `-wal` and its `-shm` when missing.
+    Write,
+    /// Opened for reading and writing, never creating the file, and then refused every write
+    /// (`query_only`): a read-only connection to a WAL database leaves its `-wal` and `-shm`
+    /// files behind, while this one, when it is the last to close, removes them as SQLite does
+    /// for any connection. Only for a process that may write the file and its directory.
+    Read,
+    /// SQLite's read-only open with `readonly_shm=1`: reads through the `-wal` and `-shm`
+    /// files that exist, writing neither and creating no `-shm` (SQLite 3.22's read-only WAL).
+    ReadExisting,
+    /// SQLite's `immutable=1`: reads the database file alone, without locks and without
+    /// opening or creating its `-wal` and `-shm`. Exact only while no `-wal` holds commits.
+    Immutable,
+}
+
+/// `path` as an SQLite URI (`file:` and the path, every byte outside the unreserved set
+/// percent-encoded, as RFC 3986 and SQLite's URI filenames say) with the query `query`.
+fn sqlite_uri(path: &Path, query: &str) -> String {
+    #[cfg(unix)]
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    #[cfg(not(unix))]
+    let bytes = path.to_string_lossy().replace('\\', "/").into_bytes();
+    // An absolute path gets an empty authority, so that one starting with `//` is not read as
+    // a host.
+    let mut uri = String::from(if bytes.first() == Some(&b'/') {
+        "file://"
     } else {
-        Connection::open(path)?
+        "file:"
+    });
+    for b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push('?');
+    uri.push_str(query);
+    uri
+}
+
+fn open_connection(path: &Path, access: Access) -> Result<Connection, rusqlite::Error> {
+    let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match access {
+        Access::Write => Connection::open(path)?,
+        Access::Read => {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.pragma_update(None, "query_only", true)?;
+            conn
+        }
+        Access::ReadExisting => {
+            Connection::open_with_flags(sqlite_uri(path, "mode=ro&readonly_shm=1"), read_only)?
+        }
+        Access::Immutable => {
+            Connection::open_with_flags(sqlite_uri(path, "immutable=1"), read_only)?
+        }
     };
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    if !read_only {
+    if access == Access::Write {
         // Checkpoints run during and after drains (`Buffer::checkpoint`); the automatic one is
         // only a backstop for long offline stretches, so that `track` rarely pays for copying
         // the WAL back.
@@ -170,6 +222,58 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, rusqlite:
         r.get::<_, i64>(0)
     })?;
     Ok(conn)
+}
+
+/// Whether this process may write `path` (its effective user and groups, as the kernel would
+/// judge an `open` for writing, or for a directory the creation of a file in it). `false` when
+/// the system cannot say.
+fn may_write(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use rustix::fs::{Access as Mode, AtFlags, CWD, accessat};
+        accessat(CWD, path, Mode::WRITE_OK, AtFlags::EACCESS).is_ok()
+    }
+    #[cfg(not(unix))]
+    {
+        path.metadata().is_ok_and(|m| !m.permissions().readonly())
+    }
+}
+
+/// `<path><suffix>`: the `-wal` or `-shm` file SQLite keeps beside a database.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// How a reader opens the buffer at `path` without creating or changing any file: see
+/// [`Buffer::open_read_only`].
+fn read_access(path: &Path) -> Result<Access, Error> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if may_write(path) && may_write(dir) {
+        return Ok(Access::Read);
+    }
+    let wal = beside(path, "-wal");
+    let shm = beside(path, "-shm");
+    if wal.metadata().map_or(true, |m| m.len() == 0) {
+        return Ok(Access::Immutable);
+    }
+    if shm.exists() {
+        return Ok(Access::ReadExisting);
+    }
+    Err(Error::Storage(format!(
+        "cannot read {} without changing it: its write-ahead log {} holds events not yet \
+         copied into it, and reading that log needs {}, which this user cannot create (or would \
+         leave behind, owned by this user, keeping the buffer's owner from writing to it). Run \
+         the command as the user that enqueues into and drains this buffer; its next enqueue or \
+         drain also copies the log back",
+        path.display(),
+        wal.display(),
+        shm.display()
+    )))
 }
 
 /// The first 16 bytes of every SQLite database file (its file format, section 1.3.1).
@@ -238,7 +342,7 @@ impl Buffer {
         // Looked at read-only first: opening for writing would already switch another
         // program's database to WAL.
         if path.metadata().is_ok_and(|m| m.len() > 0) {
-            match open_connection(path, true) {
+            match open_connection(path, Access::Read) {
                 Ok(conn) => check_foreign(&conn, path)?,
                 Err(e) if is_corruption(&e) => {}
                 Err(e) => return Err(e.into()),
@@ -248,7 +352,7 @@ impl Buffer {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let (mut conn, recovered) = match open_connection(path, false) {
+        let (mut conn, recovered) = match open_connection(path, Access::Write) {
             Ok(conn) => (conn, None),
             Err(e) if is_corruption(&e) => {
                 let aside = PathBuf::from(format!("{}.corrupt-{now_ms}", path.display()));
@@ -263,7 +367,7 @@ impl Buffer {
                     aside.display()
                 );
                 tracing::error!("{note}");
-                (open_connection(path, false)?, Some(note))
+                (open_connection(path, Access::Write)?, Some(note))
             }
             Err(e) => return Err(e.into()),
         };
@@ -273,18 +377,44 @@ impl Buffer {
             let pages = (max / page.max(512) as u64).max(8);
             conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
         }
-        let buffer = Self::with_connection(conn, path, false)?;
+        let buffer = Self::with_connection(conn, path, Access::Write)?;
         Ok((buffer, recovered))
     }
 
     /// Opens an existing buffer for reading only: nothing is created, moved, upgraded or
-    /// written, whatever state the file is in. Writing through it fails.
+    /// written, whatever state the file is in and whoever runs it. Writing through it fails.
+    ///
+    /// SQLite reads a WAL database through its `-wal` and `-shm` files, and a read-only
+    /// connection creates them when they are missing and leaves them behind; created by another
+    /// user, they keep the buffer's owner from writing to it ("attempt to write a readonly
+    /// database"), and in a directory the process cannot write, they cannot be created at all.
+    /// So the connection is chosen by what this process may write (its effective user):
+    /// - the file and its directory: opened for reading and writing and refused every write
+    ///   (`query_only`); missing `-wal`/`-shm` files are created with the file's permissions
+    ///   (so whoever may write the file may write them) and removed when it is the last
+    ///   connection to close.
+    /// - otherwise, with no `-wal` file (or an empty one): SQLite's `immutable=1`, which reads
+    ///   the database file alone and creates nothing. No connection has the buffer open then
+    ///   (each keeps the `-wal` file while it is open and the last one copies it back and
+    ///   deletes it), so the file holds every committed event. Such a read takes no lock: a
+    ///   writer that starts while it reads may make it fail or show a mix of before and after
+    ///   (SQLite's documentation of `immutable`); running it again reads the new state.
+    /// - otherwise, with both a `-wal` and a `-shm` file: SQLite's read-only open with
+    ///   `readonly_shm=1`, which reads through both (SQLite 3.22's read-only WAL) and writes
+    ///   neither.
+    /// - otherwise (a `-wal` file without its `-shm`, left by a writer that was killed while
+    ///   closing) the events in the `-wal` file cannot be read without creating a `-shm` file:
+    ///   [`Error::Storage`] saying to run the command as the buffer's owner.
+    ///
+    /// A `-wal` file deleted and created again by a writer closing and another opening, between
+    /// the look at the files and the open, can still leave an empty `-wal` file behind.
     pub fn open_read_only(path: &Path) -> Result<Self, Error> {
         if !path.is_file() {
             return Err(Error::Storage(format!("no buffer at {}", path.display())));
         }
         check_header(path)?;
-        let conn = open_connection(path, true)?;
+        let access = read_access(path)?;
+        let conn = open_connection(path, access)?;
         let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version == 0 {
             return Err(Error::Storage(format!(
@@ -298,10 +428,10 @@ impl Buffer {
                 schema::VERSION
             )));
         }
-        Self::with_connection(conn, path, true)
+        Self::with_connection(conn, path, access)
     }
 
-    fn with_connection(conn: Connection, path: &Path, read_only: bool) -> Result<Self, Error> {
+    fn with_connection(conn: Connection, path: &Path, access: Access) -> Result<Self, Error> {
         let mut inner = Inner {
             conn,
             rows: 0,
@@ -309,13 +439,13 @@ impl Buffer {
             data_version: i64::MIN,
         };
         inner.refresh()?;
-        let scanner = open_connection(path, read_only)?;
-        let checkpointer = open_connection(path, read_only)?;
+        let scanner = open_connection(path, access)?;
+        let checkpointer = open_connection(path, access)?;
         Ok(Self {
             inner: Mutex::new(inner),
             scanner: Mutex::new(scanner),
             checkpointer: Mutex::new(checkpointer),
-            read_only,
+            access,
             path: path.to_owned(),
             removals: AtomicU64::new(0),
         })
@@ -323,7 +453,7 @@ impl Buffer {
 
     /// True when opened by [`Buffer::open_read_only`].
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.access != Access::Write
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, Error> {
@@ -808,7 +938,7 @@ impl<'a> Oldest<'a> {
         if self.page.is_empty() && !self.done {
             let conn = match &mut self.conn {
                 Some(conn) => conn,
-                None => self.conn.insert(open_connection(self.path, true)?),
+                None => self.conn.insert(open_connection(self.path, Access::Read)?),
             };
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, bytes FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -934,6 +1064,63 @@ mod tests {
             })
             .expect("scan");
         settled
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn read_only_connections_find_any_path_and_create_no_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        // Characters an SQLite URI gives a meaning to, in the path.
+        let dir = root.path().join("a b?c#d%20e&f=g");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let path = dir.join("b.db");
+        let count = |conn: &Connection| {
+            conn.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
+                .expect("count")
+        };
+        {
+            let (buffer, _) = Buffer::open(&path, 0, None).expect("open");
+            buffer
+                .append(&[row(1_000, 1), row(2_000, 2)], BOUNDS, |_| Ok(()))
+                .expect("append");
+        }
+        assert_eq!(names(&dir), ["b.db"], "closed: no -wal, no -shm");
+        let immutable = open_connection(&path, Access::Immutable).expect("immutable");
+        assert_eq!(count(&immutable), 2);
+        drop(immutable);
+        assert_eq!(names(&dir), ["b.db"]);
+
+        // With a writer open and rows only in its -wal file, the read-only open reads them.
+        let (writer, _) = Buffer::open(&path, 0, None).expect("open");
+        writer.auto_checkpoints(false).expect("off");
+        writer
+            .append(&[row(3_000, 3)], BOUNDS, |_| Ok(()))
+            .expect("append");
+        assert_eq!(names(&dir), ["b.db", "b.db-shm", "b.db-wal"]);
+        let reader = open_connection(&path, Access::ReadExisting).expect("read-only");
+        assert_eq!(count(&reader), 3);
+        assert!(
+            reader
+                .execute("DELETE FROM events", [])
+                .is_err_and(|e| e.sqlite_error_code() == Some(ErrorCode::ReadOnly)),
+            "it cannot write"
+        );
+        drop(reader);
+        drop(writer);
+        assert_eq!(names(&dir), ["b.db"]);
+        assert_eq!(
+            sqlite_uri(Path::new("//srv/x y.db"), "immutable=1"),
+            "file:////srv/x%20y.db?immutable=1",
+            "an absolute path starting with // is no host"
+        );
     }
 
     #[test]
