@@ -291,48 +291,81 @@ impl<R: std::io::Read, W: std::io::Write> std::io::Read for Tee<R, W> {
 /// and gives the exit code.
 fn check_pass(args: &EnqueueArgs, input: impl std::io::BufRead) -> Result<u64, u8> {
     let readings = read_readings(input).map_err(refused)?;
-    check_all(args, with_insert_ids(args, readings))
-}
-
-/// Checks readings as the SDK would record them, against a scratch buffer (the real one is
-/// not even opened); counts them, or says why not and gives the exit code.
-fn check_all(
-    args: &EnqueueArgs,
-    readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>>,
-) -> Result<u64, u8> {
-    let scratch = tempfile::tempdir().map_err(|e| {
-        eprintln!("backfill enqueue: cannot create a scratch directory: {e}");
-        exit::IO
-    })?;
-    let sdk = open_offline(&scratch.path().join("check.db"), &args.limits).map_err(|e| {
-        eprintln!("backfill enqueue: {e}");
-        storage_exit(&e)
-    })?;
+    let checker = Checker::new(args)?;
     let mut n = 0u64;
-    for item in readings {
-        let (line, event) = item.map_err(refused)?;
-        if let Err(e) = sdk.check(&event) {
-            return Err(refused(format!("line {line}: {e}")));
-        }
+    for item in with_insert_ids(args, readings) {
+        checker.check(item)?;
         n += 1;
     }
     Ok(n)
 }
 
+/// Checks readings as the SDK records them, against a scratch buffer (the real one is not
+/// even opened), so that a reading the SDK would refuse is named in its place among those the
+/// input reader refuses: the first bad reading is the one named, whatever its fault.
+struct Checker {
+    sdk: Backfill,
+    /// Removed when the checker is dropped.
+    _scratch: tempfile::TempDir,
+}
+
+impl Checker {
+    fn new(args: &EnqueueArgs) -> Result<Self, u8> {
+        let scratch = tempfile::tempdir().map_err(|e| {
+            eprintln!("backfill enqueue: cannot create a scratch directory: {e}");
+            exit::IO
+        })?;
+        let sdk = open_offline(&scratch.path().join("check.db"), &args.limits).map_err(|e| {
+            eprintln!("backfill enqueue: {e}");
+            storage_exit(&e)
+        })?;
+        Ok(Self {
+            sdk,
+            _scratch: scratch,
+        })
+    }
+
+    /// Passes a reading on when it was read and the SDK would record it; else says why on
+    /// stderr, naming its line, and gives the exit code.
+    fn check(
+        &self,
+        item: Result<(usize, Event), crate::input::InputError>,
+    ) -> Result<(usize, Event), u8> {
+        let (line, event) = item.map_err(refused)?;
+        match self.sdk.check(&event) {
+            Ok(()) => Ok((line, event)),
+            Err(e) => Err(refused(format!("line {line}: {e}"))),
+        }
+    }
+}
+
 /// `enqueue --dry-run`: checks every reading, writing nothing.
 fn dry_run(
     args: &EnqueueArgs,
+    checker: &Checker,
     readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>>,
 ) -> anyhow::Result<u8> {
-    let n = match check_all(args, readings) {
-        Ok(n) => n,
-        Err(code) => return Ok(code),
-    };
+    let mut n = 0u64;
+    for item in readings {
+        if let Err(code) = checker.check(item) {
+            return Ok(code);
+        }
+        n += 1;
+    }
     output::line(&format!(
         "dry run: {n} readings are valid and would be added to {}; nothing was written",
         args.db.db.display()
     ));
     Ok(exit::OK)
+}
+
+/// Now (ms), and the time before which a reading is older than `window`.
+fn now_and_cutoff(window: Duration) -> (i64, i64) {
+    let now = backfill_protocol::clock::Clock::now_ms(&backfill_core::SystemClock);
+    (
+        now,
+        now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+    )
 }
 
 /// With `--dedup-key`, gives each reading without an insert id its content-derived one as it
@@ -375,11 +408,18 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
         Err(e) => return refuse(e),
     };
     let mut readings = with_insert_ids(args, readings);
+    // The first readings are checked as the SDK records them before the buffer is opened, so
+    // that a short bad input creates no buffer, and a reading the SDK refuses is named before
+    // a later one the reader refuses.
+    let checker = match Checker::new(args) {
+        Ok(checker) => checker,
+        Err(code) => return Ok(code),
+    };
     let mut first = Vec::with_capacity(FIRST_CHUNK);
     for item in readings.by_ref().take(FIRST_CHUNK) {
-        match item {
+        match checker.check(item) {
             Ok(reading) => first.push(reading),
-            Err(e) => return refuse(e),
+            Err(code) => return Ok(code),
         }
     }
     if first.is_empty() {
@@ -388,8 +428,9 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
     }
     let all = first.into_iter().map(Ok).chain(readings);
     if args.dry_run {
-        return dry_run(args, all);
+        return dry_run(args, &checker, all);
     }
+    drop(checker);
     let sdk = match open_offline(db, &args.limits) {
         Ok(sdk) => sdk,
         Err(e) => {
@@ -400,8 +441,7 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
     // Reads every table: a damaged buffer is refused before any reading goes into it.
     sdk.stats()?;
     let window = sdk.max_event_age();
-    let now = backfill_protocol::clock::Clock::now_ms(&backfill_core::SystemClock);
-    let cutoff = now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let (now, cutoff) = now_and_cutoff(window);
     let mut tally = Tally::default();
     // The line of the reading being written, to name it when the SDK refuses it.
     let mut line = 0;

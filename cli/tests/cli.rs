@@ -1783,3 +1783,40 @@ fn readers_create_and_change_nothing_whoever_runs_them() {
     );
     assert_eq!(read_as(OWNER, &db, &shared), 5);
 }
+
+#[test]
+fn enqueue_names_the_first_bad_line_whatever_its_fault_and_a_short_bad_input_creates_no_buffer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    // Line 2 breaks a rule of the contract (the SDK's check), line 3 cannot be read at all
+    // (the input reader's).
+    let ndjson = "{\"name\":\"a\"}\n\
+                  {\"name\":\"dl-ip\",\"properties\":{\"__ip\":\"not-an-ip\"}}\n\
+                  {\"name\":\"b\",\"timestamp\":\"not a time\"}\n";
+    let csv = "name,__ip,timestamp\nr,203.0.113.7,\nr,not-an-ip,\nr,,soon\n";
+    let short = "{\"name\":\"a\"}\n{\"name\":\"dl-ip\",\"properties\":{\"__ip\":\"not-an-ip\"}}\n";
+    for (input, line) in [(ndjson, 2), (csv, 3), (short, 2)] {
+        let file = dir.path().join("readings.txt");
+        std::fs::write(&file, input).expect("write");
+        let file_arg = file.to_str().expect("path");
+        for (args, stdin) in [
+            (&["enqueue", "--db", db_arg, file_arg][..], None),
+            (&["enqueue", "--db", db_arg], Some(input)),
+            (&["enqueue", "--db", db_arg, "--dry-run", file_arg], None),
+        ] {
+            let out = backfill(args, stdin, &[]);
+            let (_, err) = text(&out);
+            assert_eq!(out.status.code(), Some(65), "{args:?}: {err}");
+            assert!(
+                err.contains(&format!("line {line}: ")) && err.contains("__ip"),
+                "{args:?}: the first bad line is named: {err}"
+            );
+            assert_eq!(
+                listing(dir.path()),
+                ["readings.txt"],
+                "{args:?}: no buffer is created"
+            );
+        }
+    }
+}
