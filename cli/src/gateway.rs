@@ -65,7 +65,8 @@ pub struct EnqueueArgs {
     /// `insert_id` wins.
     #[arg(long, value_name = "content|FIELD,...")]
     dedup_key: Option<DedupKey>,
-    /// Read and check the readings, and say what would be added, without touching the buffer.
+    /// Read and check the readings, and say what would be added and what an enqueue would
+    /// warn of, without creating or changing the buffer.
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
@@ -339,22 +340,52 @@ impl Checker {
     }
 }
 
-/// `enqueue --dry-run`: checks every reading, writing nothing.
+/// `enqueue --dry-run`: checks every reading, writing nothing, and warns as an enqueue would:
+/// of readings older than the age window or stamped in the future, and of buffered events the
+/// readings would evict. The buffer, when there is one, is only read (for the server's age
+/// window as last seen, and what it holds), never created or changed.
 fn dry_run(
     args: &EnqueueArgs,
     checker: &Checker,
     readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>>,
 ) -> anyhow::Result<u8> {
+    let db = &args.db.db;
+    let buffer = db
+        .is_file()
+        .then(|| Backfill::open_read_only(db).ok())
+        .flatten();
+    let window = buffer
+        .as_ref()
+        .map_or_else(|| checker.sdk.max_event_age(), Backfill::max_event_age);
+    let (now, cutoff) = now_and_cutoff(window);
+    let mut tally = Tally::default();
     let mut n = 0u64;
     for item in readings {
-        if let Err(code) = checker.check(item) {
-            return Ok(code);
-        }
+        let (line, event) = match checker.check(item) {
+            Ok(reading) => reading,
+            Err(code) => return Ok(code),
+        };
+        tally.note(line, &event, now, cutoff);
         n += 1;
     }
+    let buffered = match &buffer {
+        Some(buffer) => buffer.stats()?.buffered_events,
+        None => 0,
+    };
+    let evicted = (buffered + n)
+        .saturating_sub(args.limits.max_rows)
+        .min(buffered);
+    if evicted > 0 {
+        eprintln!(
+            "backfill enqueue: the buffer would be full ({} events at most): the {evicted} \
+             oldest events would be evicted to make room",
+            args.limits.max_rows,
+        );
+    }
+    tally.warn(window);
     output::line(&format!(
         "dry run: {n} readings are valid and would be added to {}; nothing was written",
-        args.db.db.display()
+        db.display()
     ));
     Ok(exit::OK)
 }

@@ -1820,3 +1820,69 @@ fn enqueue_names_the_first_bad_line_whatever_its_fault_and_a_short_bad_input_cre
         }
     }
 }
+
+/// The warnings on stderr.
+fn warnings(out: &Output) -> Vec<String> {
+    text(out)
+        .1
+        .lines()
+        .filter(|l| l.contains("warning:") || l.contains("evicted"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn enqueue_dry_run_warns_as_an_enqueue_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    let mut input = readings(2);
+    input.push_str("{\"name\":\"reading\",\"timestamp\":\"2020-01-01T00:00:00Z\"}\n");
+    input.push_str("{\"name\":\"reading\",\"timestamp\":\"2099-01-01T00:00:00Z\"}\n");
+    let dry = backfill(&["enqueue", "--db", db_arg, "--dry-run"], Some(&input), &[]);
+    assert!(dry.status.success(), "{}", text(&dry).1);
+    let said = warnings(&dry);
+    assert!(
+        said.iter()
+            .any(|w| w.contains("1 readings (the oldest from 2020-01-01T00:00:00.000Z) are older than the server's 5-day age window")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|w| w.contains("1 readings are stamped in the future (the latest, line 4")),
+        "{said:?}"
+    );
+    assert!(!db.exists(), "a dry run creates nothing");
+    let real = backfill(&["enqueue", "--db", db_arg], Some(&input), &[]);
+    assert!(real.status.success(), "{}", text(&real).1);
+    assert_eq!(warnings(&real), said, "the same warnings");
+
+    // Into a buffer that is full: the events the readings would evict.
+    let before = buffer_rows(&db);
+    let dry = backfill(
+        &["enqueue", "--db", db_arg, "--dry-run", "--max-rows", "5"],
+        Some(&readings(2)),
+        &[],
+    );
+    assert!(dry.status.success(), "{}", text(&dry).1);
+    assert_eq!(
+        warnings(&dry),
+        [
+            "backfill enqueue: the buffer would be full (5 events at most): the 1 oldest events \
+          would be evicted to make room"
+        ]
+    );
+    assert_eq!(buffer_rows(&db), before, "nothing changed");
+    let real = backfill(
+        &["enqueue", "--db", db_arg, "--max-rows", "5"],
+        Some(&readings(2)),
+        &[],
+    );
+    assert!(
+        warnings(&real)
+            .iter()
+            .any(|w| w.contains("the 1 oldest events were evicted")),
+        "{}",
+        text(&real).1
+    );
+}
