@@ -368,6 +368,9 @@ fn dry_run(
         tally.note(line, &event, now, cutoff);
         n += 1;
     }
+    if n > args.limits.max_rows {
+        return Ok(beyond_bounds(&args.limits, false));
+    }
     let buffered = match &buffer {
         Some(buffer) => buffer.stats()?.buffered_events,
         None => 0,
@@ -457,6 +460,9 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
         eprintln!("backfill enqueue: the input is empty (no readings); nothing was added");
         return Ok(exit::OK);
     }
+    if first.len() as u64 > args.limits.max_rows {
+        return Ok(beyond_bounds(&args.limits, false));
+    }
     let all = first.into_iter().map(Ok).chain(readings);
     if args.dry_run {
         return dry_run(args, &checker, all);
@@ -495,6 +501,14 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
             );
             return Ok(exit::BUSY);
         }
+        // The readings alone pass the buffer's bounds: no reading is bad, the bound is too
+        // small for the input.
+        Err(TrackAllError::Sdk {
+            error: Error::InvalidEvent(why),
+            ..
+        }) if why.contains("the whole buffer") => {
+            return Ok(beyond_bounds(&args.limits, why.contains("bytes")));
+        }
         Err(TrackAllError::Sdk { index, error }) => {
             let at = match index {
                 Some(_) => format!("line {line}: "),
@@ -507,10 +521,6 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
                     ". If the disk is full or a file-size limit (ulimit -f, systemd's \
                      LimitFSIZE=) was reached, free space or raise the limit and enqueue the \
                      readings again"
-                }
-                // The readings alone pass the buffer's bounds.
-                Error::InvalidEvent(why) if why.contains("the whole buffer") => {
-                    ". Raise --max-rows or --max-bytes, or enqueue fewer at once"
                 }
                 _ => "",
             };
@@ -541,6 +551,36 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
         db.display()
     ));
     Ok(exit::OK)
+}
+
+/// Says that the input's readings alone pass the buffer's bound on events (or, with `bytes`,
+/// on bytes), and gives the exit code: the command line's bound is too small for the input,
+/// which holds no bad reading (`EX_USAGE`: the fix is a flag, or a smaller input). An enqueue
+/// is all or nothing and never evicts its own readings for each other, so it adds nothing.
+fn beyond_bounds(limits: &Limits, bytes: bool) -> u8 {
+    let (what, fix) = if bytes {
+        (
+            format!(
+                "the readings take more than {} of event JSON, the most the buffer holds",
+                format_size(limits.max_bytes)
+            ),
+            "Raise --max-bytes (BACKFILL_MAX_BYTES) above the input's size",
+        )
+    } else {
+        (
+            format!(
+                "the input holds more than {} readings, the most the buffer holds",
+                limits.max_rows
+            ),
+            "Raise --max-rows (BACKFILL_MAX_ROWS) above the input's number of readings",
+        )
+    };
+    eprintln!(
+        "backfill enqueue: {what}; an enqueue adds all its readings or none and does not evict \
+         its own readings for each other, so nothing was added and the buffer is unchanged. \
+         {fix}, or enqueue the input in smaller parts"
+    );
+    exit::USAGE
 }
 
 /// Drains once (or, with `until_empty`, again after each wait until the buffer is empty),

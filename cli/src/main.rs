@@ -40,7 +40,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// The drain finished, but events older than the server's age window were dropped unsent.
     pub const EXPIRED: u8 = 3;
-    /// The command line is wrong (EX_USAGE).
+    /// The command line is wrong (EX_USAGE), or the buffer's bounds it gives are too small for
+    /// the readings an enqueue adds at once.
     pub const USAGE: u8 = 64;
     /// Bad input data (a malformed reading); nothing was written (EX_DATAERR).
     pub const DATA: u8 = 65;
@@ -69,7 +70,7 @@ pub mod exit {
     pub const TABLE: &str = "Exit codes:
   0    done
   3    drained, but events older than the server's age window were dropped unsent
-  64   the command line is wrong
+  64   the command line is wrong (or its buffer bounds are too small for the input)
   65   bad input data; nothing was added
   66   the input file or the buffer does not exist or cannot be read
   69   the server is unreachable or busy; the data is kept, try again later

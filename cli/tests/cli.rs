@@ -1430,17 +1430,57 @@ fn buffer_bounds_too_small_for_the_input_are_named() {
         &[],
     );
     assert_eq!(out.status.code(), Some(64), "a wrong flag is a usage error");
-    let out = backfill(
-        &["enqueue", "--db", db_arg, "--max-rows", "2"],
-        Some(&readings(3)),
-        &[],
-    );
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(65), "{err}");
-    assert!(
-        err.contains("3 events at once") && err.contains("--max-rows"),
-        "{err}"
-    );
+    // No reading is bad: the bound is too small for the input, which is refused whole.
+    let file = dir.path().join("r.csv");
+    let csv: String = std::iter::once("name,temp\n".to_owned())
+        .chain((0..10).map(|i| format!("r,{i}\n")))
+        .collect();
+    std::fs::write(&file, csv).expect("write");
+    let file_arg = file.to_str().expect("path");
+    for args in [
+        &["enqueue", "--db", db_arg, "--max-rows", "3", file_arg][..],
+        &[
+            "enqueue",
+            "--db",
+            db_arg,
+            "--max-rows",
+            "3",
+            "--dry-run",
+            file_arg,
+        ],
+    ] {
+        let out = backfill(args, None, &[]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(
+            err.contains("more than 3 readings")
+                && err.contains("Raise --max-rows")
+                && err.contains("smaller parts")
+                && !err.contains("line "),
+            "{args:?}: {err}"
+        );
+        assert!(!db.exists(), "{args:?}: a refused input creates no buffer");
+    }
+    // Past the first readings, and into a buffer that holds some: left as it was.
+    enqueue(&db, &readings(2));
+    let before = buffer_rows(&db);
+    for (bound, value, says) in [
+        ("--max-rows", "1200", "more than 1200 readings"),
+        ("--max-bytes", "100KiB", "more than 100.0 KiB of event JSON"),
+    ] {
+        let out = backfill(
+            &["enqueue", "--db", db_arg, bound, value],
+            Some(&readings(1500)),
+            &[],
+        );
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(
+            err.contains(says) && err.contains(&format!("Raise {bound}")),
+            "{err}"
+        );
+        assert_eq!(buffer_rows(&db), before, "nothing added, nothing evicted");
+    }
 }
 
 /// Runs `backfill enqueue --db DB FILE` and returns its exit code, its stderr and its peak
