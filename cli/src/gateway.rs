@@ -724,16 +724,19 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
                         ));
                     }
                 }
+                // Only a drain without --until-empty or --watch gets here (the others wait and
+                // go on): it does not retry, so the backoff's wait is no promise of its own.
                 Ok(DrainReport {
-                    end: DrainEnd::RetryIn(wait),
+                    end: DrainEnd::RetryIn(_),
                     last_error,
                     ..
                 }) => {
                     let cause = last_error.as_deref().unwrap_or("the server is busy");
                     eprintln!(
-                        "backfill drain: {cause}; {} events kept, retry in {:.0} s",
+                        "backfill drain: {cause}; {} events kept. Run drain again later, or \
+                         with --until-empty (or --watch) to retry with backoff until they are \
+                         sent",
                         after.buffered_events,
-                        wait.as_secs_f64()
                     );
                     return Ok(exit::UNAVAILABLE);
                 }

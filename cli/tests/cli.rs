@@ -1926,3 +1926,35 @@ fn enqueue_dry_run_warns_as_an_enqueue_does() {
         text(&real).1
     );
 }
+
+#[test]
+fn a_drain_that_does_not_retry_says_so_and_how_to_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    enqueue(&db, &readings(3));
+    let (failing, hits) = stub(
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+         content-length: 68\r\nconnection: close\r\n\r\n\
+         {\"status\":500,\"error\":\"Internal Server Error\",\"message\":\"try later\"}"
+            .to_owned(),
+    );
+    for url in ["http://127.0.0.1:9".to_owned(), failing] {
+        let out = backfill(&["drain", "--db", db_arg], None, &creds(&url));
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(69), "{url}: {err}");
+        assert!(
+            err.contains("3 events kept")
+                && err.contains("Run drain again later")
+                && err.contains("--until-empty")
+                && err.contains("--watch"),
+            "{url}: {err}"
+        );
+        assert!(
+            !err.contains("retry in") && !err.contains("retrying in"),
+            "{url}: it promises no retry it does not make: {err}"
+        );
+        assert_eq!(status_json(&db)["buffered_events"], 3);
+    }
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
