@@ -119,6 +119,44 @@ fn open_to_read(command: &str, db: &Path) -> Result<Backfill, u8> {
     })
 }
 
+/// Refuses a buffer whose directory does not exist, naming the missing directory, and gives
+/// the exit code: the buffer file is created when missing, but a mistyped `--db` must not
+/// create a directory tree (the SDK creates a missing folder, as an app opening its buffer in
+/// a folder of its own wants).
+fn check_directory(command: &str, db: &Path) -> Result<(), u8> {
+    let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    // The outermost missing directory (or the file standing where a directory should be).
+    let missing = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        .last()
+        .unwrap_or(dir);
+    let (why, fix) = if missing.exists() {
+        (
+            format!("{} is not a directory", missing.display()),
+            "Correct --db".to_owned(),
+        )
+    } else {
+        (
+            format!("the directory {} does not exist", missing.display()),
+            format!(
+                "Correct --db, or create the directory first (mkdir -p {})",
+                dir.display()
+            ),
+        )
+    };
+    eprintln!(
+        "backfill {command}: cannot create the buffer {}: {why}; nothing was created. {fix}",
+        db.display(),
+    );
+    Err(exit::CANT_CREATE)
+}
+
 /// Readings read before the buffer is opened: a bad or empty input this short leaves no
 /// buffer behind, and the rest is read as it is written.
 const FIRST_CHUNK: usize = 1000;
@@ -182,6 +220,9 @@ impl Tally {
 /// held only while checked readings are written, never while a slow producer is still piping
 /// them in (a `drain --watch` beside it keeps settling what it sends).
 pub fn enqueue(args: &EnqueueArgs) -> anyhow::Result<u8> {
+    if let Err(code) = check_directory("enqueue", &args.db.db) {
+        return Ok(code);
+    }
     match args.file.as_deref().filter(|f| f.as_os_str() != "-") {
         Some(path) => match std::fs::File::open(path) {
             Ok(f) if args.dry_run || f.metadata().is_ok_and(|m| m.is_file()) => {
@@ -657,7 +698,12 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<u8> {
         }
     };
     // A mistyped --db in a cron line would otherwise drain a new, empty buffer forever. A
-    // watching drain may start before the first enqueue.
+    // watching drain may start before the first enqueue, in a directory that exists.
+    if args.watch
+        && let Err(code) = check_directory("drain", &args.db.db)
+    {
+        return Ok(code);
+    }
     if !args.watch && !args.db.db.exists() {
         eprintln!("backfill drain: no buffer at {}", args.db.db.display());
         return Ok(exit::NO_INPUT);

@@ -47,6 +47,8 @@ pub mod exit {
     pub const DATA: u8 = 65;
     /// The input file or the buffer does not exist or cannot be read (EX_NOINPUT).
     pub const NO_INPUT: u8 = 66;
+    /// The buffer cannot be created: the directory `--db` names does not exist (EX_CANTCREAT).
+    pub const CANT_CREATE: u8 = 73;
     /// The server is unreachable or busy; the data is kept, try again later (EX_UNAVAILABLE).
     pub const UNAVAILABLE: u8 = 69;
     /// A bug in backfill (EX_SOFTWARE).
@@ -75,6 +77,7 @@ pub mod exit {
   66   the input file or the buffer does not exist or cannot be read
   69   the server is unreachable or busy; the data is kept, try again later
   70   a bug in backfill
+  73   the buffer cannot be created: the directory --db names does not exist
   74   the buffer cannot be used (not a buffer, damaged, disk full); nothing was changed
   75   another drain holds the buffer, or another process is writing to it; try again later
   77   the server refused the credentials; the data is kept

@@ -1958,3 +1958,71 @@ fn a_drain_that_does_not_retry_says_so_and_how_to_retry() {
     }
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
+
+#[test]
+fn a_buffer_in_a_missing_directory_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("a/b/c/typo.db");
+    let typo_arg = typo.to_str().expect("path");
+    let file = dir.path().join("r.ndjson");
+    std::fs::write(&file, readings(3)).expect("write");
+    let file_arg = file.to_str().expect("path");
+    let missing = dir.path().join("a");
+    let runs: [(&[&str], Option<&str>); 4] = [
+        (&["enqueue", "--db", typo_arg, file_arg], None),
+        (&["enqueue", "--db", typo_arg], Some(&readings(3))),
+        (&["enqueue", "--db", typo_arg, "--dry-run", file_arg], None),
+        (&["drain", "--db", typo_arg, "--watch"], None),
+    ];
+    for (args, stdin) in runs {
+        let out = if args[0] == "drain" {
+            // Were it to start, a watching drain would wait for readings until stopped.
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill"));
+            cmd.args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            for (k, v) in creds("http://127.0.0.1:9") {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("spawn");
+            let ended = wait_until(std::time::Duration::from_secs(30), || {
+                child.try_wait().is_ok_and(|s| s.is_some())
+            });
+            if !ended {
+                let _ = child.kill();
+            }
+            child.wait_with_output().expect("wait")
+        } else {
+            backfill(args, stdin, &[])
+        };
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(73), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the directory {} does not exist",
+                missing.display()
+            )) && err.contains("mkdir -p"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            listing(dir.path()),
+            ["r.ndjson"],
+            "{args:?}: nothing created"
+        );
+    }
+    // A file where a directory should be.
+    let under_file = file.join("gw.db");
+    let out = backfill(
+        &["enqueue", "--db", under_file.to_str().expect("path")],
+        Some(&readings(1)),
+        &[],
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(73), "{err}");
+    assert!(err.contains("is not a directory"), "{err}");
+    // The buffer file itself is still created, in a directory that exists.
+    let db = dir.path().join("gw.db");
+    enqueue(&db, &readings(2));
+    assert_eq!(status_json(&db)["buffered_events"], 2);
+}
