@@ -333,51 +333,25 @@ impl<R: std::io::Read, W: std::io::Write> std::io::Read for Tee<R, W> {
 /// and gives the exit code.
 fn check_pass(args: &EnqueueArgs, input: impl std::io::BufRead) -> Result<u64, u8> {
     let readings = read_readings(input).map_err(refused)?;
-    let checker = Checker::new(args)?;
     let mut n = 0u64;
     for item in with_insert_ids(args, readings) {
-        checker.check(item)?;
+        checked(item)?;
         n += 1;
     }
     Ok(n)
 }
 
-/// Checks readings as the SDK records them, against a scratch buffer (the real one is not
-/// even opened), so that a reading the SDK would refuse is named in its place among those the
-/// input reader refuses: the first bad reading is the one named, whatever its fault.
-struct Checker {
-    sdk: Backfill,
-    /// Removed when the checker is dropped.
-    _scratch: tempfile::TempDir,
-}
-
-impl Checker {
-    fn new(args: &EnqueueArgs) -> Result<Self, u8> {
-        let scratch = tempfile::tempdir().map_err(|e| {
-            eprintln!("backfill enqueue: cannot create a scratch directory: {e}");
-            exit::IO
-        })?;
-        let sdk = open_offline(&scratch.path().join("check.db"), &args.limits).map_err(|e| {
-            eprintln!("backfill enqueue: {e}");
-            storage_exit(&e)
-        })?;
-        Ok(Self {
-            sdk,
-            _scratch: scratch,
-        })
-    }
-
-    /// Passes a reading on when it was read and the SDK would record it; else says why on
-    /// stderr, naming its line, and gives the exit code.
-    fn check(
-        &self,
-        item: Result<(usize, Event), crate::input::InputError>,
-    ) -> Result<(usize, Event), u8> {
-        let (line, event) = item.map_err(refused)?;
-        match self.sdk.check(&event) {
-            Ok(()) => Ok((line, event)),
-            Err(e) => Err(refused(format!("line {line}: {e}"))),
-        }
+/// Passes a reading on when it was read and the SDK would record it ([`Event::check`], no
+/// buffer needed); else says why on stderr, naming its line, and gives the exit code. Checked
+/// as each is read, a reading the SDK refuses is named in its place among those the input
+/// reader refuses: the first bad reading is the one named, whatever its fault.
+fn checked(item: Result<(usize, Event), crate::input::InputError>) -> Result<(usize, Event), u8> {
+    let (line, event) = item.map_err(refused)?;
+    match event.check(backfill_protocol::clock::Clock::now_ms(
+        &backfill_core::SystemClock,
+    )) {
+        Ok(()) => Ok((line, event)),
+        Err(e) => Err(refused(format!("line {line}: {e}"))),
     }
 }
 
@@ -387,7 +361,6 @@ impl Checker {
 /// window as last seen, and what it holds), never created or changed.
 fn dry_run(
     args: &EnqueueArgs,
-    checker: &Checker,
     readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>>,
 ) -> anyhow::Result<u8> {
     let db = &args.db.db;
@@ -395,14 +368,18 @@ fn dry_run(
         .is_file()
         .then(|| Backfill::open_read_only(db).ok())
         .flatten();
-    let window = buffer
-        .as_ref()
-        .map_or_else(|| checker.sdk.max_event_age(), Backfill::max_event_age);
+    let window = buffer.as_ref().map_or_else(
+        || {
+            use backfill_protocol::limits::{DEFAULT_MAX_EVENT_AGE_DAYS, max_event_age_ms};
+            Duration::from_millis(max_event_age_ms(DEFAULT_MAX_EVENT_AGE_DAYS).unsigned_abs())
+        },
+        Backfill::max_event_age,
+    );
     let (now, cutoff) = now_and_cutoff(window);
     let mut tally = Tally::default();
     let mut n = 0u64;
     for item in readings {
-        let (line, event) = match checker.check(item) {
+        let (line, event) = match checked(item) {
             Ok(reading) => reading,
             Err(code) => return Ok(code),
         };
@@ -486,13 +463,9 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
     // The first readings are checked as the SDK records them before the buffer is opened, so
     // that a short bad input creates no buffer, and a reading the SDK refuses is named before
     // a later one the reader refuses.
-    let checker = match Checker::new(args) {
-        Ok(checker) => checker,
-        Err(code) => return Ok(code),
-    };
     let mut first = Vec::with_capacity(FIRST_CHUNK);
     for item in readings.by_ref().take(FIRST_CHUNK) {
-        match checker.check(item) {
+        match checked(item) {
             Ok(reading) => first.push(reading),
             Err(code) => return Ok(code),
         }
@@ -506,9 +479,8 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
     }
     let all = first.into_iter().map(Ok).chain(readings);
     if args.dry_run {
-        return dry_run(args, &checker, all);
+        return dry_run(args, all);
     }
-    drop(checker);
     let sdk = match open_offline(db, &args.limits) {
         Ok(sdk) => sdk,
         Err(e) => {

@@ -642,19 +642,8 @@ impl Backfill {
     /// Checks an event as [`Backfill::track_many`] would, without recording it.
     pub fn check(&self, event: &Event) -> Result<(), Error> {
         let shared = self.shared();
-        let own_device = shared.device_id();
-        let stamp = Stamp {
-            time_ms: event.timestamp_ms.unwrap_or_else(|| shared.clock.now_ms()),
-            insert_id: event
-                .insert_id
-                .as_deref()
-                .unwrap_or("00000000-0000-7000-8000-000000000000"),
-            device_id: event.device_id.as_deref().unwrap_or(&own_device),
-            session_id: None,
-            profile_id: None,
-        };
         let globals = shared.globals.read().map_err(|_| poisoned())?;
-        event::track_json(&event.name, &globals, event.properties.clone(), &stamp).map(|_| ())
+        event::check_track(event, &globals, &shared.device_id(), shared.clock.now_ms())
     }
 
     /// Names the user; later events of this device carry `profileId`. `traits` may hold

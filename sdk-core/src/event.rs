@@ -165,6 +165,43 @@ pub(crate) fn track_json(
     finish("track", payload, merged, stamp)
 }
 
+/// Stands for an id the SDK stamps (a UUID) when an event is checked before it is stamped, so
+/// that the event's size is checked as it will be sent.
+const UNSTAMPED_ID: &str = "00000000-0000-7000-8000-000000000000";
+
+/// Checks `event` as a `track` recorded with `globals` by a device `own_device` would be
+/// (see [`Event::check`]).
+pub(crate) fn check_track(
+    event: &Event,
+    globals: &Map<String, Value>,
+    own_device: &str,
+    now_ms: i64,
+) -> Result<(), Error> {
+    let stamp = Stamp {
+        time_ms: event.timestamp_ms.unwrap_or(now_ms),
+        insert_id: event.insert_id.as_deref().unwrap_or(UNSTAMPED_ID),
+        device_id: event.device_id.as_deref().unwrap_or(own_device),
+        session_id: None,
+        profile_id: None,
+    };
+    track_json(&event.name, globals, event.properties.clone(), &stamp).map(|_| ())
+}
+
+impl Event {
+    /// Checks the event as [`crate::Backfill::track_many`] would record it, without a buffer
+    /// (for a tool that checks its input before opening one): a name that is not blank and the
+    /// contract's per-event rules (SPEC §4: name, reserved properties such as `__ip`, sizes,
+    /// nesting). A missing time is read as `now_ms`; missing ids are stood for by ones of the
+    /// length the SDK stamps. Properties registered on a [`crate::Backfill`] are not known
+    /// here: [`crate::Backfill::check`] checks with them.
+    ///
+    /// # Errors
+    /// [`Error::InvalidEvent`] saying what to fix.
+    pub fn check(&self, now_ms: i64) -> Result<(), Error> {
+        check_track(self, &Map::new(), UNSTAMPED_ID, now_ms)
+    }
+}
+
 /// The wire JSON of an `identify` event.
 pub(crate) fn identify_json(
     profile_id: &str,
@@ -249,6 +286,44 @@ mod tests {
         assert!(err.contains("event name is not UTF-8"), "{err}");
         let err = Event::from_utf8(b"r", b"{\"a\": \"\xc3\"}").expect_err("json");
         assert!(err.to_string().contains("properties' JSON"), "{err}");
+    }
+
+    #[test]
+    fn an_event_is_checked_without_a_buffer_as_it_will_be_sent() {
+        let now = 1_795_946_400_000;
+        let event = |properties: Value| Event {
+            name: "reading".to_owned(),
+            properties: properties.as_object().cloned().unwrap_or_default(),
+            ..Event::default()
+        };
+        assert_eq!(event(json!({"__ip": "203.0.113.7"})).check(now), Ok(()));
+        let err = event(json!({"__ip": "not-an-ip"}))
+            .check(now)
+            .expect_err("__ip");
+        assert!(
+            matches!(&err, Error::InvalidEvent(why) if why.contains("__ip")),
+            "{err}"
+        );
+        // Sized with the ids the SDK stamps: a value that fits without them does not.
+        let bare = event(json!({"v": ""})).check(now);
+        assert_eq!(bare, Ok(()));
+        let stamp = Stamp {
+            time_ms: now,
+            insert_id: UNSTAMPED_ID,
+            device_id: UNSTAMPED_ID,
+            session_id: None,
+            profile_id: None,
+        };
+        let stamped = track_json("reading", &Map::new(), Map::new(), &stamp)
+            .expect("empty")
+            .len();
+        let room = backfill_protocol::limits::MAX_EVENT_BYTES - stamped - r#","v":"""#.len();
+        assert_eq!(event(json!({"v": "x".repeat(room)})).check(now), Ok(()));
+        assert!(
+            event(json!({"v": "x".repeat(room + 1)}))
+                .check(now)
+                .is_err()
+        );
     }
 
     #[test]
