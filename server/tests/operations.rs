@@ -513,10 +513,11 @@ async fn a_store_from_before_modes_is_upgraded_with_a_warning_and_its_client_kee
     let id = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f";
     let secret = "a-secret-from-before-modes";
     {
-        // The clients table as schema version 3 wrote it, with one client.
+        // The clients table as schema version 3 wrote it, with one client, and its sessions.
         let conn = rusqlite::Connection::open(data.join("backfill.db")).expect("open");
         conn.execute_batch(
-            "DROP TABLE projects;
+            "ALTER TABLE sessions DROP COLUMN profile_at;
+             DROP TABLE projects;
              CREATE TABLE projects (
                  key         INTEGER PRIMARY KEY,
                  client_id   TEXT NOT NULL UNIQUE,

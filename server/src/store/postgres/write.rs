@@ -25,7 +25,9 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::store::rules::{GroupWrite, Plan, Profile, raw_json, session_start_time};
+use crate::store::rules::{
+    GroupWrite, Plan, Profile, SessionProfile, raw_json, session_start_time,
+};
 use crate::store::{IngestJob, PreparedRow, RowAction, RowOutcome};
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -69,19 +71,31 @@ pub(super) enum ClaimForm {
 }
 
 /// Creates or widens sessions. The row lock it takes serialises every node's changes to one
-/// session; `previous_started_at` tells a created row (NULL) from a widened one.
+/// session; `previous_started_at` tells a created row (NULL) from a widened one. Of the stored
+/// and the new profile id, the session keeps the one of the earlier event, and on equal times
+/// the bytewise smaller id ([`SessionProfile::first`]); a stored id without its time (written
+/// by a node from before `profile_at`) counts from the session's start.
 const UPSERT_SESSIONS: &str = "
 INSERT INTO sessions AS s (project, id, device_id, profile_id, started_at, ended_at,
-    event_count, start_event, previous_started_at)
-SELECT $1, u.id, u.device_id, u.profile_id, u.first, u.last, u.count, u.start_event, NULL
-FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::uuid[])
-    AS u (id, device_id, profile_id, first, last, count, start_event)
+    event_count, start_event, previous_started_at, profile_at)
+SELECT $1, u.id, u.device_id, u.profile_id, u.first, u.last, u.count, u.start_event, NULL,
+    u.profile_at
+FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::uuid[],
+        $9::int8[])
+    AS u (id, device_id, profile_id, first, last, count, start_event, profile_at)
 ORDER BY u.id COLLATE \"C\"
 ON CONFLICT (project, id) DO UPDATE SET
     started_at = least(s.started_at, excluded.started_at),
     ended_at = greatest(s.ended_at, excluded.ended_at),
     event_count = s.event_count + excluded.event_count,
-    profile_id = coalesce(s.profile_id, excluded.profile_id),
+    profile_id = CASE WHEN s.profile_id IS NULL
+            OR (excluded.profile_at, excluded.profile_id COLLATE \"C\")
+                < (coalesce(s.profile_at, s.started_at), s.profile_id COLLATE \"C\")
+        THEN excluded.profile_id ELSE s.profile_id END,
+    profile_at = CASE WHEN s.profile_id IS NULL
+            OR (excluded.profile_at, excluded.profile_id COLLATE \"C\")
+                < (coalesce(s.profile_at, s.started_at), s.profile_id COLLATE \"C\")
+        THEN excluded.profile_at ELSE coalesce(s.profile_at, s.started_at) END,
     previous_started_at = s.started_at
 RETURNING id, start_event, started_at, previous_started_at";
 
@@ -229,7 +243,7 @@ struct SessionChange<'a> {
     /// `session_start`.
     part: usize,
     device_id: &'a str,
-    profile_id: Option<&'a str>,
+    profile: Option<SessionProfile<'a>>,
     first: i64,
     last: i64,
     count: i64,
@@ -379,7 +393,7 @@ async fn write_sessions(
                 .or_insert_with(|| SessionChange {
                     part: i,
                     device_id: delta.device_id,
-                    profile_id: None,
+                    profile: None,
                     first: delta.first,
                     last: delta.last,
                     count: 0,
@@ -387,7 +401,7 @@ async fn write_sessions(
             change.first = change.first.min(delta.first);
             change.last = change.last.max(delta.last);
             change.count += delta.count;
-            change.profile_id = change.profile_id.or(delta.profile_id);
+            change.profile = SessionProfile::first(change.profile, delta.profile);
         }
     }
     if changes.is_empty() {
@@ -399,15 +413,22 @@ async fn write_sessions(
         .map(|_| crate::ingest::new_event_id(synced_at))
         .collect();
     let upsert = tx.prepare_cached(UPSERT_SESSIONS).await?;
-    let params: [&(dyn ToSql + Sync); 8] = [
+    let params: [&(dyn ToSql + Sync); 9] = [
         &project,
         &ids,
         &changes.values().map(|c| c.device_id).collect::<Vec<_>>(),
-        &changes.values().map(|c| c.profile_id).collect::<Vec<_>>(),
+        &changes
+            .values()
+            .map(|c| c.profile.map(|p| p.id))
+            .collect::<Vec<_>>(),
         &changes.values().map(|c| c.first).collect::<Vec<_>>(),
         &changes.values().map(|c| c.last).collect::<Vec<_>>(),
         &changes.values().map(|c| c.count).collect::<Vec<_>>(),
         &start_events,
+        &changes
+            .values()
+            .map(|c| c.profile.map(|p| p.at))
+            .collect::<Vec<_>>(),
     ];
     let mut starts = EventColumns::default();
     let mut moved = (Vec::new(), Vec::new(), Vec::new());
@@ -430,7 +451,7 @@ async fn write_sessions(
                     name: "session_start",
                     device_id: change.device_id,
                     session_id,
-                    profile_id: change.profile_id,
+                    profile_id: change.profile.map(|p| p.id),
                     ..Fields::default()
                 },
             ),
