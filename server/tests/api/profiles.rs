@@ -116,6 +116,15 @@ fn in_session(session: &str, t: i64, profile: Option<&str>) -> Value {
     json!({"type": "track", "payload": payload})
 }
 
+/// The profile id `GET /api/events` gives the `session_start` of `session`.
+async fn start_profile_of(h: &Harness, session: &str) -> Value {
+    let starts = h
+        .all_events(&format!("name=session_start&session_id={session}"))
+        .await;
+    assert_eq!(starts.len(), 1, "one session_start: {starts:?}");
+    starts[0]["profile_id"].clone()
+}
+
 /// The profile id `GET /api/sessions` gives `session`.
 async fn profile_of(h: &Harness, session: &str) -> Value {
     let sessions = h.all_sessions("").await;
@@ -170,6 +179,13 @@ async fn a_session_takes_the_profile_of_its_earliest_event_whatever_the_arrival_
     };
     assert_eq!(strip("s"), strip("reversed"));
     assert_eq!(strip("s")["event_count"], json!(4));
+    for session in ["s", "reversed"] {
+        assert_eq!(
+            start_profile_of(&h, session).await,
+            json!("early"),
+            "the session_start of {session} carries the session's profile id"
+        );
+    }
 }
 
 async fn within_one_batch_the_earliest_event_gives_the_profile_id(store: StoreKind) {
@@ -206,6 +222,11 @@ async fn on_equal_times_the_bytewise_smaller_profile_id_wins(store: StoreKind) {
         .await;
     for session in ["apart", "together", "reversed"] {
         assert_eq!(profile_of(&h, session).await, json!("Zeta"), "{session}");
+        assert_eq!(
+            start_profile_of(&h, session).await,
+            json!("Zeta"),
+            "{session}"
+        );
     }
 }
 
@@ -233,6 +254,7 @@ async fn concurrent_requests_leave_the_profile_id_of_the_earliest_event(store: S
         assert_eq!(task.await.expect("task"), StatusCode::ACCEPTED);
     }
     assert_eq!(profile_of(&h, "raced").await, json!("p00"));
+    assert_eq!(start_profile_of(&h, "raced").await, json!("p00"));
 }
 
 /// Puts a closed store back to the schema from before sessions kept their profile id's time:
@@ -309,6 +331,8 @@ async fn sessions_stored_before_profile_times_keep_their_profile_id_and_take_an_
         json!("early"),
         "an event before every stored one takes the profile id over"
     );
+    assert_eq!(start_profile_of(&h, "known").await, json!("early"));
+    assert_eq!(start_profile_of(&h, "anonymous").await, json!("first"));
 }
 
 store_tests!(

@@ -97,12 +97,14 @@ ON CONFLICT (project, id) DO UPDATE SET
                 < (coalesce(s.profile_at, s.started_at), s.profile_id COLLATE \"C\")
         THEN excluded.profile_at ELSE coalesce(s.profile_at, s.started_at) END,
     previous_started_at = s.started_at
-RETURNING id, start_event, started_at, previous_started_at";
+RETURNING id, start_event, started_at, previous_started_at, profile_id, profile_at";
 
-/// Moves `session_start` events earlier; each is found by its old place in the primary key.
+/// Moves `session_start` events earlier and gives them their session's profile id; each is
+/// found by its old place in the primary key.
 const MOVE_STARTS: &str = "
-UPDATE events AS e SET created_at = u.new_at, synced_at = $2
-FROM unnest($3::uuid[], $4::int8[], $5::int8[]) AS u (id, old_at, new_at)
+UPDATE events AS e SET created_at = u.new_at, profile_id = u.profile_id, synced_at = $2
+FROM unnest($3::uuid[], $4::int8[], $5::int8[], $6::text[])
+    AS u (id, old_at, new_at, profile_id)
 WHERE e.project = $1 AND e.created_at = u.old_at AND e.id = u.id";
 
 const CREATE_PROFILES: &str = "
@@ -376,7 +378,9 @@ async fn claim<'a>(
 }
 
 /// Upserts the sessions the parts' new events reach, writes the `session_start` of each
-/// session the group creates and moves the `session_start` of each session it widens earlier.
+/// session the group creates, and moves the `session_start` of each session it widens earlier
+/// or gives another profile id (the session's row lock orders these updates as it orders the
+/// upserts).
 async fn write_sessions(
     tx: &Transaction<'_>,
     project: i64,
@@ -431,12 +435,15 @@ async fn write_sessions(
             .collect::<Vec<_>>(),
     ];
     let mut starts = EventColumns::default();
-    let mut moved = (Vec::new(), Vec::new(), Vec::new());
-    for row in tx.query(&upsert, &params).await? {
+    let mut moved = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let rows = tx.query(&upsert, &params).await?;
+    for row in &rows {
         let id: &str = row.try_get(0)?;
         let start_event: Uuid = row.try_get(1)?;
         let started_at: i64 = row.try_get(2)?;
         let previous: Option<i64> = row.try_get(3)?;
+        let profile_id: Option<&str> = row.try_get(4)?;
+        let profile_at: Option<i64> = row.try_get(5)?;
         let Some((&session_id, change)) = changes.get_key_value(id) else {
             continue;
         };
@@ -455,12 +462,19 @@ async fn write_sessions(
                     ..Fields::default()
                 },
             ),
-            Some(before) if started_at < before => {
-                moved.0.push(start_event);
-                moved.1.push(session_start_time(before));
-                moved.2.push(session_start_time(started_at));
+            Some(before) => {
+                // The session's profile id is this group's: it changed, unless it was this
+                // one already (an event of the same time and id before), which rewrites it.
+                let profile_is_ours = change
+                    .profile
+                    .is_some_and(|p| profile_id == Some(p.id) && profile_at == Some(p.at));
+                if started_at < before || profile_is_ours {
+                    moved.0.push(start_event);
+                    moved.1.push(session_start_time(before));
+                    moved.2.push(session_start_time(started_at));
+                    moved.3.push(profile_id);
+                }
             }
-            Some(_) => {}
         }
     }
     if !starts.id.is_empty() {
@@ -472,7 +486,7 @@ async fn write_sessions(
         let update = tx.prepare_cached(MOVE_STARTS).await?;
         tx.execute(
             &update,
-            &[&project, &synced_at, &moved.0, &moved.1, &moved.2],
+            &[&project, &synced_at, &moved.0, &moved.1, &moved.2, &moved.3],
         )
         .await?;
     }

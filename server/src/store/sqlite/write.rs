@@ -214,10 +214,10 @@ fn warm(row: &PreparedRow) {
     std::hint::black_box(seen);
 }
 
-/// Creates the session with its one `session_start`, or widens it; the `session_start` moves
-/// earlier when an earlier event arrives, and the session keeps the
-/// [`SessionProfile::first`] of its stored and its new profile ids. The single writer
-/// serialises these updates.
+/// Creates the session with its one `session_start`, or widens it; the session keeps the
+/// [`SessionProfile::first`] of its stored and its new profile ids, and its `session_start`
+/// follows it, moving earlier when an earlier event arrives and taking the session's profile
+/// id. The single writer serialises these updates.
 fn upsert_session(
     conn: &Connection,
     job: &IngestJob,
@@ -292,14 +292,16 @@ fn upsert_session(
                 profile.map(|p| p.id),
                 profile.map(|p| p.at),
             ])?;
-            if delta.first < started_at {
+            if delta.first < started_at || profile != stored {
                 conn.prepare_cached(
-                    "UPDATE events SET created_at = ?2, synced_at = ?3 WHERE seq = ?1",
+                    "UPDATE events SET created_at = ?2, synced_at = ?3, profile_id = ?4
+                     WHERE seq = ?1",
                 )?
                 .execute(params![
                     start_event,
-                    session_start_time(delta.first),
-                    synced_at
+                    session_start_time(delta.first.min(started_at)),
+                    synced_at,
+                    profile.map(|p| p.id),
                 ])?;
             }
         }
