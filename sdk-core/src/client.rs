@@ -694,11 +694,15 @@ impl Backfill {
         Ok(insert_id)
     }
 
-    /// Sets a property merged into every later event (the event's own value wins).
-    pub fn register(&self, key: &str, value: Value) {
+    /// Sets a property merged into every later event (the event's own value wins). A key the
+    /// SDK sets itself (`__timestamp`, `__insertId`, `__deviceId`, `__sessionId`) is
+    /// [`Error::InvalidEvent`], as in an event's own properties.
+    pub fn register(&self, key: &str, value: Value) -> Result<(), Error> {
+        crate::event::check_property_key(key)?;
         if let Ok(mut g) = self.shared().globals.write() {
             g.insert(key.to_owned(), value);
         }
+        Ok(())
     }
 
     /// Removes a global property.

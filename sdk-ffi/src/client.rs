@@ -91,8 +91,7 @@ impl BackfillClient {
     /// Sets a property (`value_json`: any JSON value) merged into every later event; the
     /// event's own value wins.
     pub fn register(&self, key: String, value_json: String) -> Result<()> {
-        self.inner.register(&key, value_from_json(&value_json)?);
-        Ok(())
+        Ok(self.inner.register(&key, value_from_json(&value_json)?)?)
     }
 
     /// Removes a property set by `register`.

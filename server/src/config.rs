@@ -177,7 +177,10 @@ mod tests {
             let e = format!("3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f:sec:{typo}")
                 .parse::<ProjectCredential>()
                 .expect_err("a misspelt mode is not part of the secret");
-            assert!(e.contains(&format!("'{typo}'")) && e.contains("not a mode"), "{e}");
+            assert!(
+                e.contains(&format!("'{typo}'")) && e.contains("not a mode"),
+                "{e}"
+            );
             assert!(!e.contains("sec:"), "the secret is not echoed: {e}");
         }
         let e = "gw1:s3cret"

@@ -173,6 +173,13 @@ def test_invalid_input_raises_invalid_argument_and_records_nothing(server, tmp_p
             lambda: client.track("ok", device_id=7),
             # Past 64 bits an integer would reach the server as a rounded double.
             lambda: client.track("ok", {"iccid": 2**64 + 1}),
+            # Keys the SDK sets itself: a value given here would be replaced without a word.
+            lambda: client.track("ok", {"__insertId": "my-key-1"}),
+            lambda: client.track("ok", {"__timestamp": 5}),
+            lambda: client.track("ok", {"__deviceId": "d"}),
+            lambda: client.track("ok", {"__sessionId": "s"}),
+            lambda: client.identify("u1", {"__insertId": "k"}),
+            lambda: client.register("__deviceId", "d"),
         ]
         for call in bad_calls:
             with pytest.raises(backfill.InvalidArgument) as raised:
