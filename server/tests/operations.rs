@@ -176,6 +176,15 @@ async fn project_commands_manage_keys_on_a_real_store() {
         app_line.contains("write") && app_line.contains(&root_id),
         "the write key belongs to the root key's project: {app_line}"
     );
+    // Every line's PROJECT column starts where the header's does, whatever the mode's length.
+    let project_column = list.find("PROJECT").expect("header");
+    for line in list.lines().skip(1) {
+        assert_eq!(
+            line.get(project_column..project_column + 36),
+            Some(root_id.as_str()),
+            "columns align: {list}"
+        );
+    }
 
     let server = spawn(&data, &["--listen", "127.0.0.1:0"]);
     assert!(
