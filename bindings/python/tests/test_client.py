@@ -366,3 +366,25 @@ def test_ctrl_c_during_flush_reaches_the_caller_and_keeps_the_events(tmp_path, t
     with backfill.Client(endpoint=stalling.url, client_id=project, client_secret="s",
                          database_path=db, background_upload=False) as again:
         assert again.stats().buffered == len(ids), "every event is kept"
+
+
+def test_a_given_insert_id_makes_a_reading_recorded_twice_one_event(server, tmp_path):
+    at = now_ms() - 3_600_000
+    with open_client(server, tmp_path / "sdk.db", background_upload=False) as client:
+        first = client.track("log-line", {"line": 7}, timestamp_ms=at, insert_id="gw-1:log:7")
+        assert first == "gw-1:log:7"
+        client.flush()
+        # The gateway reads its log again after a restart: the same line, the same key.
+        assert client.track("log-line", {"line": 7}, device_id="sensor-1",
+                            insert_id="gw-1:log:7") == "gw-1:log:7"
+        report = client.flush()
+        assert (report.sent, report.duplicates) == (1, 1), report
+        with pytest.raises(backfill.InvalidArgument):
+            client.track("log-line", insert_id="")
+        with pytest.raises(backfill.InvalidArgument):
+            client.track("log-line", insert_id="x" * 65)
+        with pytest.raises(backfill.InvalidArgument):
+            client.track("log-line", insert_id=7)
+    stored = server.events(name="log-line")
+    assert [e["insert_id"] for e in stored] == ["gw-1:log:7"], stored
+    assert iso_to_ms(stored[0]["created_at"]) == at
