@@ -3,9 +3,10 @@
 
 #[path = "cluster/mod.rs"]
 mod cluster;
+#[path = "spawn/mod.rs"]
+mod spawn;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,41 +34,24 @@ impl Drop for Node {
 /// Starts `count` nodes on `database_url` at once (they migrate the empty database together)
 /// and waits until each listens.
 fn start_nodes(database_url: &str, count: usize) -> Vec<Node> {
-    let starting: Vec<_> = (0..count)
+    let launched: Vec<_> = (0..count)
         .map(|_| {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
-                .args(["--listen", "127.0.0.1:0", "--database-pool-size", "8"])
-                .args(["--project", &format!("{PROJECT}:{SECRET}")])
-                .env("BACKFILL_DATABASE_URL", database_url)
-                .env_remove("BACKFILL_PROJECTS")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn server");
-            let stdout = child.stdout.take().expect("stdout");
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            (child, rx)
+            spawn::launch(
+                Command::new(env!("CARGO_BIN_EXE_backfill-server"))
+                    .args(["--listen", "127.0.0.1:0", "--database-pool-size", "8"])
+                    .args(["--project", &format!("{PROJECT}:{SECRET}")])
+                    .env("BACKFILL_DATABASE_URL", database_url)
+                    .env_remove("BACKFILL_PROJECTS")
+                    .env("RUST_LOG", "warn")
+                    .stderr(Stdio::null()),
+            )
         })
         .collect();
-    starting
+    launched
         .into_iter()
-        .map(|(child, rx)| {
-            let first = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("the node starts and names its address");
-            let url = first
-                .strip_prefix("listening on ")
-                .expect("first line names the address")
-                .to_owned();
-            Node { child, url }
+        .map(|l| Node {
+            url: l.address(),
+            child: l.child,
         })
         .collect()
 }
