@@ -24,17 +24,25 @@ pub fn parse_timestamp(value: &Value) -> Option<i64> {
 /// Reads a timestamp string as epoch milliseconds: the forms of the README's table.
 ///
 /// - digits only: epoch milliseconds;
-/// - `YYYY-MM-DD`, a separator (`T`, `t` or a space), `hh:mm:ss`, an optional fraction
-///   (digits past the ninth, a nanosecond, are ignored as RFC 3339 readers do), then an
-///   optional offset: `Z`, `z`, `+hh:mm`, `+hhmm` or `+hh` (or `-`); without one, UTC;
+/// - `YYYY-MM-DD`, a separator (`T`, `t` or a space), `hh:mm:ss`, an optional fraction of 1
+///   to 9 digits (SPEC §4; below the millisecond is dropped), then an optional offset: `Z`,
+///   `z`, `+hh:mm`, `+hhmm` or `+hh` (or `-`); without one, UTC;
 /// - `YYYY-MM-DDThh:mm` (UTC) and `YYYY-MM-DD` (midnight UTC).
 ///
 /// Surrounding whitespace is ignored. Returns `None` for anything else: an impossible date or
-/// time (`2026-02-30`, `24:00:00`), an offset beyond ±23:59, text before or after the time.
+/// time (`2026-02-30`, `24:00:00`), an offset beyond ±23:59, text before or after the time, a
+/// signed year (`+2026-...`), a fraction of 10 digits or more.
 pub fn parse_timestamp_str(s: &str) -> Option<i64> {
     let s = s.trim();
-    if s.is_empty() {
+    if !s.as_bytes().first().is_some_and(u8::is_ascii_digit) {
         return None;
+    }
+    // chrono reads a fraction of any length; the contract's is 1 to 9 digits.
+    if s.as_bytes().get(19) == Some(&b'.') {
+        let digits = s.bytes().skip(20).take_while(u8::is_ascii_digit).count();
+        if !(1..=9).contains(&digits) {
+            return None;
+        }
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse::<i64>().ok().and_then(in_range);
@@ -147,6 +155,10 @@ mod tests {
             json!("16:52:41"),
             json!("1969-12-31T23:59:59Z"),
             json!("10000-01-01T00:00:00Z"),
+            json!("2026-11-29T15:52:41.1395127341Z"),
+            json!("2026-11-29T15:52:41.Z"),
+            json!("+2026-11-29T15:52:41Z"),
+            json!("-2026-11-29T15:52:41Z"),
             json!(true),
             json!(null),
             json!({"ms": 1}),

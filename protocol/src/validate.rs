@@ -140,8 +140,22 @@ pub enum Member<'v> {
     Number(&'v str),
     /// An array.
     Array(Vec<Member<'v>>),
-    /// An object, a boolean, or a string that is not valid Unicode.
+    /// A string that is not valid Unicode: a `\u` escape of a lone surrogate.
+    NotUnicode,
+    /// An object or a boolean.
     Other,
+}
+
+/// The error of a member that must be a string and is not one, or is one that no Unicode
+/// text can hold.
+fn not_a_string(what: &str, member: &Member<'_>) -> String {
+    match member {
+        Member::NotUnicode => format!(
+            "{what} is not valid Unicode: it holds a \\u escape of a lone surrogate \
+             (\\ud800 to \\udfff without its pair)"
+        ),
+        _ => format!("{what} must be a string"),
+    }
 }
 
 impl<'v> Member<'v> {
@@ -155,7 +169,7 @@ impl<'v> Member<'v> {
             Some(b'"') => match serde_json::from_str::<&str>(raw) {
                 Ok(s) => Member::Str(Cow::Borrowed(s)),
                 Err(_) => serde_json::from_str::<String>(raw)
-                    .map_or(Member::Other, |s| Member::Str(Cow::Owned(s))),
+                    .map_or(Member::NotUnicode, |s| Member::Str(Cow::Owned(s))),
             },
             Some(b'-' | b'0'..=b'9') => Member::Number(raw),
             Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(raw) {
@@ -201,7 +215,7 @@ pub fn event_type(kind: &Member<'_>) -> Result<EventType, String> {
 /// The `track` name rule: 1 to 80 characters, no line break, not a session marker's name.
 pub fn event_name(name: &Member<'_>) -> Result<String, String> {
     let Some(name) = name.as_str() else {
-        return Err("name must be a string".to_owned());
+        return Err(not_a_string("name", name));
     };
     let chars = name.chars().count();
     if chars == 0 || chars > MAX_EVENT_NAME_CHARS {
@@ -268,7 +282,7 @@ pub fn special_id(value: &Member<'_>, key: &str, trim: bool) -> Result<Option<St
                 Err(format!("{key} must be 1 to {MAX_ID_CHARS} characters"))
             }
         }
-        _ => Err(format!("{key} must be a string")),
+        other => Err(not_a_string(key, other)),
     }
 }
 
@@ -378,7 +392,14 @@ pub fn validate_event(row: &str) -> Result<ValidEvent<'_>, String> {
     let properties: Members<'_> = match payload.get("properties").map(|raw| raw.get()) {
         None | Some("null") => Members::new(),
         Some(raw) => {
-            serde_json::from_str(raw).map_err(|_| "properties must be an object".to_owned())?
+            serde_json::from_str(raw).map_err(|e| {
+                if raw.trim_start().starts_with('{') {
+                    // An object whose key or string no Unicode text can hold.
+                    format!("properties are not valid: {e}")
+                } else {
+                    "properties must be an object".to_owned()
+                }
+            })?
         }
     };
     let mut deepest = 0;
@@ -455,7 +476,7 @@ fn identify(payload: &Members<'_>) -> Result<Action, String> {
         match member(payload, key) {
             Member::Absent | Member::Null => Ok(None),
             Member::Str(s) => Ok(Some(s.into_owned())),
-            _ => Err(format!("{key} must be a string")),
+            other => Err(not_a_string(key, &other)),
         }
     };
     let email = text("email")?;
@@ -547,6 +568,22 @@ mod tests {
         assert_eq!(ev.ip.as_deref(), Some("203.0.113.7"));
         assert_eq!(ev.properties.get(TIMESTAMP), None);
         assert_eq!(ev.properties.get("temp"), Some("21.5"));
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_named_as_such() {
+        let lone = |row: &str| validate_event(Box::leak(row.to_owned().into_boxed_str()));
+        let e = lone(r#"{"type":"track","payload":{"name":"r\ud800"}}"#).unwrap_err();
+        assert!(e.starts_with("name is not valid Unicode"), "{e}");
+        let e =
+            lone(r#"{"type":"track","payload":{"name":"r","properties":{"__insertId":"\udc00"}}}"#)
+                .unwrap_err();
+        assert!(e.contains("__insertId") && e.contains("surrogate"), "{e}");
+        let e = lone(r#"{"type":"track","payload":{"name":"r","properties":{"k\ud800":1}}}"#)
+            .unwrap_err();
+        assert!(e.starts_with("properties are not valid: "), "{e}");
+        let e = lone(r#"{"type":"track","payload":{"name":5}}"#).unwrap_err();
+        assert_eq!(e, "name must be a string");
     }
 
     #[test]

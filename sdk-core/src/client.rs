@@ -23,7 +23,7 @@ use crate::session::{self, Placement, SessionState};
 use crate::stats::Stats;
 use crate::store::drain_lock::DrainLock;
 use crate::store::{Bounds, Buffer, NewRow, clear_state, counter, set_state};
-use crate::upload::drain::{Drain, DrainEnd, DrainReport, WINDOW_KEY};
+use crate::upload::drain::{Drain, DrainEnd, DrainReport, WINDOW_KEY, is_server_window};
 use crate::upload::policy::Backoff;
 use crate::upload::schedule::{self, Next, Situation};
 use crate::upload::transport::{ContractTransport, HttpClient, Transport};
@@ -391,9 +391,11 @@ impl Backfill {
             .state(SESSION_KEY)?
             .and_then(|s| serde_json::from_str(&s).ok());
         let profile_id = buffer.state(PROFILE_KEY)?;
+        // A window saved by an older version without the bounds is forgotten, not trusted.
         let window_ms = buffer
             .state(WINDOW_KEY)?
             .and_then(|w| w.parse().ok())
+            .filter(|&ms| is_server_window(ms))
             .unwrap_or(0);
         let opted_out = buffer.state(OPTED_OUT_KEY)?.is_some();
         let background = config.background_upload;
@@ -681,11 +683,15 @@ impl Backfill {
         Ok(insert_id)
     }
 
-    /// Sets a property merged into every later event (the event's own value wins).
-    pub fn register(&self, key: &str, value: Value) {
+    /// Sets a property merged into every later event (the event's own value wins). A key the
+    /// SDK sets itself (`__timestamp`, `__insertId`, `__deviceId`, `__sessionId`) is
+    /// [`Error::InvalidEvent`], as in an event's own properties.
+    pub fn register(&self, key: &str, value: Value) -> Result<(), Error> {
+        crate::event::check_property_key(key)?;
         if let Ok(mut g) = self.shared().globals.write() {
             g.insert(key.to_owned(), value);
         }
+        Ok(())
     }
 
     /// Removes a global property.

@@ -237,12 +237,34 @@ fn check_name(name: &str) -> Result<(), Error> {
 /// buffered and later expired unsent (SPEC §9) instead of failing where the mistake is made.
 pub const EARLIEST_EVENT_MS: i64 = 100_000_000_000;
 
+/// Why a property may not be given under `key`, if it may not: the SDK sets `__timestamp`,
+/// `__insertId`, `__deviceId` and `__sessionId` itself from the call (SPEC §4), so a value
+/// given as a property would be replaced without a word (an insert id meant to make a retry a
+/// duplicate, say). [`Error::InvalidEvent`] naming the argument to use instead.
+pub fn check_property_key(key: &str) -> Result<(), Error> {
+    let instead = match key {
+        TIMESTAMP => "give the event time as the call's timestamp argument (epoch ms)",
+        INSERT_ID => {
+            "every event gets its own insert id; give your own as the event's insert id                       where the call takes one (Event.insert_id in Rust)"
+        }
+        DEVICE_ID => "give another device's id as the call's device id argument",
+        SESSION_ID => "the SDK keeps the session itself",
+        _ => return Ok(()),
+    };
+    Err(Error::InvalidEvent(format!(
+        "the property {key:?} is set by Backfill itself; {instead}"
+    )))
+}
+
 fn finish(
     kind: &str,
     mut payload: Value,
     mut properties: Map<String, Value>,
     stamp: &Stamp<'_>,
 ) -> Result<String, Error> {
+    for key in properties.keys() {
+        check_property_key(key)?;
+    }
     if stamp.time_ms < EARLIEST_EVENT_MS {
         return Err(Error::InvalidEvent(format!(
             "the event time {} is before 1973: it looks like seconds since the epoch; give \
@@ -324,6 +346,33 @@ mod tests {
                 .check(now)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn keys_the_sdk_sets_are_refused_naming_what_to_use() {
+        for (key, hint) in [
+            (TIMESTAMP, "timestamp argument"),
+            (INSERT_ID, "insert id"),
+            (DEVICE_ID, "device id argument"),
+            (SESSION_ID, "session"),
+        ] {
+            let err = check_property_key(key).expect_err(key).to_string();
+            assert!(err.contains(key) && err.contains(hint), "{err}");
+        }
+        assert!(check_property_key("__ip").is_ok() && check_property_key("temp").is_ok());
+        let stamp = Stamp {
+            time_ms: EARLIEST_EVENT_MS,
+            insert_id: "k",
+            device_id: "d",
+            session_id: None,
+            profile_id: None,
+        };
+        let mine = serde_json::json!({"__insertId": "mine"});
+        let properties = mine.as_object().cloned().unwrap_or_default();
+        let err = track_json("r", &Map::new(), properties.clone(), &stamp).expect_err("key");
+        assert!(err.to_string().contains("__insertId"), "{err}");
+        let err = identify_json("u", properties, &stamp).expect_err("identify");
+        assert!(err.to_string().contains("__insertId"), "{err}");
     }
 
     #[test]

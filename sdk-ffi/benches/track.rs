@@ -115,7 +115,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let run = timed(events, |i| {
         let props = format!(r#"{{"temp":21.5,"i":{i}}}"#);
-        if let Err(e) = client.track("reading".into(), props, None, None) {
+        if let Err(e) = client.track("reading".into(), props, None, None, None) {
             panic!("track: {e}");
         }
     });

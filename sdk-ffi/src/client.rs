@@ -52,17 +52,26 @@ impl BackfillClient {
 
     /// Records an event: now, or at `timestamp_ms` (epoch ms: a reading taken earlier); for
     /// this device, or for `device_id` (a gateway's sensor: the server's 30-minute sessions
-    /// apply). Returns the event's insert id (empty while opted out). Raises
-    /// `InvalidArgument` for an event the server would refuse (SPEC §4).
-    #[uniffi::method(default(properties_json = "{}", timestamp_ms = None, device_id = None))]
+    /// apply); with its own `insert_id` (1 to 64 characters, SPEC §5: the server stores an
+    /// event of an insert id it has once, so a reading recorded twice, say read again from a
+    /// log, is a duplicate), or a fresh UUIDv7. Returns the event's insert id (empty while
+    /// opted out). Raises `InvalidArgument` for an event the server would refuse (SPEC §4).
+    #[uniffi::method(default(
+        properties_json = "{}",
+        timestamp_ms = None,
+        device_id = None,
+        insert_id = None
+    ))]
     pub fn track(
         &self,
         name: String,
         properties_json: String,
         timestamp_ms: Option<i64>,
         device_id: Option<String>,
+        insert_id: Option<String>,
     ) -> Result<String> {
-        let event = Event::from_json(name, &properties_json, timestamp_ms, device_id)?;
+        let mut event = Event::from_json(name, &properties_json, timestamp_ms, device_id)?;
+        event.insert_id = insert_id;
         Ok(self.inner.track_event(event)?)
     }
 
@@ -91,8 +100,7 @@ impl BackfillClient {
     /// Sets a property (`value_json`: any JSON value) merged into every later event; the
     /// event's own value wins.
     pub fn register(&self, key: String, value_json: String) -> Result<()> {
-        self.inner.register(&key, value_from_json(&value_json)?);
-        Ok(())
+        Ok(self.inner.register(&key, value_from_json(&value_json)?)?)
     }
 
     /// Removes a property set by `register`.

@@ -127,10 +127,11 @@ fn events_upload_through_the_hosts_http_stack() {
             r#"{"temp": 21.5}"#.into(),
             Some(at),
             Some("sensor-7".into()),
+            None,
         )
         .expect("track");
     client
-        .track("tap".into(), String::new(), None, None)
+        .track("tap".into(), String::new(), None, None, None)
         .expect("no properties");
     let report = client.flush().expect("flush");
     assert_eq!((report.sent, report.end), (2, DrainEnd::Empty));
@@ -206,7 +207,7 @@ fn a_raising_or_panicking_http_stack_is_a_network_failure_that_keeps_the_events(
         let client = BackfillClient::new(config(&server, &db), Some(Arc::new(Broken { panics })))
             .expect("open");
         client
-            .track("kept".into(), "{}".into(), None, None)
+            .track("kept".into(), "{}".into(), None, None, None)
             .expect("track");
         let report = client
             .flush()
@@ -242,13 +243,13 @@ fn errors_say_what_to_fix_in_the_variant_a_host_acts_on() {
     let db = server.dir.path().join("sdk.db");
     let client = BackfillClient::new(config(&server, &db), Some(Host::new())).expect("open");
     for (props, says) in [("[1]", "JSON object"), ("{", "not valid JSON")] {
-        match client.track("x".into(), props.into(), None, None) {
+        match client.track("x".into(), props.into(), None, None, None) {
             Err(BackfillError::InvalidArgument(m)) => assert!(m.contains(says), "{m}"),
             other => panic!("{props}: {other:?}"),
         }
     }
     assert!(matches!(
-        client.track("a\nb".into(), "{}".into(), None, None),
+        client.track("a\nb".into(), "{}".into(), None, None, None),
         Err(BackfillError::InvalidArgument(_))
     ));
     let bad = BackfillConfig {
@@ -261,7 +262,7 @@ fn errors_say_what_to_fix_in_the_variant_a_host_acts_on() {
     }
     client.close();
     assert_eq!(
-        client.track("after".into(), "{}".into(), None, None),
+        client.track("after".into(), "{}".into(), None, None, None),
         Err(BackfillError::Closed)
     );
     assert_eq!(client.flush().err(), Some(BackfillError::Closed));

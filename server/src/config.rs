@@ -113,7 +113,9 @@ impl FromStr for ProjectCredential {
     type Err = String;
 
     /// Parses `<client-id>:<secret>[:<mode>]`. The secret may itself hold colons; a last part
-    /// that names a mode (`write`, `read`, `root`) is taken as the mode.
+    /// that names a mode (`write`, `read`, `root`) is taken as the mode. A last part of letters
+    /// alone that names no mode (`:admin`, `:wirte`, `:Write`) is refused: taken as part of the
+    /// secret, a misspelt mode would make a `root` client with a secret nobody meant.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let (id, rest) = s.split_once(':').ok_or_else(|| {
@@ -129,6 +131,15 @@ impl FromStr for ProjectCredential {
         let (secret, mode) = match rest.rsplit_once(':') {
             Some((secret, mode)) if mode.parse::<ClientMode>().is_ok() => {
                 (secret, mode.parse::<ClientMode>()?)
+            }
+            Some((_, word))
+                if !word.is_empty()
+                    && word.len() <= 16
+                    && word.bytes().all(|b| b.is_ascii_alphabetic()) =>
+            {
+                return Err(format!(
+                    "project {client_id}: '{word}' (after the last ':') is not a mode; give                      write, read or root, in lower case, or leave the mode out for root (a                      secret holding ':' cannot end in a word of letters alone)"
+                ));
             }
             _ => (rest, ClientMode::Root),
         };
@@ -149,10 +160,10 @@ mod tests {
 
     #[test]
     fn parses_project_credentials() {
-        let p: ProjectCredential = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f:s3cr:et"
+        let p: ProjectCredential = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f:s3cr:3t"
             .parse()
             .expect("valid");
-        assert_eq!(p.secret, "s3cr:et");
+        assert_eq!(p.secret, "s3cr:3t");
         assert_eq!(p.mode, ClientMode::Root, "no mode is root, as before modes");
         let w: ProjectCredential = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f:s3cr:et:write"
             .parse()
@@ -162,6 +173,16 @@ mod tests {
             .parse()
             .expect("valid");
         assert_eq!((r.secret.as_str(), r.mode), ("x", ClientMode::Read));
+        for typo in ["admin", "wirte", "Write", "READ", "rw"] {
+            let e = format!("3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f:sec:{typo}")
+                .parse::<ProjectCredential>()
+                .expect_err("a misspelt mode is not part of the secret");
+            assert!(
+                e.contains(&format!("'{typo}'")) && e.contains("not a mode"),
+                "{e}"
+            );
+            assert!(!e.contains("sec:"), "the secret is not echoed: {e}");
+        }
         let e = "gw1:s3cret"
             .parse::<ProjectCredential>()
             .expect_err("not a UUID");

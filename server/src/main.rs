@@ -282,7 +282,8 @@ async fn project(config: &Config, command: ProjectCommand) -> anyhow::Result<()>
                 println!(
                     "{:<36}  {:<5}  {:<36}  {:<24}  {:<10}  {}",
                     r.client_id,
-                    r.mode,
+                    // Display of a mode writes its name alone: padded as text, the columns align.
+                    r.mode.to_string(),
                     ids.get(&r.data_key()).copied().unwrap_or("?"),
                     backfill_protocol::time::format_iso_ms(r.created_at),
                     state,

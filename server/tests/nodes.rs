@@ -3,9 +3,10 @@
 
 #[path = "cluster/mod.rs"]
 mod cluster;
+#[path = "spawn/mod.rs"]
+mod spawn;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,41 +34,24 @@ impl Drop for Node {
 /// Starts `count` nodes on `database_url` at once (they migrate the empty database together)
 /// and waits until each listens.
 fn start_nodes(database_url: &str, count: usize) -> Vec<Node> {
-    let starting: Vec<_> = (0..count)
+    let launched: Vec<_> = (0..count)
         .map(|_| {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
-                .args(["--listen", "127.0.0.1:0", "--database-pool-size", "8"])
-                .args(["--project", &format!("{PROJECT}:{SECRET}")])
-                .env("BACKFILL_DATABASE_URL", database_url)
-                .env_remove("BACKFILL_PROJECTS")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn server");
-            let stdout = child.stdout.take().expect("stdout");
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            (child, rx)
+            spawn::launch(
+                Command::new(env!("CARGO_BIN_EXE_backfill-server"))
+                    .args(["--listen", "127.0.0.1:0", "--database-pool-size", "8"])
+                    .args(["--project", &format!("{PROJECT}:{SECRET}")])
+                    .env("BACKFILL_DATABASE_URL", database_url)
+                    .env_remove("BACKFILL_PROJECTS")
+                    .env("RUST_LOG", "warn")
+                    .stderr(Stdio::null()),
+            )
         })
         .collect();
-    starting
+    launched
         .into_iter()
-        .map(|(child, rx)| {
-            let first = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("the node starts and names its address");
-            let url = first
-                .strip_prefix("listening on ")
-                .expect("first line names the address")
-                .to_owned();
-            Node { child, url }
+        .map(|l| Node {
+            url: l.address(),
+            child: l.child,
         })
         .collect()
 }
@@ -130,7 +114,8 @@ async fn read_all(client: &reqwest::Client, url: &str, path: &str, key: &str) ->
 }
 
 /// 12 sessions chosen by the client (`__sessionId`) and 12 the server derives from the device
-/// and the 30-minute bucket, 100 readings each, spread over 16 minutes of one bucket, shuffled.
+/// and the 30-minute bucket, 100 readings each, spread over 16 minutes of one bucket, shuffled;
+/// three readings in four carry a profile id.
 fn readings() -> Vec<Value> {
     let bucket = (now_ms() - 2 * 3_600_000) / BUCKET_MS * BUCKET_MS + 10_000;
     let mut events = Vec::new();
@@ -146,9 +131,12 @@ fn readings() -> Vec<Value> {
             if s < 12 {
                 properties["__sessionId"] = json!(format!("client-session-{s}"));
             }
-            events.push(
-                json!({"type": "track", "payload": {"name": "reading", "properties": properties}}),
-            );
+            let mut event =
+                json!({"type": "track", "payload": {"name": "reading", "properties": properties}});
+            if j % 4 != 0 {
+                event["payload"]["profileId"] = json!(format!("user-{s}-{j}"));
+            }
+            events.push(event);
         }
     }
     fastrand::shuffle(&mut events);
@@ -203,6 +191,7 @@ async fn three_nodes_store_each_event_once_and_each_session_start_once() {
     let stored = read_all(&client, &urls[2], "/api/events", "events").await;
     let mut readings_by_key: HashMap<String, &Value> = HashMap::new();
     let mut starts: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut start_profiles: BTreeMap<String, Value> = BTreeMap::new();
     for e in &stored {
         match e["name"].as_str() {
             Some("reading") => {
@@ -212,10 +201,14 @@ async fn three_nodes_store_each_event_once_and_each_session_start_once() {
                     "stored twice: {e}"
                 );
             }
-            Some("session_start") => starts
-                .entry(e["session_id"].as_str().expect("session").to_owned())
-                .or_default()
-                .push(time_ms(&e["created_at"])),
+            Some("session_start") => {
+                let session = e["session_id"].as_str().expect("session").to_owned();
+                start_profiles.insert(session.clone(), e["profile_id"].clone());
+                starts
+                    .entry(session)
+                    .or_default()
+                    .push(time_ms(&e["created_at"]));
+            }
             other => panic!("unexpected event {other:?}"),
         }
     }
@@ -277,6 +270,37 @@ async fn three_nodes_store_each_event_once_and_each_session_start_once() {
         })
         .collect();
     assert_eq!(got, expected);
+
+    // Each session's profile id is the one of its earliest event that has one, on equal times
+    // the bytewise smaller (SPEC §6b), whichever node wrote what first; its session_start
+    // carries the same.
+    let mut first_profiles: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    for e in readings_by_key.values() {
+        let Some(profile) = e["profile_id"].as_str() else {
+            continue;
+        };
+        let candidate = (time_ms(&e["created_at"]), profile.to_owned());
+        first_profiles
+            .entry(e["session_id"].as_str().expect("session").to_owned())
+            .and_modify(|p| *p = std::cmp::min(p.clone(), candidate.clone()))
+            .or_insert(candidate);
+    }
+    let expected: BTreeMap<String, Value> = first_profiles
+        .into_iter()
+        .map(|(session, (_, profile))| (session, json!(profile)))
+        .collect();
+    assert_eq!(expected.len(), 24);
+    let got: BTreeMap<String, Value> = sessions
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().expect("id").to_owned(),
+                s["profile_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected, "each session's profile id");
+    assert_eq!(start_profiles, expected, "each session_start's profile id");
 }
 
 /// Event time in ms from the read API's ISO-8601 text.

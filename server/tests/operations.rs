@@ -2,9 +2,11 @@
 //! real store, logs (scanned for secrets), metrics after traffic, `/openapi.json`, `--listen`
 //! with a host name, and a first start that fails.
 
-use std::io::{BufRead, BufReader};
+#[path = "spawn/mod.rs"]
+mod spawn;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -42,40 +44,20 @@ impl Drop for Server {
 /// Starts the binary on `data_dir` with `args` and `RUST_LOG=info`, logs to a file.
 fn spawn(data_dir: &Path, args: &[&str]) -> Server {
     let log = data_dir.with_extension(format!("{}.log", fastrand::u32(..)));
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("BACKFILL_PROJECTS")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn server");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let first = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("a first line on stdout");
-    let url = first
-        .strip_prefix("listening on ")
-        .expect("first line names the address")
-        .to_owned();
-    let mut stdout = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
-        stdout.push(line);
-    }
+    let launched = spawn::launch(
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env_remove("BACKFILL_PROJECTS")
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).expect("log file")),
+    );
+    let url = launched.address();
     Server {
-        child,
+        stdout: launched.printed_with_address(),
+        child: launched.child,
         url,
-        stdout,
         log,
     }
 }
@@ -176,6 +158,15 @@ async fn project_commands_manage_keys_on_a_real_store() {
         app_line.contains("write") && app_line.contains(&root_id),
         "the write key belongs to the root key's project: {app_line}"
     );
+    // Every line's PROJECT column starts where the header's does, whatever the mode's length.
+    let project_column = list.find("PROJECT").expect("header");
+    for line in list.lines().skip(1) {
+        assert_eq!(
+            line.get(project_column..project_column + 36),
+            Some(root_id.as_str()),
+            "columns align: {list}"
+        );
+    }
 
     let server = spawn(&data, &["--listen", "127.0.0.1:0"]);
     assert!(
@@ -513,10 +504,11 @@ async fn a_store_from_before_modes_is_upgraded_with_a_warning_and_its_client_kee
     let id = "3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f";
     let secret = "a-secret-from-before-modes";
     {
-        // The clients table as schema version 3 wrote it, with one client.
+        // The clients table as schema version 3 wrote it, with one client, and its sessions.
         let conn = rusqlite::Connection::open(data.join("backfill.db")).expect("open");
         conn.execute_batch(
-            "DROP TABLE projects;
+            "ALTER TABLE sessions DROP COLUMN profile_at;
+             DROP TABLE projects;
              CREATE TABLE projects (
                  key         INTEGER PRIMARY KEY,
                  client_id   TEXT NOT NULL UNIQUE,

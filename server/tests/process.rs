@@ -1,9 +1,11 @@
 //! The real `backfill-server` binary over real HTTP: start-up, durability under SIGKILL, signals.
 
-use std::io::{BufRead, BufReader};
+#[path = "spawn/mod.rs"]
+mod spawn;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
@@ -17,47 +19,22 @@ struct Server {
 }
 
 fn spawn(data_dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backfill-server"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
-        .env_remove("BACKFILL_PROJECTS")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn server");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let first = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("a first line on stdout");
-    let url = first
-        .strip_prefix("listening on ")
-        .expect("first line names the address")
-        .to_owned();
-    assert!(
-        url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"),
-        "{url}"
+    let launched = spawn::launch(
+        Command::new(env!("CARGO_BIN_EXE_backfill-server"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("BACKFILL_PROJECTS")
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null()),
     );
-    // Whatever follows at once (a created project's credentials).
-    let mut rest = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
-        rest.push(line);
-    }
+    let url = launched.address();
     Server {
-        child,
+        stdout: launched.printed_with_address(),
+        child: launched.child,
         url,
-        stdout: rest,
     }
 }
 

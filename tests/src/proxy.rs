@@ -21,6 +21,10 @@ pub enum Step {
     /// Answer with this status and body (`text/html`) without asking the server: something
     /// that is not a Backfill server.
     Foreign(u16, &'static str),
+    /// Pass it to the server and its answer back with this `backfill-max-event-age` value
+    /// instead of the server's: a proxy or a server that says a window the contract never
+    /// sends.
+    Window(&'static str),
     /// Read the request and never answer.
     Stall,
     /// Read part of the request and hang up.
@@ -106,6 +110,30 @@ fn with_close(message: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// The answer with its `backfill-max-event-age` header's value replaced by `value`.
+fn with_window(answer: Vec<u8>, value: &str) -> Vec<u8> {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return answer;
+    };
+    let head = String::from_utf8_lossy(&answer[..end]);
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|line| {
+            if line
+                .to_ascii_lowercase()
+                .starts_with("backfill-max-event-age:")
+            {
+                format!("backfill-max-event-age: {value}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    let mut out = head.join("\r\n").into_bytes();
+    out.extend_from_slice(&answer[end..]);
+    out
+}
+
 async fn exchange(upstream: SocketAddr, request: Vec<u8>) -> Option<Vec<u8>> {
     let mut server = TcpStream::connect(upstream).await.ok()?;
     server.write_all(&with_close(request)).await.ok()?;
@@ -129,6 +157,13 @@ async fn handle(mut client: TcpStream, upstream: SocketAddr, step: Step) {
         }
         Step::DropAnswer => {
             let _ = exchange(upstream, request).await;
+        }
+        Step::Window(value) => {
+            if let Some(answer) = exchange(upstream, request).await {
+                let _ = client
+                    .write_all(&with_close(with_window(answer, value)))
+                    .await;
+            }
         }
         Step::Status(code, retry_after) => {
             let body = format!(

@@ -105,13 +105,31 @@ fn an_answer_that_is_not_the_contracts_stops_uploads() {
         (200, "<html>Welcome to nginx!</html>"),
         (400, "<html>400 Bad Request</html>"),
         (202, "queued"),
+        // Contract-shaped answers that do not account for the 100 events sent (SPEC §2: each
+        // index once, accepted or rejected): deleting by them would lose events.
+        (202, r#"{"accepted": 1, "duplicates": 0, "rejected": []}"#),
+        (
+            202,
+            r#"{"accepted": 99, "duplicates": 0, "rejected": [{"index": 100, "reason": "validation", "error": "x"}]}"#,
+        ),
+        (
+            202,
+            r#"{"accepted": 98, "duplicates": 0, "rejected": [{"index": 3, "reason": "validation", "error": "x"}, {"index": 3, "reason": "validation", "error": "x"}]}"#,
+        ),
+        (
+            202,
+            r#"{"accepted": 100, "duplicates": 101, "rejected": []}"#,
+        ),
     ] {
         let proxy = Proxy::start(
             &server.runtime,
             server.addr(),
             vec![Step::Forward, Step::Foreign(code, body)],
         );
-        let db = server.dir.path().join(format!("gw-{code}.db"));
+        let db = server
+            .dir
+            .path()
+            .join(format!("gw-{code}-{}.db", body.len()));
         let sdk = open(&format!("http://{}", proxy.addr), &db);
         record(&sdk, 100);
         let result = sdk.flush();
@@ -120,6 +138,43 @@ fn an_answer_that_is_not_the_contracts_stops_uploads() {
             "{code}: {result:?}"
         );
         assert_kept(&sdk, 100, true);
+    }
+}
+
+#[test]
+fn a_window_no_server_would_say_expires_nothing() {
+    let server = TestServer::start(5, None);
+    for (i, window) in ["1", "3600", "86401", "7862400"].into_iter().enumerate() {
+        let proxy = Proxy::start(
+            &server.runtime,
+            server.addr(),
+            vec![Step::Window(window); 8],
+        );
+        let db = server.dir.path().join(format!("gw-window-{i}.db"));
+        let sdk = open(&format!("http://{}", proxy.addr), &db);
+        // An hour old: inside the server's 5 days, outside a window of 1 s or 1 h.
+        record(&sdk, 10);
+        let report = sdk.flush().expect("drain");
+        assert_eq!(
+            (report.sent, report.expired),
+            (10, 0),
+            "{window}: {report:?}"
+        );
+        assert_eq!(
+            report.window_ms,
+            5 * 86_400_000,
+            "{window}: the default is kept"
+        );
+        drop(sdk);
+        // Nor is it saved for later.
+        let sdk = open(&format!("http://{}", proxy.addr), &db);
+        record(&sdk, 3);
+        let report = sdk.flush().expect("drain");
+        assert_eq!(
+            (report.sent, report.expired),
+            (3, 0),
+            "{window}: {report:?}"
+        );
     }
 }
 

@@ -552,7 +552,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_backfill_ffi_checksum_method_backfillclient_stats() != 50733:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_backfill_ffi_checksum_method_backfillclient_track() != 15731:
+    if lib.uniffi_backfill_ffi_checksum_method_backfillclient_track() != 7406:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8() != 17999:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -732,6 +732,7 @@ _UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_stats.argtypes = (
 _UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_stats.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_backfill_ffi_fn_method_backfillclient_track.argtypes = (
     ctypes.c_uint64,
+    _UniffiRustBuffer,
     _UniffiRustBuffer,
     _UniffiRustBuffer,
     _UniffiRustBuffer,
@@ -2000,12 +2001,14 @@ class BackfillClientProtocol(typing.Protocol):
         The buffer and upload figures.
 """
         raise NotImplementedError
-    def track(self, name: str,properties_json: str = "{}",timestamp_ms: typing.Union[object, typing.Optional[int]] = _DEFAULT,device_id: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> str:
+    def track(self, name: str,properties_json: str = "{}",timestamp_ms: typing.Union[object, typing.Optional[int]] = _DEFAULT,device_id: typing.Union[object, typing.Optional[str]] = _DEFAULT,insert_id: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> str:
         """
         Records an event: now, or at `timestamp_ms` (epoch ms: a reading taken earlier); for
         this device, or for `device_id` (a gateway's sensor: the server's 30-minute sessions
-        apply). Returns the event's insert id (empty while opted out). Raises
-        `InvalidArgument` for an event the server would refuse (SPEC §4).
+        apply); with its own `insert_id` (1 to 64 characters, SPEC §5: the server stores an
+        event of an insert id it has once, so a reading recorded twice, say read again from a
+        log, is a duplicate), or a fresh UUIDv7. Returns the event's insert id (empty while
+        opted out). Raises `InvalidArgument` for an event the server would refuse (SPEC §4).
 """
         raise NotImplementedError
     def track_utf8(self, name: bytes,properties_json: bytes) -> str:
@@ -2314,12 +2317,14 @@ class BackfillClient(BackfillClientProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
-    def track(self, name: str,properties_json: str = "{}",timestamp_ms: typing.Union[object, typing.Optional[int]] = _DEFAULT,device_id: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> str:
+    def track(self, name: str,properties_json: str = "{}",timestamp_ms: typing.Union[object, typing.Optional[int]] = _DEFAULT,device_id: typing.Union[object, typing.Optional[str]] = _DEFAULT,insert_id: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> str:
         """
         Records an event: now, or at `timestamp_ms` (epoch ms: a reading taken earlier); for
         this device, or for `device_id` (a gateway's sensor: the server's 30-minute sessions
-        apply). Returns the event's insert id (empty while opted out). Raises
-        `InvalidArgument` for an event the server would refuse (SPEC §4).
+        apply); with its own `insert_id` (1 to 64 characters, SPEC §5: the server stores an
+        event of an insert id it has once, so a reading recorded twice, say read again from a
+        log, is a duplicate), or a fresh UUIDv7. Returns the event's insert id (empty while
+        opted out). Raises `InvalidArgument` for an event the server would refuse (SPEC §4).
 """
         
         _UniffiFfiConverterString.check_lower(name)
@@ -2333,12 +2338,17 @@ class BackfillClient(BackfillClientProtocol):
         if device_id is _DEFAULT:
             device_id = None
         _UniffiFfiConverterOptionalString.check_lower(device_id)
+
+        if insert_id is _DEFAULT:
+            insert_id = None
+        _UniffiFfiConverterOptionalString.check_lower(insert_id)
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),
             _UniffiFfiConverterString.lower(name),
             _UniffiFfiConverterString.lower(properties_json),
             _UniffiFfiConverterOptionalInt64.lower(timestamp_ms),
             _UniffiFfiConverterOptionalString.lower(device_id),
+            _UniffiFfiConverterOptionalString.lower(insert_id),
         )
         _uniffi_lift_return = _UniffiFfiConverterString.lift
         _uniffi_error_converter = _UniffiFfiConverterTypeBackfillError

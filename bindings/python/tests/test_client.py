@@ -173,6 +173,13 @@ def test_invalid_input_raises_invalid_argument_and_records_nothing(server, tmp_p
             lambda: client.track("ok", device_id=7),
             # Past 64 bits an integer would reach the server as a rounded double.
             lambda: client.track("ok", {"iccid": 2**64 + 1}),
+            # Keys the SDK sets itself: a value given here would be replaced without a word.
+            lambda: client.track("ok", {"__insertId": "my-key-1"}),
+            lambda: client.track("ok", {"__timestamp": 5}),
+            lambda: client.track("ok", {"__deviceId": "d"}),
+            lambda: client.track("ok", {"__sessionId": "s"}),
+            lambda: client.identify("u1", {"__insertId": "k"}),
+            lambda: client.register("__deviceId", "d"),
         ]
         for call in bad_calls:
             with pytest.raises(backfill.InvalidArgument) as raised:
@@ -359,3 +366,25 @@ def test_ctrl_c_during_flush_reaches_the_caller_and_keeps_the_events(tmp_path, t
     with backfill.Client(endpoint=stalling.url, client_id=project, client_secret="s",
                          database_path=db, background_upload=False) as again:
         assert again.stats().buffered == len(ids), "every event is kept"
+
+
+def test_a_given_insert_id_makes_a_reading_recorded_twice_one_event(server, tmp_path):
+    at = now_ms() - 3_600_000
+    with open_client(server, tmp_path / "sdk.db", background_upload=False) as client:
+        first = client.track("log-line", {"line": 7}, timestamp_ms=at, insert_id="gw-1:log:7")
+        assert first == "gw-1:log:7"
+        client.flush()
+        # The gateway reads its log again after a restart: the same line, the same key.
+        assert client.track("log-line", {"line": 7}, device_id="sensor-1",
+                            insert_id="gw-1:log:7") == "gw-1:log:7"
+        report = client.flush()
+        assert (report.sent, report.duplicates) == (1, 1), report
+        with pytest.raises(backfill.InvalidArgument):
+            client.track("log-line", insert_id="")
+        with pytest.raises(backfill.InvalidArgument):
+            client.track("log-line", insert_id="x" * 65)
+        with pytest.raises(backfill.InvalidArgument):
+            client.track("log-line", insert_id=7)
+    stored = server.events(name="log-line")
+    assert [e["insert_id"] for e in stored] == ["gw-1:log:7"], stored
+    assert iso_to_ms(stored[0]["created_at"]) == at

@@ -133,6 +133,14 @@ fn send(
 /// State key of the server's age window, once known.
 pub const WINDOW_KEY: &str = "max_event_age_ms";
 
+/// Whether `ms` is an age window a server may have: a whole number of days from 1 to 90
+/// (SPEC §4). Only such a window, from a `backfill-max-event-age` header or saved from one,
+/// expires events.
+pub fn is_server_window(ms: i64) -> bool {
+    const DAY_MS: i64 = 86_400_000;
+    ms % DAY_MS == 0 && (1..=90).contains(&(ms / DAY_MS))
+}
+
 /// What a drain needs; borrowed for its duration.
 pub struct Drain<'a> {
     /// The buffer.
@@ -210,7 +218,14 @@ impl Drain<'_> {
     fn learn_window(&self, reply: &Reply) -> Result<(), Error> {
         if let Some(age) = reply.max_event_age {
             let ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            if ms > 0 && self.window_ms.swap(ms, Ordering::Relaxed) != ms {
+            if !is_server_window(ms) {
+                // Events are deleted by this window: a value no server of the contract sends
+                // (a proxy's, a typo's) is not trusted with them.
+                tracing::warn!(
+                    seconds = age.as_secs(),
+                    "ignoring a backfill-max-event-age that is not a whole number of days from 1 to 90"
+                );
+            } else if self.window_ms.swap(ms, Ordering::Relaxed) != ms {
                 self.buffer.set_state(WINDOW_KEY, &ms.to_string())?;
             }
         }
@@ -480,8 +495,15 @@ impl Drain<'_> {
         };
         self.learn_window(&reply)?;
         let mut refusal = None;
-        let answer = match serde_json::from_slice::<BatchResponse>(&reply.body) {
-            Ok(accepted) if reply.status == 202 => {
+        let parsed = match serde_json::from_slice::<BatchResponse>(&reply.body) {
+            Ok(accepted) if reply.status == 202 => match unaccounted(batch.len(), &accepted) {
+                None => Ok(accepted),
+                Some(why) => Err(Some(why)),
+            },
+            _ => Err(None),
+        };
+        let answer = match parsed {
+            Ok(accepted) => {
                 settled = Settled {
                     requests: 1,
                     bytes_sent: wire_len,
@@ -497,7 +519,7 @@ impl Drain<'_> {
                 }
                 Answer::Accepted { retry_rows }
             }
-            _ => {
+            Err(unaccounted) => {
                 let body = serde_json::from_slice::<ErrorBody>(&reply.body)
                     .ok()
                     .filter(|b| b.status == reply.status);
@@ -512,6 +534,8 @@ impl Drain<'_> {
                         "the server, or a proxy in front of it, refuses compressed bodies; send \
                          them uncompressed (compress(false); backfill drain --no-gzip)"
                             .to_owned()
+                    } else if let Some(why) = &unaccounted {
+                        format!("an answer that is not the contract's ({why}); nothing was deleted")
                     } else if reply.status == 202 {
                         "an answer that is not the contract's".to_owned()
                     } else {
@@ -538,6 +562,41 @@ impl Drain<'_> {
     fn policy(&self, answer: &Answer, attempt: &Attempt) -> Verdict {
         decide(answer, attempt, &self.backoff, Self::draw())
     }
+}
+
+/// Why a `202` answer does not account for a batch of `len` rows, if it does not. SPEC §2: every
+/// index in `0..len` appears exactly once, either as accepted or as rejected, and `duplicates`
+/// counts accepted rows. Rows are deleted by the answer, so one that does not add up (a proxy's,
+/// or a server's that is not this contract's) deletes nothing: it could name as delivered rows
+/// that no server stored.
+fn unaccounted(len: usize, answer: &BatchResponse) -> Option<String> {
+    let mut rejected = vec![false; len];
+    for r in &answer.rejected {
+        match rejected.get_mut(r.index) {
+            None => {
+                return Some(format!(
+                    "rejected index {} is outside a batch of {len}",
+                    r.index
+                ));
+            }
+            Some(true) => return Some(format!("rejected index {} appears twice", r.index)),
+            Some(seen) => *seen = true,
+        }
+    }
+    if answer.accepted.checked_add(answer.rejected.len()) != Some(len) {
+        return Some(format!(
+            "{} accepted and {} rejected for a batch of {len}",
+            answer.accepted,
+            answer.rejected.len()
+        ));
+    }
+    if answer.duplicates > answer.accepted {
+        return Some(format!(
+            "{} duplicates among {} accepted",
+            answer.duplicates, answer.accepted
+        ));
+    }
+    None
 }
 
 /// Splits a batch's rows by the `202` answer: delivered, refused for good, or (left out of
@@ -592,10 +651,73 @@ mod tests {
             sizes: vec![100, 200, 300, 400],
             open_body: Vec::new(),
         };
+        assert_eq!(unaccounted(4, &answer), None);
         let s = settle(&batch, &answer);
         assert_eq!(s.delivered, vec![10, 13]);
         assert_eq!(s.delivered_bytes, 500);
         assert_eq!(s.refused, vec![(12, "bad".to_owned())]);
         assert_eq!(s.duplicates, 1);
+    }
+
+    #[test]
+    fn an_answer_must_account_for_every_row_once() {
+        let rejected = |indexes: &[usize]| -> Vec<Rejection> {
+            indexes
+                .iter()
+                .map(|&index| Rejection {
+                    index,
+                    reason: RejectReason::Validation,
+                    error: "bad".into(),
+                })
+                .collect()
+        };
+        let answer = |accepted, duplicates, indexes: &[usize]| BatchResponse {
+            accepted,
+            duplicates,
+            rejected: rejected(indexes),
+        };
+        assert_eq!(unaccounted(3, &answer(3, 3, &[])), None);
+        assert_eq!(unaccounted(3, &answer(0, 0, &[0, 1, 2])), None);
+        for (wrong, why) in [
+            (
+                answer(1, 0, &[]),
+                "1 accepted and 0 rejected for a batch of 3",
+            ),
+            (
+                answer(3, 0, &[1]),
+                "3 accepted and 1 rejected for a batch of 3",
+            ),
+            (
+                answer(2, 0, &[3]),
+                "rejected index 3 is outside a batch of 3",
+            ),
+            (answer(1, 0, &[1, 1]), "rejected index 1 appears twice"),
+            (answer(3, 4, &[]), "4 duplicates among 3 accepted"),
+            (answer(usize::MAX, 0, &[1]), "accepted and 1 rejected"),
+        ] {
+            let found = unaccounted(3, &wrong);
+            assert!(
+                found.as_deref().is_some_and(|f| f.contains(why)),
+                "{found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_whole_days_from_1_to_90_are_a_server_window() {
+        for days in [1, 5, 7, 90] {
+            assert!(is_server_window(days * 86_400_000), "{days}");
+        }
+        for ms in [
+            0,
+            -86_400_000,
+            1000,
+            86_399_999,
+            86_400_001,
+            91 * 86_400_000,
+            i64::MAX,
+        ] {
+            assert!(!is_server_window(ms), "{ms}");
+        }
     }
 }

@@ -11,7 +11,8 @@
 //! 4. upsert [`Plan::groups`] and [`Plan::assignments`];
 //! 5. release [`Plan::refused_keys`];
 //! 6. upsert [`Plan::sessions`], placing each session's one `session_start` at
-//!    [`session_start_time`] of its earliest event;
+//!    [`session_start_time`] of its earliest event, and keeping the [`SessionProfile::first`]
+//!    of the stored and the new profile ids;
 //! 7. answer with [`Plan::outcomes`].
 //!
 //! Every list a store writes comes sorted by its conflict key, so that overlapping requests on
@@ -32,6 +33,40 @@ pub fn session_start_time(started_at: i64) -> i64 {
     started_at - SESSION_START_LEAD_MS
 }
 
+/// A session's profile id with the event time of the event it came from. Of two, the one whose
+/// event is earlier is the session's, and on equal times the bytewise smaller id (the derived
+/// order: time, then id), so that the profile id is the same whatever the arrival order, batch
+/// split or concurrency (SPEC §6, §6b "the first non-empty profile id among its events").
+///
+/// The PostgreSQL store's session upsert compares (time, id) the same way in SQL, with the id
+/// in `COLLATE "C"`, which orders like Rust's `str`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SessionProfile<'a> {
+    /// Event time, ms, of the event that carried [`SessionProfile::id`].
+    pub at: i64,
+    /// A non-empty profile id.
+    pub id: &'a str,
+}
+
+impl<'a> SessionProfile<'a> {
+    /// The profile id of `event`, if it has a non-empty one.
+    pub fn of(time_ms: i64, event: &'a NewEvent) -> Option<Self> {
+        event
+            .profile_id
+            .as_deref()
+            .filter(|id| !id.is_empty())
+            .map(|id| Self { at: time_ms, id })
+    }
+
+    /// The one of `a` and `b` the session keeps; `None` only when both are.
+    pub fn first(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// What one request's new events change in one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionDelta<'a> {
@@ -39,8 +74,8 @@ pub struct SessionDelta<'a> {
     pub session_id: &'a str,
     /// Device id of the session's first new event.
     pub device_id: &'a str,
-    /// First non-empty profile id among the new events (SPEC §6b).
-    pub profile_id: Option<&'a str>,
+    /// The first profile id among the new events, by [`SessionProfile::first`].
+    pub profile: Option<SessionProfile<'a>>,
     /// Earliest new event time, ms.
     pub first: i64,
     /// Latest new event time, ms.
@@ -363,7 +398,7 @@ impl<'a> Plan<'a> {
                 .or_insert_with(|| SessionDelta {
                     session_id: &event.session_id,
                     device_id: &event.device_id,
-                    profile_id: None,
+                    profile: None,
                     first: row.time_ms,
                     last: row.time_ms,
                     count: 0,
@@ -371,9 +406,8 @@ impl<'a> Plan<'a> {
             delta.first = delta.first.min(row.time_ms);
             delta.last = delta.last.max(row.time_ms);
             delta.count += 1;
-            if delta.profile_id.is_none() {
-                delta.profile_id = event.profile_id.as_deref().filter(|p| !p.is_empty());
-            }
+            delta.profile =
+                SessionProfile::first(delta.profile, SessionProfile::of(row.time_ms, event));
         }
         let mut sessions: Vec<_> = sessions.into_values().collect();
         sessions.sort_unstable_by(|a, b| a.session_id.cmp(b.session_id));
@@ -452,9 +486,9 @@ mod tests {
         let rows = [
             event(Some("1"), "s2", 50, None),
             event(Some("2"), "s1", 30, Some("")),
-            event(Some("3"), "s1", 10, Some("p")),
-            event(Some("4"), "s1", 20, Some("q")),
-            event(Some("5"), "s1", 5, None),
+            event(Some("3"), "s1", 20, Some("q")),
+            event(Some("4"), "s1", 10, Some("p")),
+            event(Some("5"), "s1", 5, Some("o")),
             event(None, "", 1, None),
         ];
         let mut plan = Plan::new(rows.iter().collect());
@@ -466,7 +500,7 @@ mod tests {
                 SessionDelta {
                     session_id: "s1",
                     device_id: "d",
-                    profile_id: Some("p"),
+                    profile: Some(SessionProfile { at: 10, id: "p" }),
                     first: 10,
                     last: 30,
                     count: 3,
@@ -474,7 +508,7 @@ mod tests {
                 SessionDelta {
                     session_id: "s2",
                     device_id: "d",
-                    profile_id: None,
+                    profile: None,
                     first: 50,
                     last: 50,
                     count: 1,
@@ -482,6 +516,24 @@ mod tests {
             ]
         );
         assert_eq!(session_start_time(10), 10 - SESSION_START_LEAD_MS);
+    }
+
+    #[test]
+    fn the_earlier_profile_id_wins_then_the_bytewise_smaller() {
+        let p = |at, id| Some(SessionProfile { at, id });
+        assert_eq!(SessionProfile::first(p(20, "a"), p(10, "b")), p(10, "b"));
+        assert_eq!(SessionProfile::first(p(10, "b"), p(20, "a")), p(10, "b"));
+        assert_eq!(
+            SessionProfile::first(p(10, "alpha"), p(10, "Zeta")),
+            p(10, "Zeta")
+        );
+        assert_eq!(
+            SessionProfile::first(p(10, "Zeta"), p(10, "alpha")),
+            p(10, "Zeta")
+        );
+        assert_eq!(SessionProfile::first(None, p(30, "c")), p(30, "c"));
+        assert_eq!(SessionProfile::first(p(30, "c"), None), p(30, "c"));
+        assert_eq!(SessionProfile::first(None, None), None);
     }
 
     #[test]

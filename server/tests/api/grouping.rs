@@ -42,6 +42,15 @@ fn event(key: &str, session: &str, t: i64) -> PreparedRow {
     }
 }
 
+/// An event of `session` at `t` with `profile` as its profile id.
+fn profiled(key: &str, session: &str, t: i64, profile: &str) -> PreparedRow {
+    let mut row = event(key, session, t);
+    if let RowAction::Event(event) = &mut row.action {
+        event.profile_id = Some(profile.to_owned());
+    }
+    row
+}
+
 fn increment(key: &str, property: &str, delta: i64) -> PreparedRow {
     PreparedRow {
         insert_id: Some(key.to_owned()),
@@ -315,4 +324,43 @@ async fn a_row_refused_in_a_group_fails_alone() {
         .map(|s| (s.id.clone(), s.event_count))
         .collect();
     assert_eq!(counts, [("s-1".to_owned(), 19), ("s-2".to_owned(), 10)]);
+}
+
+/// Requests of one group reach one session with profile ids in another order than their
+/// events' times: the session takes the profile id of the earliest event, and of two at one
+/// time the bytewise smaller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_keeps_the_profile_id_of_the_earliest_event() {
+    if !crate::cluster::available() {
+        return;
+    }
+    let held = held().await;
+    let base = NOW - 60 * MINUTE;
+    let jobs = vec![
+        job(vec![profiled("p1", "s-p", base + 10 * MINUTE, "late")]),
+        job(vec![
+            event("p2", "s-p", base - MINUTE),
+            profiled("p3", "s-p", base, "early"),
+        ]),
+        job(vec![profiled("p4", "s-p", base, "Early")]),
+        job(vec![profiled("p5", "s-p", base + MINUTE, "after")]),
+    ];
+    let (store, transactions, answers) = held.write(jobs).await;
+    assert_eq!(answers, [stored(1), stored(2), stored(1), stored(1)]);
+    assert_eq!(
+        transactions.count(),
+        3,
+        "one transaction for each held request and one for the group"
+    );
+    let sessions = store
+        .sessions(SessionQuery {
+            project: PROJECT,
+            limit: 100,
+            ..SessionQuery::default()
+        })
+        .await
+        .expect("sessions");
+    let session = sessions.iter().find(|s| s.id == "s-p").expect("s-p");
+    assert_eq!(session.profile_id.as_deref(), Some("Early"));
+    assert_eq!(session.event_count, 5);
 }

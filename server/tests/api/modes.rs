@@ -339,8 +339,10 @@ async fn the_read_api_refuses_unknown_parameters(store: StoreKind) {
     assert_error_body(status, &body, StatusCode::BAD_REQUEST);
 }
 
-/// The `projects` table as schema version 3 wrote it: no modes.
+/// The `projects` table as schema version 3 wrote it (no modes), and its sessions (no
+/// `profile_at`).
 const PROJECTS_V3: &str = "
+    ALTER TABLE sessions DROP COLUMN profile_at;
     DROP TABLE projects;
     CREATE TABLE projects (
         key         INTEGER PRIMARY KEY,

@@ -218,24 +218,29 @@ class Client:
         *,
         timestamp_ms: Optional[int] = None,
         device_id: Optional[str] = None,
+        insert_id: Optional[str] = None,
     ) -> str:
         """Records an event, committed to the buffer before this returns: now, or at
         ``timestamp_ms`` (epoch ms); for this device, or for ``device_id`` (a gateway's
-        sensor). Returns the event's insert id (empty while opted out). Raises
+        sensor); with its own ``insert_id`` (1 to 64 characters: the server stores one event
+        per insert id, so a reading recorded twice, say read again from a log, is stored once),
+        or a fresh UUIDv7. Returns the event's insert id (empty while opted out). Raises
         ``InvalidArgument`` for an event the server would refuse (a blank name, properties
         JSON cannot hold or with keys that are not ``str``, ...)."""
         try:
-            if timestamp_ms is None and device_id is None and type(name) is str:
+            if timestamp_ms is None and device_id is None and insert_id is None \
+                    and type(name) is str:
                 # The common call crosses as two borrowed byte strings: no buffer allocated
                 # in Rust per argument, no optional arguments to encode.
                 return self._track_utf8(name.encode(), _json(properties, "properties").encode())
-            return self._track(name, _json(properties, "properties"), timestamp_ms, device_id)
+            return self._track(name, _json(properties, "properties"), timestamp_ms, device_id,
+                               insert_id)
         except (TypeError, ValueError, OverflowError, UnicodeError) as e:
             if isinstance(e, BackfillError):
                 raise
             raise InvalidArgument(
-                f"track({name!r}): {e} (name and device_id are str, timestamp_ms an int of "
-                "milliseconds since the epoch)") from None
+                f"track({name!r}): {e} (name, device_id and insert_id are str, timestamp_ms "
+                "an int of milliseconds since the epoch)") from None
 
     def identify(self, profile_id: str, traits: Optional[Mapping[str, Any]] = None) -> str:
         """Names the user; later events carry the profile id. ``traits`` may hold

@@ -48,28 +48,39 @@ public final class Backfill: @unchecked Sendable {
     @discardableResult
     public func track(_ name: String, _ properties: [String: Any?] = [:]) throws -> String {
         let json = try Properties.json(properties)
-        return try Self.call { try client.track(name: name, propertiesJson: json, timestampMs: nil, deviceId: nil) }
+        return try Self.call {
+            try client.track(name: name, propertiesJson: json, timestampMs: nil, deviceId: nil, insertId: nil)
+        }
     }
 
     /// Records event `name` that happened at `date` (a reading taken earlier); it keeps its own
-    /// time on the server.
+    /// time on the server. `insertId` (1 to 64 characters) is the event's own idempotency key:
+    /// the server stores one event per insert id (SPEC §5), so a reading recorded twice is stored
+    /// once; a fresh UUIDv7 when `nil`.
     @discardableResult
-    public func track(_ name: String, at date: Date, _ properties: [String: Any?] = [:]) throws -> String {
+    public func track(
+        _ name: String, at date: Date, _ properties: [String: Any?] = [:], insertId: String? = nil
+    ) throws -> String {
         let json = try Properties.json(properties)
         return try Self.call {
-            try client.track(name: name, propertiesJson: json, timestampMs: Self.epochMs(date), deviceId: nil)
+            try client.track(
+                name: name, propertiesJson: json, timestampMs: Self.epochMs(date), deviceId: nil,
+                insertId: insertId)
         }
     }
 
     /// Records event `name` for another device (a sensor behind this gateway), at `date` (now when
-    /// `nil`). The server's 30-minute sessions apply to it (SPEC §6).
+    /// `nil`), with `insertId` as above. The server's 30-minute sessions apply to it (SPEC §6).
     @discardableResult
     public func track(
-        _ name: String, forDevice deviceId: String, at date: Date? = nil, _ properties: [String: Any?] = [:]
+        _ name: String, forDevice deviceId: String, at date: Date? = nil, _ properties: [String: Any?] = [:],
+        insertId: String? = nil
     ) throws -> String {
         let json = try Properties.json(properties)
         return try Self.call {
-            try client.track(name: name, propertiesJson: json, timestampMs: date.map(Self.epochMs), deviceId: deviceId)
+            try client.track(
+                name: name, propertiesJson: json, timestampMs: date.map(Self.epochMs), deviceId: deviceId,
+                insertId: insertId)
         }
     }
 

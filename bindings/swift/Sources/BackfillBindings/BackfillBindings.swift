@@ -710,10 +710,12 @@ public protocol BackfillClientProtocol: AnyObject, Sendable {
     /**
      * Records an event: now, or at `timestamp_ms` (epoch ms: a reading taken earlier); for
      * this device, or for `device_id` (a gateway's sensor: the server's 30-minute sessions
-     * apply). Returns the event's insert id (empty while opted out). Raises
-     * `InvalidArgument` for an event the server would refuse (SPEC §4).
+     * apply); with its own `insert_id` (1 to 64 characters, SPEC §5: the server stores an
+     * event of an insert id it has once, so a reading recorded twice, say read again from a
+     * log, is a duplicate), or a fresh UUIDv7. Returns the event's insert id (empty while
+     * opted out). Raises `InvalidArgument` for an event the server would refuse (SPEC §4).
      */
-    func track(name: String, propertiesJson: String, timestampMs: Int64?, deviceId: String?) throws  -> String
+    func track(name: String, propertiesJson: String, timestampMs: Int64?, deviceId: String?, insertId: String?) throws  -> String
     
     /**
      * Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
@@ -984,10 +986,12 @@ open func stats()throws  -> BackfillStats  {
     /**
      * Records an event: now, or at `timestamp_ms` (epoch ms: a reading taken earlier); for
      * this device, or for `device_id` (a gateway's sensor: the server's 30-minute sessions
-     * apply). Returns the event's insert id (empty while opted out). Raises
-     * `InvalidArgument` for an event the server would refuse (SPEC §4).
+     * apply); with its own `insert_id` (1 to 64 characters, SPEC §5: the server stores an
+     * event of an insert id it has once, so a reading recorded twice, say read again from a
+     * log, is a duplicate), or a fresh UUIDv7. Returns the event's insert id (empty while
+     * opted out). Raises `InvalidArgument` for an event the server would refuse (SPEC §4).
      */
-open func track(name: String, propertiesJson: String = "{}", timestampMs: Int64? = nil, deviceId: String? = nil)throws  -> String  {
+open func track(name: String, propertiesJson: String = "{}", timestampMs: Int64? = nil, deviceId: String? = nil, insertId: String? = nil)throws  -> String  {
     return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeBackfillError_lift) {
         uniffiCallStatus in
     uniffi_backfill_ffi_fn_method_backfillclient_track(
@@ -995,7 +999,8 @@ open func track(name: String, propertiesJson: String = "{}", timestampMs: Int64?
         FfiConverterString.lower(name),
         FfiConverterString.lower(propertiesJson),
         FfiConverterOptionInt64.lower(timestampMs),
-        FfiConverterOptionString.lower(deviceId),uniffiCallStatus
+        FfiConverterOptionString.lower(deviceId),
+        FfiConverterOptionString.lower(insertId),uniffiCallStatus
     )
 })
 }
@@ -2598,7 +2603,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_backfill_ffi_checksum_method_backfillclient_stats() != 50733) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_backfill_ffi_checksum_method_backfillclient_track() != 15731) {
+    if (uniffi_backfill_ffi_checksum_method_backfillclient_track() != 7406) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_backfill_ffi_checksum_method_backfillclient_track_utf8() != 17999) {

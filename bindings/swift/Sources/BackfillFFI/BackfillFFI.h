@@ -354,7 +354,7 @@ RustBuffer uniffi_backfill_ffi_fn_method_backfillclient_stats(uint64_t ptr, Rust
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_FN_METHOD_BACKFILLCLIENT_TRACK
 #define UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_FN_METHOD_BACKFILLCLIENT_TRACK
-RustBuffer uniffi_backfill_ffi_fn_method_backfillclient_track(uint64_t ptr, RustBuffer name, RustBuffer properties_json, RustBuffer timestamp_ms, RustBuffer device_id, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_backfill_ffi_fn_method_backfillclient_track(uint64_t ptr, RustBuffer name, RustBuffer properties_json, RustBuffer timestamp_ms, RustBuffer device_id, RustBuffer insert_id, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BACKFILL_FFI_FN_METHOD_BACKFILLCLIENT_TRACK_UTF8

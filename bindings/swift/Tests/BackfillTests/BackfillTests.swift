@@ -160,6 +160,21 @@ final class BackfillTests: XCTestCase {
         XCTAssertFalse(recording.onMain.value.contains(true), "the main thread sent a request")
     }
 
+    func testAGivenInsertIdMakesAReadingRecordedTwiceOneStoredEvent() throws {
+        let server = try server()
+        let backfill = try open(server, background: false)
+        let at = Date(timeIntervalSinceNow: -3600)
+        XCTAssertEqual(try backfill.track("log-line", at: at, ["line": 7], insertId: "gw-1:log:7"), "gw-1:log:7")
+        _ = try backfill.flushBlocking()
+        // Read again from the gateway's log after a restart: the same line, the same key.
+        try backfill.track("log-line", forDevice: "sensor-1", at: at, ["line": 7], insertId: "gw-1:log:7")
+        let report = try backfill.flushBlocking()
+        XCTAssertEqual(report.sent, 1)
+        XCTAssertEqual(report.duplicates, 1)
+        let stored = try server.events().filter { $0["name"] as? String == "log-line" }
+        XCTAssertEqual(stored.compactMap { $0["insert_id"] as? String }, ["gw-1:log:7"])
+    }
+
     func testWrongCredentialsThrowInvalidArgumentAndKeepTheEvents() async throws {
         let server = try server()
         let backfill = try open(server, background: false, secret: "wrong")

@@ -105,6 +105,17 @@ CREATE TABLE profile_groups (
     PRIMARY KEY (project, profile_id, group_id)
 );
 "#,
+    // 2: the event time of each session's profile id.
+    r#"
+-- Event time (epoch ms) of the event a session's profile_id came from, so that an earlier
+-- event arriving later gives the session its profile id (SPEC §6b); NULL when profile_id is.
+-- The time of the event a stored profile id came from was not kept: the session's start is the
+-- earliest it can be, so an event that arrives after this migration takes the session's
+-- profile id over only if it lies before every event the session had, or at its start with a
+-- bytewise smaller id.
+ALTER TABLE sessions ADD COLUMN profile_at BIGINT;
+UPDATE sessions SET profile_at = started_at WHERE profile_id IS NOT NULL;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -25,7 +25,9 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::store::rules::{GroupWrite, Plan, Profile, raw_json, session_start_time};
+use crate::store::rules::{
+    GroupWrite, Plan, Profile, SessionProfile, raw_json, session_start_time,
+};
 use crate::store::{IngestJob, PreparedRow, RowAction, RowOutcome};
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -69,26 +71,40 @@ pub(super) enum ClaimForm {
 }
 
 /// Creates or widens sessions. The row lock it takes serialises every node's changes to one
-/// session; `previous_started_at` tells a created row (NULL) from a widened one.
+/// session; `previous_started_at` tells a created row (NULL) from a widened one. Of the stored
+/// and the new profile id, the session keeps the one of the earlier event, and on equal times
+/// the bytewise smaller id ([`SessionProfile::first`]); a stored id without its time (written
+/// by a node from before `profile_at`) counts from the session's start.
 const UPSERT_SESSIONS: &str = "
 INSERT INTO sessions AS s (project, id, device_id, profile_id, started_at, ended_at,
-    event_count, start_event, previous_started_at)
-SELECT $1, u.id, u.device_id, u.profile_id, u.first, u.last, u.count, u.start_event, NULL
-FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::uuid[])
-    AS u (id, device_id, profile_id, first, last, count, start_event)
+    event_count, start_event, previous_started_at, profile_at)
+SELECT $1, u.id, u.device_id, u.profile_id, u.first, u.last, u.count, u.start_event, NULL,
+    u.profile_at
+FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::uuid[],
+        $9::int8[])
+    AS u (id, device_id, profile_id, first, last, count, start_event, profile_at)
 ORDER BY u.id COLLATE \"C\"
 ON CONFLICT (project, id) DO UPDATE SET
     started_at = least(s.started_at, excluded.started_at),
     ended_at = greatest(s.ended_at, excluded.ended_at),
     event_count = s.event_count + excluded.event_count,
-    profile_id = coalesce(s.profile_id, excluded.profile_id),
+    profile_id = CASE WHEN s.profile_id IS NULL
+            OR (excluded.profile_at, excluded.profile_id COLLATE \"C\")
+                < (coalesce(s.profile_at, s.started_at), s.profile_id COLLATE \"C\")
+        THEN excluded.profile_id ELSE s.profile_id END,
+    profile_at = CASE WHEN s.profile_id IS NULL
+            OR (excluded.profile_at, excluded.profile_id COLLATE \"C\")
+                < (coalesce(s.profile_at, s.started_at), s.profile_id COLLATE \"C\")
+        THEN excluded.profile_at ELSE coalesce(s.profile_at, s.started_at) END,
     previous_started_at = s.started_at
-RETURNING id, start_event, started_at, previous_started_at";
+RETURNING id, start_event, started_at, previous_started_at, profile_id, profile_at";
 
-/// Moves `session_start` events earlier; each is found by its old place in the primary key.
+/// Moves `session_start` events earlier and gives them their session's profile id; each is
+/// found by its old place in the primary key.
 const MOVE_STARTS: &str = "
-UPDATE events AS e SET created_at = u.new_at, synced_at = $2
-FROM unnest($3::uuid[], $4::int8[], $5::int8[]) AS u (id, old_at, new_at)
+UPDATE events AS e SET created_at = u.new_at, profile_id = u.profile_id, synced_at = $2
+FROM unnest($3::uuid[], $4::int8[], $5::int8[], $6::text[])
+    AS u (id, old_at, new_at, profile_id)
 WHERE e.project = $1 AND e.created_at = u.old_at AND e.id = u.id";
 
 const CREATE_PROFILES: &str = "
@@ -229,7 +245,7 @@ struct SessionChange<'a> {
     /// `session_start`.
     part: usize,
     device_id: &'a str,
-    profile_id: Option<&'a str>,
+    profile: Option<SessionProfile<'a>>,
     first: i64,
     last: i64,
     count: i64,
@@ -362,7 +378,9 @@ async fn claim<'a>(
 }
 
 /// Upserts the sessions the parts' new events reach, writes the `session_start` of each
-/// session the group creates and moves the `session_start` of each session it widens earlier.
+/// session the group creates, and moves the `session_start` of each session it widens earlier
+/// or gives another profile id (the session's row lock orders these updates as it orders the
+/// upserts).
 async fn write_sessions(
     tx: &Transaction<'_>,
     project: i64,
@@ -379,7 +397,7 @@ async fn write_sessions(
                 .or_insert_with(|| SessionChange {
                     part: i,
                     device_id: delta.device_id,
-                    profile_id: None,
+                    profile: None,
                     first: delta.first,
                     last: delta.last,
                     count: 0,
@@ -387,7 +405,7 @@ async fn write_sessions(
             change.first = change.first.min(delta.first);
             change.last = change.last.max(delta.last);
             change.count += delta.count;
-            change.profile_id = change.profile_id.or(delta.profile_id);
+            change.profile = SessionProfile::first(change.profile, delta.profile);
         }
     }
     if changes.is_empty() {
@@ -399,23 +417,33 @@ async fn write_sessions(
         .map(|_| crate::ingest::new_event_id(synced_at))
         .collect();
     let upsert = tx.prepare_cached(UPSERT_SESSIONS).await?;
-    let params: [&(dyn ToSql + Sync); 8] = [
+    let params: [&(dyn ToSql + Sync); 9] = [
         &project,
         &ids,
         &changes.values().map(|c| c.device_id).collect::<Vec<_>>(),
-        &changes.values().map(|c| c.profile_id).collect::<Vec<_>>(),
+        &changes
+            .values()
+            .map(|c| c.profile.map(|p| p.id))
+            .collect::<Vec<_>>(),
         &changes.values().map(|c| c.first).collect::<Vec<_>>(),
         &changes.values().map(|c| c.last).collect::<Vec<_>>(),
         &changes.values().map(|c| c.count).collect::<Vec<_>>(),
         &start_events,
+        &changes
+            .values()
+            .map(|c| c.profile.map(|p| p.at))
+            .collect::<Vec<_>>(),
     ];
     let mut starts = EventColumns::default();
-    let mut moved = (Vec::new(), Vec::new(), Vec::new());
-    for row in tx.query(&upsert, &params).await? {
+    let mut moved = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let rows = tx.query(&upsert, &params).await?;
+    for row in &rows {
         let id: &str = row.try_get(0)?;
         let start_event: Uuid = row.try_get(1)?;
         let started_at: i64 = row.try_get(2)?;
         let previous: Option<i64> = row.try_get(3)?;
+        let profile_id: Option<&str> = row.try_get(4)?;
+        let profile_at: Option<i64> = row.try_get(5)?;
         let Some((&session_id, change)) = changes.get_key_value(id) else {
             continue;
         };
@@ -430,16 +458,23 @@ async fn write_sessions(
                     name: "session_start",
                     device_id: change.device_id,
                     session_id,
-                    profile_id: change.profile_id,
+                    profile_id: change.profile.map(|p| p.id),
                     ..Fields::default()
                 },
             ),
-            Some(before) if started_at < before => {
-                moved.0.push(start_event);
-                moved.1.push(session_start_time(before));
-                moved.2.push(session_start_time(started_at));
+            Some(before) => {
+                // The session's profile id is this group's: it changed, unless it was this
+                // one already (an event of the same time and id before), which rewrites it.
+                let profile_is_ours = change
+                    .profile
+                    .is_some_and(|p| profile_id == Some(p.id) && profile_at == Some(p.at));
+                if started_at < before || profile_is_ours {
+                    moved.0.push(start_event);
+                    moved.1.push(session_start_time(before));
+                    moved.2.push(session_start_time(started_at));
+                    moved.3.push(profile_id);
+                }
             }
-            Some(_) => {}
         }
     }
     if !starts.id.is_empty() {
@@ -451,7 +486,7 @@ async fn write_sessions(
         let update = tx.prepare_cached(MOVE_STARTS).await?;
         tx.execute(
             &update,
-            &[&project, &synced_at, &moved.0, &moved.1, &moved.2],
+            &[&project, &synced_at, &moved.0, &moved.1, &moved.2, &moved.3],
         )
         .await?;
     }

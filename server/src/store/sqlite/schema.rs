@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub const VERSION: i32 = 4;
+pub const VERSION: i32 = 5;
 
 const CREATE: &str = "
 -- One row per client (credential). A client reaches the data of its own key, or of `owner`'s
@@ -71,6 +71,8 @@ CREATE TABLE sessions (
     ended_at       INTEGER NOT NULL,
     event_count    INTEGER NOT NULL,
     start_event    INTEGER NOT NULL,
+    -- Event time (epoch ms) of the event profile_id came from; NULL when profile_id is.
+    profile_at     INTEGER,
     PRIMARY KEY (project, id)
 ) WITHOUT ROWID;
 CREATE INDEX sessions_by_start ON sessions (project, started_at, id);
@@ -164,6 +166,16 @@ ALTER TABLE projects ADD COLUMN revoked_at INTEGER;
 UPDATE projects SET created_at = created_at * 1000;
 ";
 
+/// Version 5 keeps the event time of each session's profile id, so that an earlier event
+/// arriving later gives the session its profile id (SPEC §6b). The time of the event a stored
+/// profile id came from was not kept; the session's start is the earliest it can be, so an
+/// event that arrives after the upgrade takes the session's profile id over only if it lies
+/// before every event the session had, or at its start with a bytewise smaller id.
+const UPGRADE_TO_5: &str = "
+ALTER TABLE sessions ADD COLUMN profile_at INTEGER;
+UPDATE sessions SET profile_at = started_at WHERE profile_id IS NOT NULL;
+";
+
 /// Steps from each older version to the next, up to [`VERSION`].
 fn upgrade(conn: &Connection, from: i32) -> Result<(), StoreError> {
     for version in from..VERSION {
@@ -184,6 +196,7 @@ fn upgrade(conn: &Connection, from: i32) -> Result<(), StoreError> {
                     );
                 }
             }
+            4 => conn.execute_batch(UPGRADE_TO_5)?,
             _ => {
                 return Err(StoreError::Unavailable(format!(
                     "no upgrade path from schema version {version}"
@@ -218,9 +231,19 @@ mod tests {
         assert_eq!(n, 1);
     }
 
-    /// Today's schema with the `projects` table as versions 1 to 3 wrote it (no modes).
-    fn create_before_modes(conn: &Connection) {
+    /// A version-4 database: today's schema without the sessions' `profile_at`.
+    fn version_4(conn: &Connection) {
         create(conn).expect("create");
+        conn.execute_batch(
+            "ALTER TABLE sessions DROP COLUMN profile_at;
+             PRAGMA user_version = 4;",
+        )
+        .expect("version 4");
+    }
+
+    /// Version 4's schema with the `projects` table as versions 1 to 3 wrote it (no modes).
+    fn create_before_modes(conn: &Connection) {
+        version_4(conn);
         conn.execute_batch(
             "DROP TABLE projects;
              CREATE TABLE projects (
@@ -371,6 +394,34 @@ mod tests {
         assert_eq!(mode, "root");
         assert_eq!(created_at, 1_795_860_000_000, "seconds became milliseconds");
         assert_eq!((owner, revoked), (None, None));
+    }
+
+    #[test]
+    fn upgrades_version_4_sessions_keeping_their_profile_ids_from_their_start() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        version_4(&conn);
+        conn.execute_batch(
+            "INSERT INTO sessions (project, id, device_id, profile_id, started_at, ended_at,
+                 event_count, start_event)
+             VALUES (1, 'known', 'd', 'u1', 100, 900, 3, 1),
+                    (1, 'anonymous', 'd', NULL, 200, 300, 2, 2);",
+        )
+        .expect("version 4 sessions");
+        migrate(&mut conn).expect("upgrade");
+        let sessions: Vec<(String, Option<String>, Option<i64>)> = conn
+            .prepare("SELECT id, profile_id, profile_at FROM sessions ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            sessions,
+            [
+                ("anonymous".to_owned(), None, None),
+                ("known".to_owned(), Some("u1".to_owned()), Some(100)),
+            ]
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
-use crate::store::rules::{Plan, Profile, SessionDelta, raw_json, session_start_time};
+use crate::store::rules::{
+    Plan, Profile, SessionDelta, SessionProfile, raw_json, session_start_time,
+};
 use crate::store::{IngestJob, NewEvent, PreparedRow, RowAction, RowOutcome};
 
 /// Applies one job inside the open transaction, with no savepoint of its own: if it fails, the
@@ -212,8 +214,10 @@ fn warm(row: &PreparedRow) {
     std::hint::black_box(seen);
 }
 
-/// Creates the session with its one `session_start`, or widens it; the `session_start` moves
-/// earlier when an earlier event arrives. The single writer serialises these updates.
+/// Creates the session with its one `session_start`, or widens it; the session keeps the
+/// [`SessionProfile::first`] of its stored and its new profile ids, and its `session_start`
+/// follows it, moving earlier when an earlier event arrives and taking the session's profile
+/// id. The single writer serialises these updates.
 fn upsert_session(
     conn: &Connection,
     job: &IngestJob,
@@ -221,16 +225,18 @@ fn upsert_session(
     synced_at: i64,
 ) -> rusqlite::Result<()> {
     let session_id = delta.session_id;
-    let existing: Option<(i64, i64)> = conn
+    let existing: Option<(i64, i64, Option<String>, Option<i64>)> = conn
         .prepare_cached(
-            "SELECT started_at, start_event FROM sessions WHERE project = ?1 AND id = ?2",
+            "SELECT started_at, start_event, profile_id, profile_at FROM sessions
+             WHERE project = ?1 AND id = ?2",
         )?
         .query_row(params![job.project, session_id], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .optional()?;
     match existing {
         None => {
+            let profile_id = delta.profile.map(|p| p.id);
             conn.prepare_cached(
                 "INSERT INTO events (id, project, type, name, device_id, session_id, profile_id,
                     created_at, properties, sdk_name, sdk_version, synced_at)
@@ -241,7 +247,7 @@ fn upsert_session(
                 job.project,
                 delta.device_id,
                 session_id,
-                delta.profile_id,
+                profile_id,
                 session_start_time(delta.first),
                 job.sdk_name,
                 job.sdk_version,
@@ -250,35 +256,52 @@ fn upsert_session(
             let start_event = conn.last_insert_rowid();
             conn.prepare_cached(
                 "INSERT INTO sessions (project, id, device_id, profile_id, started_at, ended_at,
-                    event_count, start_event)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    event_count, start_event, profile_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 job.project,
                 session_id,
                 delta.device_id,
-                delta.profile_id,
+                profile_id,
                 delta.first,
                 delta.last,
                 delta.count,
                 start_event,
+                delta.profile.map(|p| p.at),
             ])?;
         }
-        Some((started_at, start_event)) => {
+        Some((started_at, start_event, profile_id, profile_at)) => {
+            // A profile id stored without its time (never written so) counts from the start.
+            let stored = profile_id.as_deref().map(|id| SessionProfile {
+                at: profile_at.unwrap_or(started_at),
+                id,
+            });
+            let profile = SessionProfile::first(stored, delta.profile);
             conn.prepare_cached(
                 "UPDATE sessions SET started_at = min(started_at, ?3), ended_at = max(ended_at, ?4),
-                    event_count = event_count + ?5, profile_id = coalesce(profile_id, ?6)
+                    event_count = event_count + ?5, profile_id = ?6, profile_at = ?7
                  WHERE project = ?1 AND id = ?2",
             )?
-            .execute(params![job.project, session_id, delta.first, delta.last, delta.count, delta.profile_id])?;
-            if delta.first < started_at {
+            .execute(params![
+                job.project,
+                session_id,
+                delta.first,
+                delta.last,
+                delta.count,
+                profile.map(|p| p.id),
+                profile.map(|p| p.at),
+            ])?;
+            if delta.first < started_at || profile != stored {
                 conn.prepare_cached(
-                    "UPDATE events SET created_at = ?2, synced_at = ?3 WHERE seq = ?1",
+                    "UPDATE events SET created_at = ?2, synced_at = ?3, profile_id = ?4
+                     WHERE seq = ?1",
                 )?
                 .execute(params![
                     start_event,
-                    session_start_time(delta.first),
-                    synced_at
+                    session_start_time(delta.first.min(started_at)),
+                    synced_at,
+                    profile.map(|p| p.id),
                 ])?;
             }
         }

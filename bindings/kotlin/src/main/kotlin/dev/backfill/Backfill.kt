@@ -63,22 +63,29 @@ class Backfill @JvmOverloads constructor(
 
     /**
      * Records event [name] that happened at [timestampMs] (epoch ms), e.g. a reading taken while
-     * the app was not running; it keeps its own time on the server.
+     * the app was not running; it keeps its own time on the server. [insertId] (1 to 64
+     * characters) is the event's own idempotency key: the server stores one event per insert id
+     * (SPEC §5), so a reading recorded twice is stored once; a fresh UUIDv7 when null.
      */
-    fun trackAt(name: String, timestampMs: Long, properties: Map<String, Any?> = emptyMap()): String =
-        call { client.track(name, Properties.toJson(properties), timestampMs, null) }
+    fun trackAt(
+        name: String,
+        timestampMs: Long,
+        properties: Map<String, Any?> = emptyMap(),
+        insertId: String? = null,
+    ): String = call { client.track(name, Properties.toJson(properties), timestampMs, null, insertId) }
 
     /**
      * Records event [name] for another device ([deviceId], 1 to 64 characters), e.g. a sensor
-     * behind this gateway, at [timestampMs] (epoch ms; now when null). The server's 30-minute
-     * sessions apply to it (SPEC §6).
+     * behind this gateway, at [timestampMs] (epoch ms; now when null), with [insertId] as in
+     * [trackAt]. The server's 30-minute sessions apply to it (SPEC §6).
      */
     fun trackForDevice(
         deviceId: String,
         name: String,
         properties: Map<String, Any?> = emptyMap(),
         timestampMs: Long? = null,
-    ): String = call { client.track(name, Properties.toJson(properties), timestampMs, deviceId) }
+        insertId: String? = null,
+    ): String = call { client.track(name, Properties.toJson(properties), timestampMs, deviceId, insertId) }
 
     /**
      * Names the user: later events of this device carry [profileId]. [traits] may hold

@@ -304,6 +304,22 @@ class BackfillTest {
     }
 
     @Test
+    fun `a given insert id makes a reading recorded twice one stored event`() {
+        val server = TestServer().closing()
+        val backfill = Backfill(config(server).copy(backgroundUpload = false)).closing()
+        val at = System.currentTimeMillis() - 3_600_000
+        assertEquals("gw-1:log:7", backfill.trackAt("log-line", at, mapOf("line" to 7), insertId = "gw-1:log:7"))
+        backfill.flushBlocking()
+        // Read again from the gateway's log after a restart: the same line, the same key.
+        backfill.trackForDevice("sensor-1", "log-line", mapOf("line" to 7), at, insertId = "gw-1:log:7")
+        val report = backfill.flushBlocking()
+        assertEquals(1L to 1L, report.sent to report.duplicates)
+        assertFailsWith<IllegalArgumentException> { backfill.trackAt("log-line", at, insertId = "") }
+        val stored = server.events()
+        assertEquals(listOf("gw-1:log:7"), stored.map { it.getValue("insert_id").jsonPrimitive.content })
+    }
+
+    @Test
     fun `identify, register and opt-out reach the server as a user expects`() {
         val server = TestServer().closing()
         val backfill = Backfill(config(server).copy(backgroundUpload = false)).closing()

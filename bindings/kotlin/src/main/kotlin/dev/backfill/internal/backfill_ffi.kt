@@ -797,7 +797,7 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_backfill_ffi_fn_method_backfillclient_stats(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_backfill_ffi_fn_method_backfillclient_track(`ptr`: Long,`name`: RustBuffer.ByValue,`propertiesJson`: RustBuffer.ByValue,`timestampMs`: RustBuffer.ByValue,`deviceId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_backfill_ffi_fn_method_backfillclient_track(`ptr`: Long,`name`: RustBuffer.ByValue,`propertiesJson`: RustBuffer.ByValue,`timestampMs`: RustBuffer.ByValue,`deviceId`: RustBuffer.ByValue,`insertId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_backfill_ffi_fn_method_backfillclient_track_utf8(`ptr`: Long,`name`: ForeignBytes.ByValue,`propertiesJson`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -1495,10 +1495,12 @@ public interface BackfillClientInterface {
     /**
      * Records an event: now, or at `timestamp_ms` (epoch ms: a reading taken earlier); for
      * this device, or for `device_id` (a gateway's sensor: the server's 30-minute sessions
-     * apply). Returns the event's insert id (empty while opted out). Raises
-     * `InvalidArgument` for an event the server would refuse (SPEC §4).
+     * apply); with its own `insert_id` (1 to 64 characters, SPEC §5: the server stores an
+     * event of an insert id it has once, so a reading recorded twice, say read again from a
+     * log, is a duplicate), or a fresh UUIDv7. Returns the event's insert id (empty while
+     * opted out). Raises `InvalidArgument` for an event the server would refuse (SPEC §4).
      */
-    fun `track`(`name`: kotlin.String, `propertiesJson`: kotlin.String = "{}", `timestampMs`: kotlin.Long? = null, `deviceId`: kotlin.String? = null): kotlin.String
+    fun `track`(`name`: kotlin.String, `propertiesJson`: kotlin.String = "{}", `timestampMs`: kotlin.Long? = null, `deviceId`: kotlin.String? = null, `insertId`: kotlin.String? = null): kotlin.String
     
     /**
      * Records an event now, for this device: `track` without `timestamp_ms` or `device_id`,
@@ -1884,10 +1886,12 @@ open class BackfillClient: Disposable, AutoCloseable, BackfillClientInterface
     /**
      * Records an event: now, or at `timestamp_ms` (epoch ms: a reading taken earlier); for
      * this device, or for `device_id` (a gateway's sensor: the server's 30-minute sessions
-     * apply). Returns the event's insert id (empty while opted out). Raises
-     * `InvalidArgument` for an event the server would refuse (SPEC §4).
+     * apply); with its own `insert_id` (1 to 64 characters, SPEC §5: the server stores an
+     * event of an insert id it has once, so a reading recorded twice, say read again from a
+     * log, is a duplicate), or a fresh UUIDv7. Returns the event's insert id (empty while
+     * opted out). Raises `InvalidArgument` for an event the server would refuse (SPEC §4).
      */
-    @Throws(BackfillException::class)override fun `track`(`name`: kotlin.String, `propertiesJson`: kotlin.String, `timestampMs`: kotlin.Long?, `deviceId`: kotlin.String?): kotlin.String {
+    @Throws(BackfillException::class)override fun `track`(`name`: kotlin.String, `propertiesJson`: kotlin.String, `timestampMs`: kotlin.Long?, `deviceId`: kotlin.String?, `insertId`: kotlin.String?): kotlin.String {
             return FfiConverterString.lift(
     callWithHandle {
     uniffiRustCallWithError(BackfillException) { _status ->
@@ -1897,7 +1901,8 @@ open class BackfillClient: Disposable, AutoCloseable, BackfillClientInterface
         FfiConverterString.lower(`name`),
         FfiConverterString.lower(`propertiesJson`),
         FfiConverterOptionalLong.lower(`timestampMs`),
-        FfiConverterOptionalString.lower(`deviceId`),_status)
+        FfiConverterOptionalString.lower(`deviceId`),
+        FfiConverterOptionalString.lower(`insertId`),_status)
 }
     }
     )
