@@ -357,8 +357,9 @@ fn checked(item: Result<(usize, Event), crate::input::InputError>) -> Result<(us
 
 /// `enqueue --dry-run`: checks every reading, writing nothing, and warns as an enqueue would:
 /// of readings older than the age window or stamped in the future, and of buffered events the
-/// readings would evict. The buffer, when there is one, is only read (for the server's age
-/// window as last seen, and what it holds), never created or changed.
+/// readings would evict past `--max-rows` (past `--max-bytes` too, an enqueue alone can say:
+/// it counts the bytes of the events as stamped). The buffer, when there is one, is only read
+/// (for the server's age window as last seen, and what it holds), never created or changed.
 fn dry_run(
     args: &EnqueueArgs,
     readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>>,
