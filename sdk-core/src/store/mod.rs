@@ -249,6 +249,9 @@ fn beside(path: &Path, suffix: &str) -> PathBuf {
 /// How a reader opens the buffer at `path` without creating or changing any file: see
 /// [`Buffer::open_read_only`].
 fn read_access(path: &Path) -> Result<Access, Error> {
+    // SQLite names the -wal and -shm files after the file a symbolic link leads to.
+    let real = path.canonicalize();
+    let path = real.as_deref().unwrap_or(path);
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
