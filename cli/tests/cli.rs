@@ -1734,6 +1734,32 @@ fn readers_create_and_change_nothing_whoever_runs_them() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     chmod(dir.path(), 0o755);
+    // Other users must reach the binary and the temporary directory (not so under a home
+    // directory of mode 0700).
+    let reaches = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "test",
+            "-x",
+        ])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !reaches
+        || !backfill_as(Some(OWNER), &["--version"], None, &[])
+            .status
+            .success()
+    {
+        eprintln!(
+            "readers_create_and_change_nothing_whoever_runs_them: SKIPPED: user {OWNER} cannot \
+             run {} or reach {} (a parent directory others may not search)",
+            env!("CARGO_BIN_EXE_backfill"),
+            dir.path().display()
+        );
+        return;
+    }
 
     // A directory the reader cannot write, the buffer closed (no -wal, no -shm): SQLite's
     // usual read-only open would need to create them.
