@@ -16,22 +16,22 @@ fn backfill(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output 
     backfill_as(None, args, stdin, env)
 }
 
-/// `backfill` run as the user and group `uid` (without supplementary groups) through
-/// util-linux's `setpriv`, or as this process's user when `None`.
+/// The `backfill` binary `bin` run as the user and group `uid` (without supplementary groups)
+/// through util-linux's `setpriv`; or the test's binary as this process's user when `None`.
 fn backfill_as(
-    uid: Option<u32>,
+    user: Option<(u32, &Path)>,
     args: &[&str],
     stdin: Option<&str>,
     env: &[(&str, &str)],
 ) -> Output {
-    let mut cmd = match uid {
+    let mut cmd = match user {
         None => Command::new(env!("CARGO_BIN_EXE_backfill")),
-        Some(uid) => {
+        Some((uid, bin)) => {
             let mut cmd = Command::new("setpriv");
             cmd.arg(format!("--reuid={uid}"))
                 .arg(format!("--regid={uid}"))
                 .arg("--clear-groups")
-                .arg(env!("CARGO_BIN_EXE_backfill"));
+                .arg(bin);
             cmd
         }
     };
@@ -1696,9 +1696,9 @@ fn chmod(path: &Path, mode: u32) {
 const OWNER: u32 = 65534;
 const OTHER: u32 = 65533;
 
-/// `status --json`, `inspect` and `dead-letters export` as `uid`: each must succeed and leave
-/// `dir` as it was; returns the buffered count `status` gave.
-fn read_as(uid: u32, db: &Path, dir: &Path) -> u64 {
+/// `status --json`, `inspect` and `dead-letters export` run from `bin` as `uid`: each must
+/// succeed and leave `dir` as it was; returns the buffered count `status` gave.
+fn read_as(uid: u32, bin: &Path, db: &Path, dir: &Path) -> u64 {
     let before = listing(dir);
     let db_arg = db.to_str().expect("path");
     let mut buffered = None;
@@ -1707,7 +1707,7 @@ fn read_as(uid: u32, db: &Path, dir: &Path) -> u64 {
         &["inspect", "--db", db_arg],
         &["dead-letters", "export", "--db", db_arg],
     ] {
-        let out = backfill_as(Some(uid), args, None, &[]);
+        let out = backfill_as(Some((uid, bin)), args, None, &[]);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -1727,39 +1727,55 @@ fn read_as(uid: u32, db: &Path, dir: &Path) -> u64 {
     buffered.expect("status gave a count")
 }
 
+/// Whether user `uid` may search `path` (reach what is in it).
+fn reaches(uid: u32, path: &Path) -> bool {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .args(["--clear-groups", "test", "-x"])
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 #[test]
 fn readers_create_and_change_nothing_whoever_runs_them() {
-    if !can_switch_users("readers_create_and_change_nothing_whoever_runs_them") {
+    const TEST: &str = "readers_create_and_change_nothing_whoever_runs_them";
+    if !can_switch_users(TEST) {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    // A temporary directory other users can reach (TMPDIR may be under a home of mode 0700),
+    // holding the binary when they cannot reach the build's (a clone under such a home).
+    let mut dir = tempfile::tempdir().expect("tempdir");
     chmod(dir.path(), 0o755);
-    // Other users must reach the binary and the temporary directory (not so under a home
-    // directory of mode 0700).
-    let reaches = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "test",
-            "-x",
-        ])
-        .arg(dir.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !reaches
-        || !backfill_as(Some(OWNER), &["--version"], None, &[])
-            .status
-            .success()
+    if !reaches(OWNER, dir.path()) {
+        dir = tempfile::tempdir_in("/tmp").expect("tempdir in /tmp");
+        chmod(dir.path(), 0o755);
+    }
+    let mut bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_backfill"));
+    if !backfill_as(Some((OWNER, &bin)), &["--version"], None, &[])
+        .status
+        .success()
+    {
+        let copy = dir.path().join("backfill");
+        if std::fs::hard_link(&bin, &copy).is_err() {
+            std::fs::copy(&bin, &copy).expect("copy the binary");
+        }
+        bin = copy;
+    }
+    if !backfill_as(Some((OWNER, &bin)), &["--version"], None, &[])
+        .status
+        .success()
     {
         eprintln!(
-            "readers_create_and_change_nothing_whoever_runs_them: SKIPPED: user {OWNER} cannot \
-             run {} or reach {} (a parent directory others may not search)",
-            env!("CARGO_BIN_EXE_backfill"),
+            "{TEST}: SKIPPED: user {OWNER} cannot run {} (a parent directory of {} others may \
+             not search)",
+            bin.display(),
             dir.path().display()
         );
         return;
     }
+    let bin = bin.as_path();
 
     // A directory the reader cannot write, the buffer closed (no -wal, no -shm): SQLite's
     // usual read-only open would need to create them.
@@ -1769,7 +1785,7 @@ fn readers_create_and_change_nothing_whoever_runs_them() {
     enqueue(&db, &readings(3));
     chmod(&db, 0o644);
     assert_eq!(listing(&locked), ["gw.db"]);
-    assert_eq!(read_as(OWNER, &db, &locked), 3);
+    assert_eq!(read_as(OWNER, bin, &db, &locked), 3);
 
     // The same while a writer has it open, with events still in its -wal file.
     let writer = rusqlite::Connection::open(&db).expect("open the buffer");
@@ -1785,7 +1801,7 @@ fn readers_create_and_change_nothing_whoever_runs_them() {
             > 0
     );
     assert_eq!(
-        read_as(OWNER, &db, &locked),
+        read_as(OWNER, bin, &db, &locked),
         5,
         "the -wal file's events count"
     );
@@ -1801,7 +1817,7 @@ fn readers_create_and_change_nothing_whoever_runs_them() {
     drop(writer);
     let crashed_db = crashed.join("gw.db");
     let out = backfill_as(
-        Some(OWNER),
+        Some((OWNER, bin)),
         &["status", "--db", crashed_db.to_str().expect("path")],
         None,
         &[],
@@ -1827,17 +1843,17 @@ fn readers_create_and_change_nothing_whoever_runs_them() {
     let db = shared.join("gw.db");
     let db_arg = db.to_str().expect("path");
     let out = backfill_as(
-        Some(OWNER),
+        Some((OWNER, bin)),
         &["enqueue", "--db", db_arg],
         Some(&readings(3)),
         &[],
     );
     assert!(out.status.success(), "{}", text(&out).1);
     chmod(&db, 0o644);
-    assert_eq!(read_as(OTHER, &db, &shared), 3);
+    assert_eq!(read_as(OTHER, bin, &db, &shared), 3);
     assert_eq!(listing(&shared), ["gw.db"]);
     let out = backfill_as(
-        Some(OWNER),
+        Some((OWNER, bin)),
         &["enqueue", "--db", db_arg],
         Some(&readings(2)),
         &[],
@@ -1847,7 +1863,7 @@ fn readers_create_and_change_nothing_whoever_runs_them() {
         "the owner still writes: {}",
         text(&out).1
     );
-    assert_eq!(read_as(OWNER, &db, &shared), 5);
+    assert_eq!(read_as(OWNER, bin, &db, &shared), 5);
 }
 
 #[test]
