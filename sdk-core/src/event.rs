@@ -245,7 +245,8 @@ pub fn check_property_key(key: &str) -> Result<(), Error> {
     let instead = match key {
         TIMESTAMP => "give the event time as the call's timestamp argument (epoch ms)",
         INSERT_ID => {
-            "every event gets its own insert id; give your own as the event's insert id                       where the call takes one (Event.insert_id in Rust)"
+            "every event gets its own insert id; give your own as the event's insert id \
+             where the call takes one (Event.insert_id in Rust)"
         }
         DEVICE_ID => "give another device's id as the call's device id argument",
         SESSION_ID => "the SDK keeps the session itself",
