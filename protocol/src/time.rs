@@ -37,6 +37,11 @@ pub fn parse_timestamp_str(s: &str) -> Option<i64> {
     if !s.as_bytes().first().is_some_and(u8::is_ascii_digit) {
         return None;
     }
+    // chrono skips spaces before an offset (`41.123 Z`); the contract's forms have none but
+    // the one between date and time.
+    if s.bytes().enumerate().any(|(i, b)| b.is_ascii_whitespace() && i != 10) {
+        return None;
+    }
     // chrono reads a fraction of any length; the contract's is 1 to 9 digits.
     if s.as_bytes().get(19) == Some(&b'.') {
         let digits = s.bytes().skip(20).take_while(u8::is_ascii_digit).count();
@@ -158,6 +163,9 @@ mod tests {
             json!("2026-11-29T15:52:41.1395127341Z"),
             json!("2026-11-29T15:52:41.Z"),
             json!("+2026-11-29T15:52:41Z"),
+            json!("2026-11-29T15:52:41.123 Z"),
+            json!("2026-11-29T15:52:41 +01:00"),
+            json!("2026-11-29  15:52:41Z"),
             json!("-2026-11-29T15:52:41Z"),
             json!(true),
             json!(null),
