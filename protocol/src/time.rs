@@ -39,7 +39,10 @@ pub fn parse_timestamp_str(s: &str) -> Option<i64> {
     }
     // chrono skips spaces before an offset (`41.123 Z`); the contract's forms have none but
     // the one between date and time.
-    if s.bytes().enumerate().any(|(i, b)| b.is_ascii_whitespace() && i != 10) {
+    if s.bytes()
+        .enumerate()
+        .any(|(i, b)| b.is_ascii_whitespace() && i != 10)
+    {
         return None;
     }
     // chrono reads a fraction of any length; the contract's is 1 to 9 digits.

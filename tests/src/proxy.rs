@@ -25,6 +25,10 @@ pub enum Step {
     /// instead of the server's: a proxy or a server that says a window the contract never
     /// sends.
     Window(&'static str),
+    /// Answer with this status and a body of this many spaces (`Content-Length` says so),
+    /// written until the client stops reading: a proxy's endless page. The bytes it managed to
+    /// write are counted in [`Proxy::padding_written`].
+    Padded(u16, usize),
     /// Read the request and never answer.
     Stall,
     /// Read part of the request and hang up.
@@ -36,6 +40,7 @@ pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     script: Arc<Mutex<VecDeque<Step>>>,
+    padding: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -51,6 +56,8 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
         let steps = Arc::clone(&script);
+        let padding = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let written = Arc::clone(&padding);
         runtime.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let step = steps
@@ -58,10 +65,19 @@ impl Proxy {
                     .ok()
                     .and_then(|mut s| s.pop_front())
                     .unwrap_or(Step::Forward);
-                tokio::spawn(handle(client, upstream, step));
+                tokio::spawn(handle(client, upstream, step, Arc::clone(&written)));
             }
         });
-        Self { addr, script }
+        Self {
+            addr,
+            script,
+            padding,
+        }
+    }
+
+    /// Bytes of [`Step::Padded`] bodies the clients took before they stopped reading.
+    pub fn padding_written(&self) -> usize {
+        self.padding.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Steps not yet used.
@@ -140,7 +156,12 @@ async fn exchange(upstream: SocketAddr, request: Vec<u8>) -> Option<Vec<u8>> {
     read_message(&mut server).await
 }
 
-async fn handle(mut client: TcpStream, upstream: SocketAddr, step: Step) {
+async fn handle(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    step: Step,
+    padding: Arc<std::sync::atomic::AtomicUsize>,
+) {
     if let Step::CloseMidRequest = step {
         let mut part = [0u8; 64];
         let _ = client.read(&mut part).await;
@@ -181,6 +202,24 @@ async fn handle(mut client: TcpStream, upstream: SocketAddr, step: Step) {
                 body.len()
             );
             let _ = client.write_all(answer.as_bytes()).await;
+        }
+        Step::Padded(code, len) => {
+            let head = format!(
+                "HTTP/1.1 {code} Padded\r\ncontent-type: application/json\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+            );
+            if client.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let spaces = vec![b' '; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(spaces.len());
+                if client.write_all(&spaces[..n]).await.is_err() {
+                    break;
+                }
+                left -= n;
+                padding.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            }
         }
         Step::Stall => tokio::time::sleep(Duration::from_secs(30)).await,
         Step::CloseMidRequest => {}

@@ -179,6 +179,31 @@ fn a_window_no_server_would_say_expires_nothing() {
 }
 
 #[test]
+fn an_endless_answer_is_not_read_to_its_end_and_costs_no_event() {
+    let server = TestServer::start(5, None);
+    const PAGE: usize = 1 << 30;
+    let proxy = Proxy::start(
+        &server.runtime,
+        server.addr(),
+        vec![Step::Forward, Step::Padded(202, PAGE)],
+    );
+    let db = server.dir.path().join("gw-endless.db");
+    let sdk = open(&format!("http://{}", proxy.addr), &db);
+    record(&sdk, 100);
+    let result = sdk.flush();
+    assert!(
+        matches!(&result, Err(Error::Misconfigured(why)) if why.contains("202")),
+        "{result:?}"
+    );
+    assert_kept(&sdk, 100, true);
+    let taken = proxy.padding_written();
+    assert!(
+        taken < PAGE / 16,
+        "the client stopped reading a 1 GiB answer after {taken} bytes"
+    );
+}
+
+#[test]
 fn every_event_refused_alike_is_a_configuration_fault() {
     let server = TestServer::start(5, None);
     // The probe, then 4 events refused, 2, then each of the last two alone.

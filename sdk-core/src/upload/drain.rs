@@ -419,7 +419,8 @@ impl Drain<'_> {
                         report.end = match fault {
                             Fault::Credentials(code) => DrainEnd::Unauthorized(code),
                             Fault::Endpoint(_) => DrainEnd::Misconfigured(format!(
-                                "{said}: the endpoint is not a Backfill server's base URL"
+                                "{said}: the endpoint is not a Backfill server's base URL, or \
+                                 a proxy in front of it answers in its place"
                             )),
                             Fault::RefusedAlike(_) => DrainEnd::Misconfigured(format!(
                                 "{said}, for every event sent alone: the server refuses the \
@@ -535,7 +536,7 @@ impl Drain<'_> {
                          them uncompressed (compress(false); backfill drain --no-gzip)"
                             .to_owned()
                     } else if let Some(why) = &unaccounted {
-                        format!("an answer that is not the contract's ({why}); nothing was deleted")
+                        format!("an answer that is not the contract's ({why})")
                     } else if reply.status == 202 {
                         "an answer that is not the contract's".to_owned()
                     } else {

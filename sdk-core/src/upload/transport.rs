@@ -24,6 +24,12 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+/// The most of an answer's body that is read: the contract's largest answer (a `202` refusing
+/// each of 2000 events with a message) is well under 1 MiB, so a longer body is not one of its
+/// answers. Reading stops there, so a proxy's endless page cannot exhaust a gateway's memory;
+/// what was read is kept, and a `202` cut short is not the contract's (nothing is deleted).
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
 /// A failure before any answer.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("network error: {0}")]
@@ -253,7 +259,16 @@ mod builtin {
                     .iter()
                     .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
                     .collect();
-                let body = response.bytes().await.map_err(|e| cause(&e))?.to_vec();
+                let mut response = response;
+                let mut body = Vec::new();
+                while let Some(chunk) = response.chunk().await.map_err(|e| cause(&e))? {
+                    let room = MAX_ANSWER_BYTES - body.len();
+                    if chunk.len() >= room {
+                        body.extend_from_slice(&chunk[..room]);
+                        break;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
                 Ok(HttpResponse {
                     status,
                     headers,

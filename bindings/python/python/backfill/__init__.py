@@ -334,6 +334,9 @@ class Client:
 #: `BackfillConfig.request_timeout_ms`'s default (the core's `Config`), for a Python HTTP
 #: client given no timeout of its own.
 _DEFAULT_REQUEST_TIMEOUT_MS = 60_000
+#: The most of an answer's body read (the Rust core's ``MAX_ANSWER_BYTES``): the contract's
+#: largest answer is well under 1 MiB, and a proxy's endless page must not exhaust a gateway.
+_MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 
 def _interruptible(call: Any) -> Any:
@@ -434,8 +437,10 @@ class UrllibHttpClient(HttpClient):
 
         try:
             with self._request.urlopen(request, timeout=self._timeout_s()) as answer:
-                return HttpResponse(status=answer.status, headers=dict(answer.headers.items()), body=answer.read())
+                return HttpResponse(status=answer.status, headers=dict(answer.headers.items()),
+                                    body=answer.read(_MAX_ANSWER_BYTES))
         except urllib.error.HTTPError as answer:
             # 4xx and 5xx are answers, not failures: the SDK decides what they mean.
             with answer:
-                return HttpResponse(status=answer.code, headers=dict(answer.headers.items()), body=answer.read())
+                return HttpResponse(status=answer.code, headers=dict(answer.headers.items()),
+                                    body=answer.read(_MAX_ANSWER_BYTES))

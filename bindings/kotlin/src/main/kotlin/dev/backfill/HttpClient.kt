@@ -46,6 +46,21 @@ fun interface HttpClient {
     fun execute(request: HttpRequest): HttpResponse
 }
 
+/** The most of an answer's body read (the Rust core's `MAX_ANSWER_BYTES`). */
+internal const val MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
+/** The first [limit] bytes of [stream] (all of it when shorter); works on every Android level. */
+internal fun readAtMost(stream: InputStream, limit: Int): ByteArray {
+    val out = java.io.ByteArrayOutputStream()
+    val chunk = ByteArray(64 * 1024)
+    while (out.size() < limit) {
+        val n = stream.read(chunk, 0, minOf(chunk.size, limit - out.size()))
+        if (n < 0) break
+        out.write(chunk, 0, n)
+    }
+    return out.toByteArray()
+}
+
 /**
  * The platform's HTTP stack, `java.net.HttpURLConnection` (on Android, OkHttp underneath), with
  * its connection reuse. Times are in milliseconds.
@@ -71,7 +86,9 @@ class UrlConnectionHttpClient(
             val status = connection.responseCode
             // Error statuses carry their body on the error stream; either may be absent.
             val stream: InputStream? = if (status >= 400) connection.errorStream else connection.inputStream
-            val body = stream?.use { it.readBytes() } ?: ByteArray(0)
+            // At most MAX_ANSWER_BYTES: the contract's largest answer is well under 1 MiB, and a
+            // proxy's endless page must not exhaust the device's memory.
+            val body = stream?.use { readAtMost(it, MAX_ANSWER_BYTES) } ?: ByteArray(0)
             val headers = HashMap<String, String>()
             for ((name, values) in connection.headerFields) {
                 if (name != null && values.isNotEmpty()) headers[name.lowercase()] = values.last()
