@@ -1365,6 +1365,41 @@ fn csv_with_crlf_and_quoted_line_breaks_names_the_right_line() {
 }
 
 #[test]
+fn a_quote_left_open_to_the_end_of_a_csv_is_refused_naming_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gw.db");
+    let db_arg = db.to_str().expect("path");
+    for csv in [
+        "name,note\nok,\"oops\nok,a\nok,b\n",
+        "name,note\r\nok,x\r\nok,\"oops\r\nok,a\r\n",
+    ] {
+        let out = backfill(&["enqueue", "--db", db_arg], Some(csv), &[]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(65), "{csv:?}: {err}");
+        let line = if csv.contains("ok,x") {
+            "line 3"
+        } else {
+            "line 2"
+        };
+        assert!(
+            err.contains(line) && err.contains("never closed"),
+            "{csv:?}: {err}"
+        );
+        assert!(!db.exists(), "nothing enqueued");
+    }
+    // A quoted cell whose line break is closed, and a quote inside a cell that is not quoted,
+    // are readings like any other.
+    let out = backfill(
+        &["enqueue", "--db", db_arg],
+        Some("name,note\nok,\"two\nlines\"\nok,5\" screen\n"),
+        &[],
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(status_json(&db)["buffered_events"], 2);
+}
+
+#[test]
 fn a_property_backfill_sets_itself_is_refused_not_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("gw.db");

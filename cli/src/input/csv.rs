@@ -26,6 +26,8 @@ struct Tracked<R> {
     cut: Vec<u8>,
     /// The first byte that is not UTF-8, as an error to give; nothing is read past it.
     not_utf8: Option<InputError>,
+    /// Offsets of the `"` bytes after the start of the last record looked up.
+    quotes: VecDeque<u64>,
 }
 
 impl<R> Tracked<R> {
@@ -39,6 +41,7 @@ impl<R> Tracked<R> {
             newlines_before: 0,
             cut: Vec::new(),
             not_utf8: None,
+            quotes: VecDeque::new(),
         }
     }
 
@@ -47,6 +50,9 @@ impl<R> Tracked<R> {
     /// record's first cell (and its line count then misses a line): line ends are skipped
     /// first. Offsets must not go back.
     fn line_at(&mut self, offset: u64) -> usize {
+        while self.quotes.front().is_some_and(|&at| at < offset) {
+            self.quotes.pop_front();
+        }
         while let Some(&(at, lf)) = self.breaks.front() {
             if at >= offset {
                 break;
@@ -97,9 +103,12 @@ impl<R> Tracked<R> {
         }
     }
 
-    /// Counts the line breaks of bytes passed through.
+    /// Counts the line breaks and the quotes of bytes passed through.
     fn pass(&mut self, bytes: &[u8]) {
         for (i, b) in bytes.iter().enumerate() {
+            if *b == b'"' {
+                self.quotes.push_back(self.offset + i as u64);
+            }
             if matches!(b, b'\r' | b'\n') {
                 let at = self.offset + i as u64;
                 self.breaks.push_back((at, *b == b'\n'));
@@ -157,6 +166,8 @@ pub struct Csv<R> {
     records: usize,
     /// An error was given: nothing follows.
     done: bool,
+    /// Whether the last record has a cell holding a line break, and the line it starts on.
+    last: (bool, usize),
 }
 
 impl<R: std::io::Read> Csv<R> {
@@ -203,6 +214,7 @@ impl<R: std::io::Read> Csv<R> {
             record: csv::StringRecord::new(),
             records: 1,
             done: false,
+            last: (false, 1),
         })
     }
 
@@ -231,6 +243,17 @@ impl<R: std::io::Read> Csv<R> {
             bad(line, message)
         })?;
         if !more {
+            // A quote left open in the last record runs to the end of the input, which the
+            // reader takes as one long cell, the readings after it included. Its quotes
+            // (the bytes since its start) are then odd in number, and a cell holds a line break.
+            let (open, line) = self.last;
+            if open && self.reader.get_ref().quotes.len() % 2 == 1 {
+                return Err(bad(
+                    line,
+                    "a quote opened in this row is never closed: the rest of the input would be \
+                     one cell",
+                ));
+            }
             return Ok(None);
         }
         let record = &self.record;
@@ -238,6 +261,7 @@ impl<R: std::io::Read> Csv<R> {
             Some(p) => self.reader.get_mut().line_at(p.byte()),
             None => self.records,
         };
+        self.last = (record.iter().any(|f| f.contains(['\n', '\r'])), n);
         let name = record
             .get(self.name_col)
             .filter(|s| !s.is_empty())
