@@ -133,9 +133,15 @@ pub async fn rotate(
         });
     }
     let secret = generate_secret();
-    record.previous = (grace_ms > 0).then(|| PreviousSecret {
+    // Kept without a grace period too, already expired: a server restarted with a stale
+    // `--project` list then tells the replaced secret from a new one (see `auth::bootstrap`).
+    record.previous = Some(PreviousSecret {
         secret: record.secret.clone(),
-        valid_until_ms: now_ms.saturating_add(grace_ms),
+        valid_until_ms: if grace_ms > 0 {
+            now_ms.saturating_add(grace_ms)
+        } else {
+            now_ms.saturating_sub(1)
+        },
     });
     record.secret = salted_hash(&secret);
     let mode = record.mode;

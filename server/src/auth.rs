@@ -98,11 +98,14 @@ impl std::fmt::Debug for NewProject {
     }
 }
 
-/// Saves the configured clients (their secret and mode replace what was stored); with none
-/// configured and none stored, creates a `root` client and returns it so that its secret can be
-/// printed once. A configured client that `backfill-server project revoke` revoked stays
-/// revoked (a restart with a stale `--project` list must not bring a revoked key back): it is
-/// left as stored and named in a warning.
+/// Saves the configured clients; with none configured and none stored, creates a `root` client
+/// and returns it so that its secret can be printed once. A configured client stored with the
+/// same secret and mode is left as stored (a rotation's grace period included); one given with
+/// another secret or mode is saved with it, and a warning says that every server on the store
+/// now takes it. A restart with a stale `--project` list must not undo `backfill-server
+/// project` commands, on this node or on any other sharing the store: a configured client that
+/// was revoked stays revoked, and one given with the secret a rotation replaced keeps the new
+/// secret; both are left as stored and named in a warning.
 pub async fn bootstrap(
     store: &dyn Store,
     configured: &[ProjectCredential],
@@ -119,6 +122,28 @@ pub async fn bootstrap(
                  from --project (BACKFILL_PROJECTS)"
             );
             continue;
+        }
+        if let Some(r) = known {
+            if matches(&r.secret, &p.secret) && r.mode == p.mode {
+                continue;
+            }
+            if r.previous
+                .as_ref()
+                .is_some_and(|old| matches(&old.secret, &p.secret))
+            {
+                tracing::warn!(
+                    client = %client_id,
+                    "this --project client's secret was rotated in the store; the new secret \
+                     stays: update or remove it in --project (BACKFILL_PROJECTS)"
+                );
+                continue;
+            }
+            tracing::warn!(
+                client = %client_id,
+                mode = %p.mode,
+                "--project gives this stored client another secret or mode; every server on \
+                 this store now takes it"
+            );
         }
         store
             .save_project(ProjectRecord {
@@ -165,6 +190,8 @@ pub struct ProjectRegistry {
     last_refresh: Mutex<Option<Instant>>,
     /// When an unknown id or a wrong secret last made it re-read, for [`REFRESH_INTERVAL`].
     last_miss: Mutex<Option<Instant>>,
+    /// When a re-read last finished.
+    refreshed: Mutex<Option<Instant>>,
 }
 
 /// A cached client with the client id its derivations use.
@@ -197,6 +224,7 @@ impl ProjectRegistry {
             known: RwLock::new(HashMap::new()),
             last_refresh: Mutex::new(Some(Instant::now())),
             last_miss: Mutex::new(None),
+            refreshed: Mutex::new(None),
         };
         registry.refresh().await?;
         Ok(registry)
@@ -229,6 +257,48 @@ impl ProjectRegistry {
             .collect();
         if let Ok(mut known) = self.known.write() {
             *known = map;
+        }
+        if let Ok(mut refreshed) = self.refreshed.lock() {
+            *refreshed = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Re-reads the clients for a request that found no match, at most once per
+    /// [`REFRESH_INTERVAL`] whatever arrives (unknown ids must not flood the store). A miss
+    /// inside that interval waits for the next re-read rather than answering from a cache that
+    /// may predate its key: a `401` stops an SDK's uploads until its app acts (SPEC §9), so a
+    /// key created a moment ago (by another node, or just after another key's refusal) must not
+    /// get one.
+    async fn refresh_after_miss(&self) -> Result<(), StoreError> {
+        let asked = Instant::now();
+        for _ in 0..3 {
+            let wait = {
+                let Ok(mut last) = self.last_miss.lock() else {
+                    return Ok(());
+                };
+                match *last {
+                    Some(t) if t.elapsed() < REFRESH_INTERVAL => REFRESH_INTERVAL - t.elapsed(),
+                    _ => {
+                        *last = Some(Instant::now());
+                        Duration::ZERO
+                    }
+                }
+            };
+            if wait.is_zero() {
+                return self.refresh().await;
+            }
+            tokio::time::sleep(wait).await;
+            // Another request's re-read that began after this one asked serves it as well.
+            let served = self
+                .refreshed
+                .lock()
+                .ok()
+                .and_then(|r| *r)
+                .is_some_and(|t| t > asked);
+            if served {
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -282,8 +352,8 @@ impl ProjectRegistry {
             self.refresh().await?;
         }
         let mut known = self.lookup(&id).filter(|k| self.accepts(k, secret));
-        if known.is_none() && claim(&self.last_miss, REFRESH_INTERVAL) {
-            self.refresh().await?;
+        if known.is_none() {
+            self.refresh_after_miss().await?;
             known = self.lookup(&id).filter(|k| self.accepts(k, secret));
         }
         let known = known.ok_or(ApiError::Unauthorized(

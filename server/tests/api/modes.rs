@@ -317,6 +317,95 @@ async fn a_revoked_client_stays_revoked_when_still_configured(store: StoreKind) 
     assert_error_body(status, &body, StatusCode::UNAUTHORIZED);
 }
 
+async fn a_restart_with_a_stale_list_keeps_a_rotated_secret(store: StoreKind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(NOW);
+    let place = Place::new(store, dir.path());
+    let store = place.open(&clock).await;
+    let gateway = "0b6d0a3e-58c4-4d0e-9a51-9e4f3c2d1b0a";
+    let configured = vec![
+        format!("{gateway}:gw-secret:write")
+            .parse()
+            .expect("credential"),
+    ];
+    backfill_server::auth::bootstrap(store.as_ref(), &configured, NOW)
+        .await
+        .expect("bootstrap");
+    let id = Uuid::parse_str(gateway).expect("uuid");
+    let now = admin::RotateOptions {
+        grace_ms: 0,
+        force: false,
+    };
+    let rotated = admin::rotate(store.as_ref(), id, now, NOW)
+        .await
+        .expect("rotate");
+    // A node restarted with the list it had before the rotation (or another node started
+    // with it) does not bring the replaced secret back.
+    backfill_server::auth::bootstrap(store.as_ref(), &configured, NOW + 1)
+        .await
+        .expect("bootstrap again");
+    let h = Harness::over(dir, place, clock, store, 5).await;
+    async fn send(h: &Harness, secret: &str, key: &str) -> StatusCode {
+        let batch = json!({"events": [reading("dev-1", NOW - MINUTE, key)]});
+        let gateway = "0b6d0a3e-58c4-4d0e-9a51-9e4f3c2d1b0a";
+        post_as(h, "/track/batch", gateway, secret, batch).await.0
+    }
+    assert_eq!(send(&h, "gw-secret", "k1").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&h, &rotated.secret, "k2").await, StatusCode::ACCEPTED);
+    // A list that gives the stored secret and mode changes nothing, and one that gives a new
+    // secret is taken (with a warning).
+    let current = vec![
+        format!("{gateway}:{}:write", rotated.secret)
+            .parse()
+            .expect("credential"),
+    ];
+    backfill_server::auth::bootstrap(h.store.as_ref(), &current, NOW + 2)
+        .await
+        .expect("bootstrap with the current secret");
+    let h = h.restart().await;
+    assert_eq!(send(&h, &rotated.secret, "k3").await, StatusCode::ACCEPTED);
+    let changed = vec![
+        format!("{gateway}:brand-new-secret:write")
+            .parse()
+            .expect("credential"),
+    ];
+    backfill_server::auth::bootstrap(h.store.as_ref(), &changed, NOW + 3)
+        .await
+        .expect("bootstrap with a new secret");
+    let h = h.restart().await;
+    assert_eq!(
+        send(&h, "brand-new-secret", "k4").await,
+        StatusCode::ACCEPTED
+    );
+}
+
+async fn a_key_made_just_after_a_refusal_is_accepted_at_once(store: StoreKind) {
+    let (h, _, _) = with_keys(store).await;
+    let batch = |key: &str| json!({"events": [reading("dev-1", NOW - MINUTE, key)]});
+    let unknown = Uuid::new_v4().to_string();
+    let (status, _) = post_as(&h, "/track/batch", &unknown, "nope", batch("k0")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Another node (here: the admin command on the same store) makes a key a moment later;
+    // the refusal above already re-read the clients, and the cache does not know it yet.
+    let key = CreateOptions {
+        name: "fresh".to_owned(),
+        mode: ClientMode::Write,
+        for_client: Some(PROJECT.parse().expect("uuid")),
+    };
+    let fresh = admin::create(h.store.as_ref(), key, NOW)
+        .await
+        .expect("fresh key");
+    let (status, body) = post_as(
+        &h,
+        "/track/batch",
+        &fresh.client_id.to_string(),
+        &fresh.secret,
+        batch("k1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
 async fn the_read_api_refuses_unknown_parameters(store: StoreKind) {
     let h = Harness::new(store).await;
     h.accept(vec![reading("dev-1", NOW - MINUTE, "k1")]).await;
@@ -411,5 +500,7 @@ store_tests!(
     a_revoked_key_is_refused_and_its_project_data_stays,
     configured_modes_apply,
     a_revoked_client_stays_revoked_when_still_configured,
+    a_restart_with_a_stale_list_keeps_a_rotated_secret,
+    a_key_made_just_after_a_refusal_is_accepted_at_once,
     the_read_api_refuses_unknown_parameters,
 );
