@@ -36,7 +36,7 @@ use crate::connections::{BodyIdleTimeout, Timeouts};
 use crate::error::{ApiError, FailureReason, StoreFailure};
 use crate::ingest::{self, Prepared, RequestMeta};
 use crate::state::AppState;
-use crate::store::{EventQuery, IngestJob, SessionQuery};
+use crate::store::{EventQuery, IngestJob, SessionQuery, StoreError};
 
 /// The service's router over `state`.
 pub fn app(state: AppState) -> Router {
@@ -248,7 +248,31 @@ async fn store_rows(
         sdk_version: header_text(headers, SDK_VERSION_HEADER),
         rows: std::mem::take(&mut prepared.rows),
     };
-    Ok(state.store().ingest(job).await?)
+    Ok(bounded(INGEST_TIMEOUT, state.store().ingest(job)).await?)
+}
+
+/// The longest a batch waits for the store before it is answered `503`: far beyond any
+/// commit (milliseconds), so it only fires when the database hangs instead of refusing (a
+/// frozen host, a partition that drops packets). A batch answered so may still commit; its
+/// retry is then a duplicate the insert ids catch (SPEC §5).
+const INGEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest `/healthz` waits for the store: a load balancer's check must fail, not hang,
+/// while the database does.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `work`, or [`StoreError::Unavailable`] (`503` with `Retry-After`) when the store has not
+/// answered within `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(format!(
+            "the store did not answer within {} s",
+            limit.as_secs()
+        )))
+    })
 }
 
 fn count(state: &AppState, response: &backfill_protocol::wire::BatchResponse) {
@@ -741,7 +765,7 @@ pub(crate) struct Health {
     )
 )]
 pub(crate) async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    state.store().health().await?;
+    bounded(HEALTH_TIMEOUT, state.store().health()).await?;
     Ok(Json(Health { status: "ok" }))
 }
 

@@ -481,3 +481,62 @@ async fn a_database_outage_is_503_and_loses_nothing_acknowledged() {
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     assert!(acked.len() >= 8 * 50, "{} keys acknowledged", acked.len());
 }
+
+/// Thaws the cluster when dropped, whatever the test's assertions did.
+struct Thaw<'a>(&'a cluster::Cluster);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        self.0.signal_all("CONT");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_hangs_is_503_not_a_hung_request() {
+    if !cluster::available() {
+        return;
+    }
+    // A cluster of its own: this test freezes it.
+    let cluster = cluster::Cluster::start();
+    let database = cluster.create_database();
+    let nodes = start_nodes(&database, 1);
+    let url = nodes[0].url.clone();
+    let client = client();
+    let batch: Vec<Value> = (0..50)
+        .map(|i| {
+            json!({"type": "track", "payload": {"name": "hang", "properties": {
+                "__timestamp": now_ms() - 60_000 + i,
+                "__insertId": format!("hang-{i}"),
+                "__deviceId": "gw-hang",
+            }}})
+        })
+        .collect();
+    let (status, body, _) = post(&client, &url, &batch[..10]).await;
+    assert_eq!(status, 202, "{body}");
+
+    cluster.signal_all("STOP");
+    let thaw = Thaw(&cluster);
+    // The client waits up to a minute: a hung answer fails the test, a bounded one passes.
+    assert_eq!(health(&url).await, 503, "/healthz fails, not hangs");
+    let (status, body, retry_after) = post(&client, &url, &batch).await;
+    assert!(status == 503 && retry_after, "{status} {body}");
+    drop(thaw);
+
+    let recovered = async {
+        while health(&url).await != 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), recovered)
+        .await
+        .expect("the node answers again once the database does");
+    // The refused batch is sent again, as a client does after a 503: every event once.
+    let (status, body, _) = post(&client, &url, &batch).await;
+    assert_eq!(status, 202, "{body}");
+    let stored: Vec<Value> = read_all(&client, &url, "/api/events", "events")
+        .await
+        .into_iter()
+        .filter(|e| e["name"] == "hang")
+        .collect();
+    assert_eq!(stored.len(), batch.len(), "each event stored once");
+}

@@ -181,6 +181,34 @@ impl Cluster {
             .status();
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the postmaster and every process it started:
+    /// a database that hangs, its connections open and its host answering TCP, as a frozen VM
+    /// or a stalled disk does.
+    pub fn signal_all(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+            .expect("the postmaster's pid");
+        let mut pids = vec![pid.clone()];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stat = std::fs::read_to_string(format!("/proc/{name}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1));
+            if parent == Some(pid.as_str()) {
+                pids.push(name);
+            }
+        }
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(&pids)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pids:?}");
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
