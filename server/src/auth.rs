@@ -273,23 +273,15 @@ impl ProjectRegistry {
     async fn refresh_after_miss(&self) -> Result<(), StoreError> {
         let asked = Instant::now();
         for _ in 0..3 {
-            let wait = {
-                let Ok(mut last) = self.last_miss.lock() else {
-                    return Ok(());
-                };
-                match *last {
-                    Some(t) if t.elapsed() < REFRESH_INTERVAL => REFRESH_INTERVAL - t.elapsed(),
-                    _ => {
-                        *last = Some(Instant::now());
-                        Duration::ZERO
-                    }
-                }
-            };
+            let wait = claim_or_wait(&self.last_miss, REFRESH_INTERVAL);
             if wait.is_zero() {
                 return self.refresh().await;
             }
+            if wait > REFRESH_INTERVAL {
+                return Ok(());
+            }
             tokio::time::sleep(wait).await;
-            // Another request's re-read that began after this one asked serves it as well.
+            // Another request's re-read that ended after this one asked serves it as well.
             let served = self
                 .refreshed
                 .lock()
@@ -348,7 +340,7 @@ impl ProjectRegistry {
         let secret = header(CLIENT_SECRET_HEADER).ok_or(ApiError::Unauthorized(
             "missing openpanel-client-secret header",
         ))?;
-        if claim(&self.last_refresh, CACHE_TTL) {
+        if claim_or_wait(&self.last_refresh, CACHE_TTL).is_zero() {
             self.refresh().await?;
         }
         let mut known = self.lookup(&id).filter(|k| self.accepts(k, secret));
@@ -383,17 +375,21 @@ impl ProjectRegistry {
     }
 }
 
-/// Claims a re-read when the one `last` records is at least `interval` old; of requests arriving
-/// together, one re-reads and the others use the cache.
-fn claim(last: &Mutex<Option<Instant>>, interval: Duration) -> bool {
+/// Claims a re-read when the one `last` records is at least `interval` old, and returns zero;
+/// otherwise returns how long until one may be claimed. Of requests arriving together, one
+/// re-reads and the others use the cache (or wait).
+fn claim_or_wait(last: &Mutex<Option<Instant>>, interval: Duration) -> Duration {
     let Ok(mut last) = last.lock() else {
-        return false;
+        // A poisoned lock: no re-read is claimed and none is waited for.
+        return Duration::MAX;
     };
-    let due = last.is_none_or(|t| t.elapsed() >= interval);
-    if due {
-        *last = Some(Instant::now());
+    match last.map(|t| t.elapsed()) {
+        Some(elapsed) if elapsed < interval => interval - elapsed,
+        _ => {
+            *last = Some(Instant::now());
+            Duration::ZERO
+        }
     }
-    due
 }
 
 #[cfg(test)]
