@@ -190,7 +190,7 @@ pub struct ProjectRegistry {
     last_refresh: Mutex<Option<Instant>>,
     /// When an unknown id or a wrong secret last made it re-read, for [`REFRESH_INTERVAL`].
     last_miss: Mutex<Option<Instant>>,
-    /// When a re-read last finished.
+    /// When the last re-read that finished began.
     refreshed: Mutex<Option<Instant>>,
 }
 
@@ -231,6 +231,7 @@ impl ProjectRegistry {
     }
 
     async fn refresh(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
         let records = self.store.projects().await?;
         let by_key: HashMap<i64, String> = records
             .iter()
@@ -259,7 +260,7 @@ impl ProjectRegistry {
             *known = map;
         }
         if let Ok(mut refreshed) = self.refreshed.lock() {
-            *refreshed = Some(Instant::now());
+            *refreshed = Some(started);
         }
         Ok(())
     }
@@ -281,7 +282,7 @@ impl ProjectRegistry {
                 return Ok(());
             }
             tokio::time::sleep(wait).await;
-            // Another request's re-read that ended after this one asked serves it as well.
+            // Another request's re-read that began after this one asked serves it as well.
             let served = self
                 .refreshed
                 .lock()

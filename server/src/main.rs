@@ -282,8 +282,7 @@ async fn project(config: &Config, command: ProjectCommand) -> anyhow::Result<()>
                 println!(
                     "{:<36}  {:<5}  {:<36}  {:<24}  {:<10}  {}",
                     r.client_id,
-                    // Display of a mode writes its name alone: padded as text, the columns align.
-                    r.mode.to_string(),
+                    r.mode,
                     ids.get(&r.data_key()).copied().unwrap_or("?"),
                     backfill_protocol::time::format_iso_ms(r.created_at),
                     state,

@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 
 /// A failure of the store as a whole; the request changed nothing and may be retried.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or written (disk full, I/O error, shut down).
     #[error("store unavailable: {0}")]
@@ -67,7 +67,8 @@ impl ClientMode {
 
 impl std::fmt::Display for ClientMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so that a width (`{:<5}`, a table's column) applies.
+        f.pad(self.as_str())
     }
 }
 

@@ -202,7 +202,7 @@ impl Core {
             .collect();
         let answers: Vec<Result<Vec<RowOutcome>, StoreError>> = match self.write(&parts).await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(WriteError::Store(e)) => parts.iter().map(|_| Err(copy(&e))).collect(),
+            Err(WriteError::Store(e)) => parts.iter().map(|_| Err(e.clone())).collect(),
             Err(WriteError::Refused(e)) => {
                 if parts.len() > 1 {
                     tracing::warn!(error = %e, requests = parts.len(), "group refused as a whole; writing it request by request");
@@ -341,14 +341,6 @@ fn split_shared_keys(taken: Vec<Pending>) -> (Vec<Pending>, Vec<Pending>) {
         }
     }
     (group, later)
-}
-
-/// The same error again, for each request of a failed group.
-fn copy(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Internal(m) => StoreError::Internal(m.clone()),
-    }
 }
 
 fn closed() -> StoreError {
