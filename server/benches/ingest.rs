@@ -562,8 +562,8 @@ mod postgres {
 
     /// The two write forms of the store's insert of events, on the store's own schema (applied
     /// by connecting a store), with the same rows sorted by insert id, 2000 to a transaction,
-    /// from [`PG_CONNECTIONS`] connections: the rows as arrays (`INSERT ... SELECT FROM
-    /// unnest(...)`, what the store does) or binary `COPY` into a temporary staging table
+    /// from [`PG_CONNECTIONS`] connections: the rows as arrays unnested in the select list
+    /// (what the store does) or binary `COPY` into a temporary staging table
     /// followed by `INSERT ... SELECT FROM` it. Both are the plain insert the store runs for a
     /// group of new keys (its unique index on the insert id still checks each). Returns rows/s
     /// of each.
@@ -575,8 +575,9 @@ mod postgres {
             INSERT INTO events (project, created_at, id, type, name, device_id, session_id,
                 properties, synced_at, insert_id)
             SELECT 1, u.t, u.id, 'track', 'reading', u.device, u.session, u.props, u.t, u.key
-            FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[])
-                AS u (t, id, device, session, props, key)";
+            FROM (SELECT unnest($1::int8[]) AS t, unnest($2::uuid[]) AS id,
+                unnest($3::text[]) AS device, unnest($4::text[]) AS session,
+                unnest($5::text[]) AS props, unnest($6::text[]) AS key) AS u";
         const STAGE: &str = "
             CREATE TEMP TABLE IF NOT EXISTS staged (t int8, id uuid, device text, session text,
                 props text, key text) ON COMMIT DELETE ROWS";

@@ -32,27 +32,33 @@ use crate::store::{IngestJob, PreparedRow, RowAction, RowOutcome};
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 
-/// Stores the group's rows (events, and marker rows of the other types) and claims their
-/// insert ids: a row whose key is stored is skipped, and a key another transaction holds is
-/// waited for, so that of two nodes writing one key at once exactly one stores it.
-const CLAIM_AND_INSERT: &str = "
+/// The insert of a group's rows into `events`, one array per column; the parameters are
+/// [`EventColumns::params`]. A macro, so that both statements below are one constant text.
+macro_rules! insert_events {
+    () => {
+        "
 INSERT INTO events (project, created_at, id, type, name, device_id, session_id, profile_id,
     properties, groups, sdk_name, sdk_version, synced_at, insert_id)
 SELECT $1, unnest($2::int8[]), unnest($3::uuid[]), unnest($4::text[]), unnest($5::text[]),
     unnest($6::text[]), unnest($7::text[]), unnest($8::text[]), unnest($9::text[]),
-    unnest($10::text[]), unnest($12::text[]), unnest($13::text[]), $14, unnest($11::text[])
+    unnest($10::text[]), unnest($12::text[]), unnest($13::text[]), $14, unnest($11::text[])"
+    };
+}
+
+/// Stores the group's rows (events, and marker rows of the other types) and claims their
+/// insert ids: a row whose key is stored is skipped, and a key another transaction holds is
+/// waited for, so that of two nodes writing one key at once exactly one stores it.
+const CLAIM_AND_INSERT: &str = concat!(
+    insert_events!(),
+    "
 ON CONFLICT (project, insert_id) DO NOTHING
-RETURNING insert_id";
+RETURNING insert_id"
+);
 
 /// Stores rows whose keys are all expected to be new (see [`ClaimForm::Fresh`]), and rows
 /// that have no insert id (`session_start` events). A key that is stored already fails the
 /// statement with a unique violation of `events_by_insert_id`.
-const INSERT_EVENTS: &str = "
-INSERT INTO events (project, created_at, id, type, name, device_id, session_id, profile_id,
-    properties, groups, sdk_name, sdk_version, synced_at, insert_id)
-SELECT $1, unnest($2::int8[]), unnest($3::uuid[]), unnest($4::text[]), unnest($5::text[]),
-    unnest($6::text[]), unnest($7::text[]), unnest($8::text[]), unnest($9::text[]),
-    unnest($10::text[]), unnest($12::text[]), unnest($13::text[]), $14, unnest($11::text[])";
+const INSERT_EVENTS: &str = insert_events!();
 
 /// The unique index that keeps each insert id once per project (see `schema`).
 pub(super) const KEY_INDEX: &str = "events_by_insert_id";
