@@ -156,6 +156,8 @@ pub(crate) fn track_json(
     stamp: &Stamp<'_>,
 ) -> Result<String, Error> {
     check_name(name)?;
+    // The globals' keys were checked by `register`; only the event's own are checked here.
+    check_property_keys(&properties)?;
     let mut merged = globals.clone();
     merged.extend(properties);
     let mut payload = json!({"name": name});
@@ -208,6 +210,7 @@ pub(crate) fn identify_json(
     mut traits: Map<String, Value>,
     stamp: &Stamp<'_>,
 ) -> Result<String, Error> {
+    check_property_keys(&traits)?;
     let mut payload = json!({"profileId": profile_id});
     for key in ["firstName", "lastName", "email", "avatar"] {
         if let Some(v) = traits.remove(key) {
@@ -257,15 +260,19 @@ pub fn check_property_key(key: &str) -> Result<(), Error> {
     )))
 }
 
+/// [`check_property_key`] for every key of `properties`.
+fn check_property_keys(properties: &Map<String, Value>) -> Result<(), Error> {
+    properties
+        .keys()
+        .try_for_each(|key| check_property_key(key))
+}
+
 fn finish(
     kind: &str,
     mut payload: Value,
     mut properties: Map<String, Value>,
     stamp: &Stamp<'_>,
 ) -> Result<String, Error> {
-    for key in properties.keys() {
-        check_property_key(key)?;
-    }
     if stamp.time_ms < EARLIEST_EVENT_MS {
         return Err(Error::InvalidEvent(format!(
             "the event time {} is before 1973: it looks like seconds since the epoch; give \
