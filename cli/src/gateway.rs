@@ -355,14 +355,15 @@ fn checked(item: Result<(usize, Event), crate::input::InputError>) -> Result<(us
     }
 }
 
-/// `enqueue --dry-run`: checks every reading, writing nothing, and warns as an enqueue would:
+/// `enqueue --dry-run`: given readings checked by [`checked`] (or the exit code of the first
+/// that is not), writes nothing and warns as an enqueue would:
 /// of readings older than the age window or stamped in the future, and of buffered events the
 /// readings would evict past `--max-rows` (past `--max-bytes` too, an enqueue alone can say:
 /// it counts the bytes of the events as stamped). The buffer, when there is one, is only read
 /// (for the server's age window as last seen, and what it holds), never created or changed.
 fn dry_run(
     args: &EnqueueArgs,
-    readings: impl Iterator<Item = Result<(usize, Event), crate::input::InputError>>,
+    readings: impl Iterator<Item = Result<(usize, Event), u8>>,
 ) -> anyhow::Result<u8> {
     let db = &args.db.db;
     let buffer = db
@@ -380,7 +381,7 @@ fn dry_run(
     let mut tally = Tally::default();
     let mut n = 0u64;
     for item in readings {
-        let (line, event) = match checked(item) {
+        let (line, event) = match item {
             Ok(reading) => reading,
             Err(code) => return Ok(code),
         };
@@ -478,10 +479,10 @@ fn enqueue_from(args: &EnqueueArgs, input: impl std::io::BufRead) -> anyhow::Res
     if first.len() as u64 > args.limits.max_rows {
         return Ok(beyond_bounds(&args.limits, false));
     }
-    let all = first.into_iter().map(Ok).chain(readings);
     if args.dry_run {
-        return dry_run(args, all);
+        return dry_run(args, first.into_iter().map(Ok).chain(readings.map(checked)));
     }
+    let all = first.into_iter().map(Ok).chain(readings);
     let sdk = match open_offline(db, &args.limits) {
         Ok(sdk) => sdk,
         Err(e) => {
